@@ -1,0 +1,1 @@
+"""Flower apps of ReGL: ClientApp, ServerApp and their strategy (Message API, Flower 1.41)."""

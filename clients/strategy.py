@@ -1,0 +1,34 @@
+"""FedAvg that also keeps each client's reply metrics and the round's timing."""
+
+import time
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+
+class RecordingFedAvg(FedAvg):
+    """Plain FedAvg aggregation; `last_round` holds what the run report needs."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(fraction_evaluate=0.0, **kwargs)
+        self.last_round: dict = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.last_round = {"started": time.perf_counter()}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self.last_round["trained"] = time.perf_counter()
+        self.last_round["clients"] = sorted(
+            (dict(msg.content["metrics"]) for msg in replies if msg.has_content()),
+            key=lambda m: m["client"],
+        )
+        self.last_round["failures"] = sum(not msg.has_content() for msg in replies)
+        return super().aggregate_train(server_round, replies)

@@ -1,0 +1,3 @@
+"""ReGL: generative data balancing for federated learning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,34 @@
+"""The centralized reference: the federation's data pooled and trained as one model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from regl.datasets import load_split
+from regl.experiment import ExperimentSettings, evaluate_global, federation, new_model
+from regl.run_report import RunReport
+from regl.training import train
+
+
+def run_centralized(settings: ExperimentSettings) -> dict:
+    """One 'round' is settings.train.epochs epochs over the pooled private data."""
+    pooled = np.sort(np.concatenate(federation(settings).client_indices))
+    data = load_split(settings.dataset).private.subset(pooled)
+    model = new_model(settings)
+    report = RunReport(Path(settings.out_dir), {"name": f"{settings.name}-centralized", "mode": "centralized",
+                                               **settings.to_config()})
+    started = time.perf_counter()
+    report.add_round({"round": 0, **evaluate_global(settings, model)})
+    progress = tqdm(range(1, settings.num_rounds + 1), desc="centralized", unit="round")
+    for server_round in progress:
+        round_started = time.perf_counter()
+        loss = train(model, data, settings.train, seed=settings.seed * 100_003 + server_round)
+        result = evaluate_global(settings, model)
+        report.add_round({"round": server_round, **result, "train_loss": loss,
+                          "round_seconds": time.perf_counter() - round_started})
+        progress.set_postfix(accuracy=f"{100 * result['accuracy']:.2f}%")
+    return report.finish({"wall_seconds": time.perf_counter() - started})

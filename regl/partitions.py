@@ -1,0 +1,140 @@
+"""Label-skew partitions of a private pool across federated clients.
+
+iid, k classes per client and Dirichlet(β) use flwr-datasets partitioners on a label-only
+table; `imbalance` first subsamples the pool so that majority:minority class counts are
+Γ:1 (the Ratio Loss paper's global imbalance) and then deals it out iid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from regl.errors import ReglError
+
+PARTITION_KINDS = ("iid", "classes", "dirichlet", "imbalance")
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """What the user asked for; `describe()` names it in file names and tables."""
+
+    kind: str = "iid"
+    num_clients: int = 10
+    classes_per_client: int = 2
+    beta: float = 0.5
+    imbalance_ratio: float = 10.0
+    seed: int = 0
+
+    def describe(self) -> str:
+        detail = {
+            "iid": "iid",
+            "classes": f"k{self.classes_per_client}",
+            "dirichlet": f"dir{self.beta:g}",
+            "imbalance": f"imb{self.imbalance_ratio:g}",
+        }[self.kind]
+        return f"{detail}-c{self.num_clients}"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Indices into the private pool, one array per client."""
+
+    client_indices: list[np.ndarray]
+    minority_classes: tuple[int, ...] = field(default=())
+
+
+def validate(spec: PartitionSpec, labels: np.ndarray, num_classes: int) -> None:
+    """Reject impossible requests with a message naming the parameter."""
+    if spec.kind not in PARTITION_KINDS:
+        raise ReglError(f"unknown partition {spec.kind!r}; use one of {', '.join(PARTITION_KINDS)}")
+    if spec.num_clients < 1:
+        raise ReglError(f"number of clients must be at least 1, got {spec.num_clients}")
+    if spec.num_clients > len(labels):
+        raise ReglError(f"{spec.num_clients} clients but only {len(labels)} samples to share")
+    if spec.kind == "classes" and not 1 <= spec.classes_per_client <= num_classes:
+        raise ReglError(
+            f"classes per client must be between 1 and {num_classes}, got {spec.classes_per_client}"
+        )
+    if spec.kind == "dirichlet" and not spec.beta > 0:
+        raise ReglError(f"Dirichlet beta must be > 0, got {spec.beta}")
+    if spec.kind == "imbalance" and not spec.imbalance_ratio >= 1:
+        raise ReglError(f"imbalance ratio must be >= 1, got {spec.imbalance_ratio}")
+
+
+def _label_table(labels: np.ndarray):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"index": np.arange(len(labels)), "label": labels})
+
+
+def _run_partitioner(partitioner, labels: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    partitioner.dataset = _label_table(labels)
+    return [
+        np.sort(np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64))
+        for i in range(num_clients)
+    ]
+
+
+def imbalanced_subset(labels: np.ndarray, ratio: float, seed: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Keep every sample of the majority half of the classes and 1/ratio of the rest.
+
+    The minority half is drawn with the seed; each minority class keeps
+    round(n_max / ratio) samples, where n_max is the smallest majority class count, so
+    the achieved majority:minority ratio is `ratio` up to rounding.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    minority = np.sort(rng.choice(classes, size=len(classes) // 2, replace=False))
+    majority_count = min(int((labels == c).sum()) for c in classes if c not in minority)
+    minority_count = max(1, int(round(majority_count / ratio)))
+    keep = []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        if c in minority:
+            idx = rng.choice(idx, size=min(minority_count, len(idx)), replace=False)
+        else:
+            idx = rng.choice(idx, size=majority_count, replace=False)
+        keep.append(idx)
+    return np.sort(np.concatenate(keep)), tuple(int(c) for c in minority)
+
+
+def partition_labels(spec: PartitionSpec, labels: np.ndarray, num_classes: int) -> Partition:
+    """Split sample indices across clients as `spec` asks; deterministic for spec.seed."""
+    from flwr_datasets.partitioner import DirichletPartitioner, PathologicalPartitioner
+
+    validate(spec, labels, num_classes)
+    n = spec.num_clients
+    if spec.kind == "iid":
+        return Partition(_iid(np.arange(len(labels)), labels, n, spec.seed))
+    if spec.kind == "classes":
+        partitioner = PathologicalPartitioner(
+            num_partitions=n,
+            partition_by="label",
+            num_classes_per_partition=spec.classes_per_client,
+            class_assignment_mode="first-deterministic",
+            seed=spec.seed,
+        )
+        return Partition(_run_partitioner(partitioner, labels, n))
+    if spec.kind == "dirichlet":
+        min_size = min(10, len(labels) // n)
+        partitioner = DirichletPartitioner(
+            num_partitions=n, partition_by="label", alpha=spec.beta,
+            min_partition_size=min_size, seed=spec.seed,
+        )
+        try:
+            return Partition(_run_partitioner(partitioner, labels, n))
+        except ValueError as exc:
+            raise ReglError(f"Dirichlet partition failed for beta={spec.beta}, {n} clients: {exc}") from exc
+    kept, minority = imbalanced_subset(labels, spec.imbalance_ratio, spec.seed)
+    return Partition(_iid(kept, labels[kept], n, spec.seed), minority)
+
+
+def _iid(indices: np.ndarray, labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+    """IidPartitioner cuts contiguous shards, so it is fed a seeded permutation."""
+    from flwr_datasets.partitioner import IidPartitioner
+
+    order = np.random.default_rng(seed).permutation(len(indices))
+    shards = _run_partitioner(IidPartitioner(num_clients), labels[order], num_clients)
+    return [np.sort(indices[order[shard]]) for shard in shards]

@@ -1,0 +1,90 @@
+"""Run Flower/Ray commands in a loopback-only network namespace, offline.
+
+Ray probes cloud metadata addresses when it starts, so nothing that starts Ray may run
+in the host's network namespace. `isolated()` wraps a command in new network and PID
+namespaces: only loopback is reachable, and every process the command leaves behind
+(the local SuperLink, Ray's daemons) dies with it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from regl.errors import ReglError
+
+MARKER = "REGL_SANDBOXED"
+
+
+def flower_env(state_dir: Path) -> dict[str, str]:
+    """Environment that keeps Flower, Ray and the HF hub offline, with project-local state."""
+    env = dict(os.environ)
+    env.update(
+        {
+            MARKER: "1",
+            "FLWR_HOME": str(state_dir.resolve()),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "HF_HUB_OFFLINE": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_DISABLE_USAGE_STATS": "1",
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+LOCAL_FEDERATION_TOML = """\
+# Written by regl: `flwr run .` uses the local simulation SuperLink with one CPU per
+# client. num-supernodes must equal the run config's partition-num-clients.
+[superlink]
+default = "local"
+
+[superlink.local]
+address = ":local:"
+options.num-supernodes = 10
+options.backend.client-resources.num-cpus = 1
+options.backend.client-resources.num-gpus = 0.0
+"""
+
+
+def ensure_flower_config(state_dir: Path) -> None:
+    """Give a new FLWR_HOME a local simulation connection that matches pyproject's run config."""
+    config = state_dir / "config.toml"
+    if not config.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        config.write_text(LOCAL_FEDERATION_TOML)
+
+
+def in_sandbox() -> bool:
+    return os.environ.get(MARKER) == "1"
+
+
+def isolated(argv: list[str]) -> list[str]:
+    """`argv` wrapped so it runs with loopback only, in its own PID namespace."""
+    for tool in ("unshare", "ip"):
+        if shutil.which(tool) is None:
+            raise ReglError(f"`{tool}` is required to isolate Flower/Ray from the network but was not found")
+    flags = ["--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    if os.geteuid() != 0:
+        flags.insert(0, "--map-root-user")
+    return ["unshare", *flags, "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+
+
+def run_isolated(argv: list[str], state_dir: Path) -> int:
+    """Run `argv` isolated with the offline Flower environment; returns its exit code."""
+    ensure_flower_config(state_dir)
+    try:
+        return subprocess.call(isolated(argv), env=flower_env(state_dir))
+    except KeyboardInterrupt:
+        return 130
+
+
+def rerun_self_isolated(state_dir: Path) -> int:
+    """Re-run the current `regl` command inside the sandbox."""
+    return run_isolated([sys.executable, "-m", "regl.cli", *sys.argv[1:]], state_dir)

@@ -1,0 +1,1 @@
+"""The local FastAPI generation service (see the README's architecture section)."""
