@@ -108,8 +108,10 @@ def cmd_fl(args: argparse.Namespace) -> int:
         return rerun_self_isolated(FLOWER_STATE_DIR)
     from clients.simulation import simulate
 
-    simulate(settings, num_cpus=args.cpus)
-    print(f"results: {settings.out_dir}/summary.json, rounds.json, accuracy.png")
+    summary = simulate(settings, num_cpus=args.cpus)
+    print(f"final global accuracy {100 * summary['final_accuracy']:.2f}%, mean personalized accuracy "
+          f"{100 * summary['final_personalized_accuracy']:.2f}%, {summary['wall_seconds']:.0f}s; "
+          f"results in {settings.out_dir} (summary.json, rounds.json, accuracy.png)")
     return 0
 
 

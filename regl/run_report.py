@@ -36,6 +36,7 @@ class RunReport:
         self.out_dir = Path(out_dir)
         self.config = config
         self.rounds: list[dict[str, Any]] = []
+        (self.out_dir / "summary.json").unlink(missing_ok=True)  # a summary only ever describes a finished run
         write_json_atomically(self.out_dir / "config.json", config)
 
     def add_round(self, record: dict[str, Any]) -> None:
