@@ -160,6 +160,7 @@ def _write_npz_atomically(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as tmp:
         np.savez_compressed(tmp, x=x, y=y)
+    os.chmod(tmp.name, 0o644)
     os.replace(tmp.name, path)
 
 

@@ -33,6 +33,7 @@ def flower_env(state_dir: Path) -> dict[str, str]:
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_DISABLE_USAGE_STATS": "1",
             "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )
