@@ -136,6 +136,84 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return run_isolated(args.command, FLOWER_STATE_DIR)
 
 
+def cmd_pretrain_base(args: argparse.Namespace) -> int:
+    import torch
+
+    from regl.pretrain import PretrainSettings, pretrain_base
+
+    for flag in ("vae_steps", "unet_steps", "batch_size", "checkpoint_every"):
+        if getattr(args, flag) < 1:
+            raise ReglError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    torch.set_num_threads(args.threads)
+    settings = PretrainSettings(vae_steps=args.vae_steps, unet_steps=args.unet_steps, batch_size=args.batch_size,
+                                checkpoint_every=args.checkpoint_every, size=args.size, seed=args.seed)
+    result = pretrain_base(Path(args.out), settings, resume=args.resume)
+    print(f"base model written to {args.out} ({result['seconds_this_call']:.0f}s in this call)")
+    return 0
+
+
+def _class_list(dataset: str) -> tuple[tuple[str, ...], str]:
+    """Class names and prompt template of a dataset, without loading its images when built in."""
+    from regl.datasets import BUILTINS, load_dataset
+    from regl.prompts import template_for
+
+    names = BUILTINS[dataset].class_names if dataset in BUILTINS else load_dataset(dataset).class_names
+    return names, template_for(dataset)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from regl.datasets import ImageDataset
+    from regl.generator import Generator, save_pngs, to_dataset_format
+
+    torch.set_num_threads(args.threads)
+    names, template = _class_list(args.dataset)
+    template = args.template or template
+    label = ImageDataset(np.zeros((0, 1, 1, 1), np.uint8), np.zeros(0, np.int64), names).class_index(args.class_name)
+    generator = Generator(Path(args.base), names, template, lora=Path(args.lora) if args.lora else None)
+    images = generator.generate_class(label, args.n, args.seed, steps=args.steps, guidance=args.guidance,
+                                      scheduler=args.scheduler, batch_size=args.batch_size)
+    resolution, channels = _dataset_shape(args.dataset)
+    paths = save_pngs(to_dataset_format(images, resolution, channels), Path(args.out),
+                      names[label].replace(" ", "-").replace("/", "-"))
+    print(f"{len(paths)} images of {names[label]!r} in {args.out}")
+    return 0
+
+
+def _dataset_shape(dataset: str) -> tuple[int, int]:
+    from regl.datasets import BUILTINS, load_dataset
+
+    if dataset in BUILTINS:
+        return 28, 1
+    data = load_dataset(dataset)
+    return data.resolution, data.channels
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from regl.datasets import load_dataset
+    from regl.lora import LoraSettings, finetune_lora
+    from regl.prompts import template_for
+
+    torch.set_num_threads(args.threads)
+    data = load_dataset(args.data)
+    names, template = data.class_names, args.template or template_for(args.data)
+    if args.classes_like:
+        names, template = _class_list(args.classes_like)
+        template = args.template or template
+        if len(names) != data.num_classes:
+            raise ReglError(f"{args.data} has {data.num_classes} classes but {args.classes_like} has {len(names)}")
+    settings = LoraSettings(rank=args.rank, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                            snr_gamma=args.snr_gamma or None, prior_per_class=args.prior_per_class,
+                            checkpoint_every=args.checkpoint_every, seed=args.seed)
+    result = finetune_lora(data, names, template, Path(args.base), Path(args.out), settings, resume=args.resume)
+    print(f"LoRA written to {args.out} ({result.timings['total_seconds']:.0f}s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="regl",
@@ -166,6 +244,69 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     p.set_defaults(func=cmd_centralized)
+
+    p = sub.add_parser("pretrain-base", help="train the tiny Stable Diffusion base on the public pools",
+                       description="Train the embedded default base (tiny SD: CLIP text encoder, AutoencoderKL, "
+                                   "UNet2DConditionModel) on the public pools of fashion-mnist and mnist-10k only. "
+                                   "Checkpoints every --checkpoint-every steps into OUT.pretrain/; --resume "
+                                   "continues from there, also to extend a finished run to more steps.")
+    p.add_argument("--out", default="models/regl-tiny-sd", help="pipeline folder to write (default: %(default)s)")
+    p.add_argument("--vae-steps", type=int, default=3000, help="(default: %(default)s)")
+    p.add_argument("--unet-steps", type=int, default=15000, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="(default: %(default)s)")
+    p.add_argument("--size", default="tiny", choices=["tiny", "test"],
+                   help="tiny: the shipped base; test: a far smaller model for smoke runs (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.pretrain/")
+    p.set_defaults(func=cmd_pretrain_base)
+
+    from regl.generator import DEFAULT_BASE, SCHEDULERS
+
+    p = sub.add_parser("generate", help="generate images of one class",
+                       description="Generate N images of one class with a local Stable Diffusion folder "
+                                   "(optionally with a client LoRA) and write them as PNGs at the dataset's "
+                                   "resolution and channels.")
+    p.add_argument("--class", dest="class_name", required=True, help="class name or index, e.g. sneaker or 7")
+    p.add_argument("--n", type=int, default=16, help="number of images (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.add_argument("--dataset", default="fashion-mnist", help="whose class names, prompt template and image "
+                                                              "format to use (default: %(default)s)")
+    p.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder (default: the shipped base)")
+    p.add_argument("--lora", default="", help="folder with pytorch_lora_weights.safetensors")
+    p.add_argument("--template", default="", help="prompt template with {} for the class name")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: %(default)s)")
+    p.add_argument("--scheduler", default="dpm", choices=sorted(SCHEDULERS), help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("finetune", help="fine-tune a LoRA on one client's images",
+                       description="LoRA on the UNet attention projections (to_q, to_k, to_v, to_out.0) over "
+                                   "cached latents; classes the client lacks are kept by prior preservation "
+                                   "(base-generated images with their prompts). Writes "
+                                   "OUT/pytorch_lora_weights.safetensors, loadable with pipe.load_lora_weights.")
+    p.add_argument("--data", required=True, help="client image folder (one subfolder per class) or dataset name")
+    p.add_argument("--out", required=True, help="LoRA output folder")
+    p.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder (default: the shipped base)")
+    p.add_argument("--classes-like", default="", help="take class names and template from this built-in dataset")
+    p.add_argument("--template", default="", help="prompt template with {} for the class name")
+    p.add_argument("--rank", type=int, default=4, help="(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=300, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR γ; 0 turns it off (default: %(default)s)")
+    p.add_argument("--prior-per-class", type=int, default=32,
+                   help="base images per missing class kept in training; 0 turns prior preservation off "
+                        "(default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("sandbox", help="run a command (e.g. `flwr run .`) offline in a loopback-only namespace",
                        description="Run COMMAND with Flower's offline environment, FLWR_HOME=./.flwr, in new "

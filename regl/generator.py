@@ -1,0 +1,173 @@
+"""Class-conditional image generation with any local diffusers Stable Diffusion folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from regl.errors import ReglError
+
+DEFAULT_BASE = Path(__file__).resolve().parents[1] / "models" / "regl-tiny-sd"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_METADATA = "regl_lora.json"
+ADAPTER = "client"
+MAX_IMAGES = 100_000
+SCHEDULERS = {
+    "dpm": "DPMSolverMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "ddpm": "DDPMScheduler",
+}
+REQUIRED_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def image_seed(seed: int, index: int) -> int:
+    """Image `index` of a request with `seed` depends on these two numbers alone."""
+    return (seed * 1_000_003 + index) % (2**63)
+
+
+def check_model_folder(folder: Path) -> None:
+    """Name the first thing that makes `folder` unusable as an SD pipeline."""
+    if not folder.is_dir():
+        raise ReglError(f"model folder {folder} does not exist")
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ReglError(f"model folder {folder} has no model_index.json; is it a diffusers pipeline folder?")
+    try:
+        parts = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReglError(f"{index} is not valid JSON: {exc}") from exc
+    for part in REQUIRED_PARTS:
+        if part not in parts or not (folder / part).is_dir():
+            raise ReglError(f"model folder {folder} lacks the `{part}` component")
+
+
+def load_pipeline(base: Path):
+    """StableDiffusionPipeline from a local folder, never touching the hub."""
+    from diffusers import StableDiffusionPipeline
+
+    check_model_folder(base)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            base, safety_checker=None, requires_safety_checker=False, local_files_only=True
+        )
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ReglError(f"cannot load the pipeline in {base}: {str(exc).splitlines()[0]}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def base_fingerprint(base: Path) -> str:
+    """sha256 of the base UNet's weights: identifies which base a LoRA belongs to."""
+    digest = hashlib.sha256()
+    for file in sorted((base / "unet").glob("*.safetensors")):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def attach_lora(pipe, lora_dir: Path, base: Path) -> None:
+    """Load a diffusers-format LoRA; one trained on another base is refused."""
+    if not (lora_dir / LORA_FILE).is_file():
+        raise ReglError(f"{lora_dir} holds no {LORA_FILE}")
+    meta_file = lora_dir / LORA_METADATA
+    if meta_file.is_file():
+        trained_on = json.loads(meta_file.read_text())["base_fingerprint"]
+        if trained_on != base_fingerprint(base):
+            raise ReglError(f"the LoRA in {lora_dir} was trained on another base model "
+                            f"(fingerprint {trained_on}, {base} is {base_fingerprint(base)})")
+    try:
+        pipe.load_lora_weights(lora_dir, weight_name=LORA_FILE, adapter_name=ADAPTER)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        pipe.unload_lora_weights()
+        raise ReglError(f"the LoRA in {lora_dir} does not fit this base model: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def to_dataset_format(images: np.ndarray, resolution: int, channels: int) -> np.ndarray:
+    """uint8 N×32×32×3 pipeline output → the dataset's N×R×R×C.
+
+    28×28 data was padded to 32 for the pipeline, so a centre crop undoes it exactly;
+    other sizes are resized.
+    """
+    side = images.shape[1]
+    if resolution < side and (side - resolution) % 2 == 0 and side - resolution <= 4:
+        m = (side - resolution) // 2
+        images = images[:, m : m + resolution, m : m + resolution]
+    elif resolution != side:
+        images = np.stack([np.asarray(Image.fromarray(i).resize((resolution, resolution), Image.BILINEAR))
+                           for i in images])
+    if channels == 1:
+        images = np.rint(images.astype(np.float32).mean(axis=3, keepdims=True)).astype(np.uint8)
+    return images
+
+
+class Generator:
+    """A loaded pipeline plus the dataset's class names and prompt template."""
+
+    def __init__(self, base: Path, class_names: tuple[str, ...], template: str, lora: Path | None = None) -> None:
+        self.pipe = load_pipeline(Path(base))
+        self.base = Path(base)
+        self.lora = Path(lora) if lora else None
+        if self.lora:
+            attach_lora(self.pipe, self.lora, self.base)
+        self.class_names = class_names
+        self.template = template
+        self.resolution = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    def set_lora_scale(self, scale: float) -> None:
+        if self.lora:
+            self.pipe.set_adapters([ADAPTER], adapter_weights=[scale])
+
+    def prompt(self, label: int) -> str:
+        return self.template.format(self.class_names[label])
+
+    def generate(
+        self, labels: list[int], seeds: list[int], steps: int = 20, guidance: float = 3.0,
+        scheduler: str = "dpm", batch_size: int = 64,
+    ) -> np.ndarray:
+        """One image per (label, seed) pair, as uint8 N×H×W×3; each depends only on its pair."""
+        import diffusers
+        import torch
+
+        if scheduler not in SCHEDULERS:
+            raise ReglError(f"unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}")
+        if steps < 1:
+            raise ReglError(f"steps must be at least 1, got {steps}")
+        scheduler_class = getattr(diffusers, SCHEDULERS[scheduler])
+        self.pipe.scheduler = scheduler_class.from_config(self.pipe.scheduler.config)
+        out = []
+        for start in range(0, len(labels), batch_size):
+            chunk = range(start, min(start + batch_size, len(labels)))
+            with torch.no_grad():
+                images = self.pipe(
+                    prompt=[self.prompt(labels[i]) for i in chunk],
+                    height=self.resolution, width=self.resolution,
+                    num_inference_steps=steps, guidance_scale=guidance,
+                    generator=[torch.Generator().manual_seed(seeds[i]) for i in chunk],
+                    output_type="np",
+                ).images
+            out.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
+        return np.concatenate(out)
+
+    def generate_class(self, label: int, n: int, seed: int, **options) -> np.ndarray:
+        if not 1 <= n <= MAX_IMAGES:
+            raise ReglError(f"n must be between 1 and {MAX_IMAGES}, got {n}")
+        return self.generate([label] * n, [image_seed(seed, i) for i in range(n)], **options)
+
+
+def save_pngs(images: np.ndarray, folder: Path, prefix: str) -> list[Path]:
+    """Each PNG written to a temporary name, then renamed: no half-written files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"{prefix}_{i:05d}.png"
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".png.tmp", delete=False) as tmp:
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
+        os.replace(tmp.name, path)
+        paths.append(path)
+    return paths

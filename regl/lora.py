@@ -1,0 +1,159 @@
+"""`regl finetune`: per-client LoRA on the UNet's attention projections (the diffusers recipe).
+
+Latents and text embeddings are computed once and cached; only the LoRA matrices train.
+A one- or two-class client would teach the LoRA that every prompt means its own classes,
+so by default the classes it lacks are kept in the training set through prior
+preservation: images the *base* generates for them, trained on with their own prompts
+(as DreamBooth does for its class prior).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from regl.datasets import ImageDataset
+from regl.diffusion_loss import denoising_loss, encode_latents, encode_prompts, restore_rng, rng_state, to_pipeline_pixels
+from regl.errors import ReglError
+from regl.generator import ADAPTER, LORA_METADATA, Generator, base_fingerprint, image_seed
+
+TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 4
+    steps: int = 300
+    lr: float = 1e-3
+    batch_size: int = 32
+    snr_gamma: float | None = 5.0
+    prior_per_class: int = 32  # base images per missing class; 0 turns prior preservation off
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+def _training_set(generator: Generator, data: ImageDataset, settings: LoraSettings) -> tuple[torch.Tensor, np.ndarray]:
+    """Client pixels and labels, plus base-generated priors for the classes the client lacks."""
+    pixels, labels = to_pipeline_pixels(data), data.y
+    missing = [c for c in range(len(generator.class_names)) if not (data.y == c).any()]
+    if settings.prior_per_class and missing:
+        prior_labels = [c for c in missing for _ in range(settings.prior_per_class)]
+        seeds = [image_seed(settings.seed + 7919, i) for i in range(len(prior_labels))]
+        prior = generator.generate(prior_labels, seeds)
+        prior_pixels = torch.from_numpy(prior).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        pixels = torch.cat([pixels, prior_pixels])
+        labels = np.concatenate([labels, prior_labels])
+    return pixels, labels
+
+
+def _save_lora(pipe, out: Path, metadata: dict) -> None:
+    """Write the finished LoRA beside `out`, then swap; the checkpoint goes with the old folder."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER))
+    StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
+    (tmp / LORA_METADATA).write_text(json.dumps(metadata, indent=2))
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_checkpoint(pipe, out: Path, state: dict) -> None:
+    from peft.utils import get_peft_model_state_dict
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "checkpoint.tmp"
+    tmp.mkdir(exist_ok=True)
+    torch.save({**state, "adapter": get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER)}, tmp / "state.pt")
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    tmp.rename(out / "checkpoint")
+
+
+@dataclass
+class FinetuneResult:
+    generator: Generator  # the base with the trained adapter active
+    timings: dict
+
+
+def finetune_lora(
+    data: ImageDataset, class_names: tuple[str, ...], template: str, base: Path, out: Path,
+    settings: LoraSettings, resume: bool = False,
+) -> FinetuneResult:
+    """Train a LoRA on `data` and write `out/pytorch_lora_weights.safetensors`."""
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    checkpoint = out / "checkpoint" / "state.pt"
+    if resume and not checkpoint.is_file():
+        raise ReglError(f"--resume given but {out} holds no checkpoint")
+    if not resume and checkpoint.is_file():
+        raise ReglError(f"{out} holds a checkpoint of an earlier fine-tune; pass --resume or choose another --out")
+    if settings.rank < 1 or settings.steps < 1 or settings.batch_size < 1:
+        raise ReglError("rank, steps and batch size must all be at least 1")
+    timings = {}
+    started = time.perf_counter()
+    generator = Generator(base, class_names, template)
+    pipe = generator.pipe
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    pixels, labels = _training_set(generator, data, settings)
+    timings["prior_seconds"] = time.perf_counter() - started
+
+    cached = time.perf_counter()
+    latents = encode_latents(pipe.vae, pixels)
+    embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, [generator.prompt(c) for c in range(len(class_names))])
+    labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    timings["cache_seconds"] = time.perf_counter() - cached
+
+    torch.manual_seed(settings.seed)  # the adapter's initial A matrices
+    pipe.unet.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.rank, init_lora_weights="gaussian",
+                                     target_modules=TARGET_MODULES), adapter_name=ADAPTER)
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr)
+    start_step, rng = 0, torch.Generator().manual_seed(settings.seed)
+    if resume:
+        state = torch.load(checkpoint, weights_only=False)
+        set_peft_model_state_dict(pipe.unet, state["adapter"], adapter_name=ADAPTER)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, rng = state["step"], restore_rng(state["rng"])
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    trained = time.perf_counter()
+    pipe.unet.train()
+    progress = tqdm(range(start_step, settings.steps), initial=start_step, total=settings.steps,
+                    desc="lora", unit="step")
+    for step in progress:
+        rows = torch.randint(0, len(latents), (settings.batch_size,), generator=rng)
+        loss = denoising_loss(pipe.unet, noise_scheduler, latents[rows], embeddings[labels_t[rows]], rng,
+                              settings.snr_gamma)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
+            _save_checkpoint(pipe, out, {"step": step + 1, "optimizer": optimizer.state_dict(),
+                                         "rng": rng_state(rng), "settings": asdict(settings)})
+    pipe.unet.eval()
+    timings["train_seconds"] = time.perf_counter() - trained
+    timings["total_seconds"] = time.perf_counter() - started
+    _save_lora(pipe, out, {
+        "base": str(base), "base_fingerprint": base_fingerprint(base), "class_names": list(class_names),
+        "template": template, "client_class_counts": np.bincount(data.y, minlength=len(class_names)).tolist(),
+        "settings": asdict(settings), "timings": timings,
+    })
+    return FinetuneResult(generator, timings)

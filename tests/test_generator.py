@@ -1,0 +1,176 @@
+"""Generator and LoRA on a tiny random Stable Diffusion built from configs (no downloads)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from regl import lora as lora_module
+from regl.datasets import ImageDataset
+from regl.errors import ReglError
+from regl.generator import MAX_IMAGES, Generator, load_pipeline, save_pngs, to_dataset_format
+from regl.lora import LoraSettings, finetune_lora
+from regl.prompts import class_prompts, prompt_words
+from regl.tiny_sd import TEST_SD, build_pipeline
+
+CLASSES = ("sneaker", "bag", "coat")
+TEMPLATE = "a photo of a {}"
+FAST = {"steps": 2, "guidance": 2.0}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("base")
+    pipe = build_pipeline(TEST_SD, prompt_words(class_prompts(CLASSES, TEMPLATE)), folder / "work", seed=0)
+    pipe.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+@pytest.fixture(scope="module")
+def generator(base):
+    return Generator(base, CLASSES, TEMPLATE)
+
+
+def client_data(labels):
+    rng = np.random.default_rng(0)
+    return ImageDataset(rng.integers(0, 255, (len(labels), 28, 28, 1), dtype=np.uint8), np.array(labels), CLASSES)
+
+
+def test_generation_is_deterministic_per_seed_and_batch_independent(generator):
+    a = generator.generate_class(1, 3, seed=5, **FAST)
+    b = generator.generate_class(1, 3, seed=5, **FAST)
+    c = generator.generate_class(1, 3, seed=6, **FAST)
+    assert a.shape == (3, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # an image depends on its own (class, seed) only, not on what shares its batch
+    mixed = generator.generate([0, 1, 2], [11, 22, 33], **FAST)
+    alone = generator.generate([1], [22], **FAST)
+    assert np.abs(mixed[1].astype(int) - alone[0].astype(int)).max() <= 1
+
+
+def test_dataset_format_crops_padding_and_grays():
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    images[:, 2:30, 2:30] = [30, 60, 90]
+    out = to_dataset_format(images, 28, 1)
+    assert out.shape == (2, 28, 28, 1) and np.all(out == 60)
+    assert to_dataset_format(images, 64, 3).shape == (2, 64, 64, 3)
+
+
+def test_pngs_are_written(tmp_path, generator):
+    paths = save_pngs(to_dataset_format(generator.generate_class(0, 2, seed=1, **FAST), 28, 1), tmp_path, "sneaker")
+    assert [p.name for p in paths] == ["sneaker_00000.png", "sneaker_00001.png"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bad_model_folders_are_named(tmp_path, base):
+    with pytest.raises(ReglError, match="does not exist"):
+        load_pipeline(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReglError, match="no model_index.json"):
+        load_pipeline(tmp_path / "empty")
+    broken = tmp_path / "broken"
+    shutil.copytree(base, broken)
+    (broken / "model_index.json").write_text("{not json")
+    with pytest.raises(ReglError, match="not valid JSON"):
+        load_pipeline(broken)
+    partial = tmp_path / "partial"
+    shutil.copytree(base, partial)
+    shutil.rmtree(partial / "vae")
+    with pytest.raises(ReglError, match="lacks the `vae` component"):
+        load_pipeline(partial)
+
+
+@pytest.mark.parametrize("n", [0, -3, MAX_IMAGES + 1, 10**9])
+def test_bad_counts_are_refused(generator, n):
+    with pytest.raises(ReglError, match="n must be between 1"):
+        generator.generate_class(0, n, seed=0)
+
+
+def test_unknown_scheduler_is_refused(generator):
+    with pytest.raises(ReglError, match="unknown scheduler 'plms'"):
+        generator.generate([0], [0], scheduler="plms")
+
+
+LORA = LoraSettings(rank=4, steps=6, lr=0.05, batch_size=4, prior_per_class=2, checkpoint_every=2)
+
+
+def test_lora_saved_then_stock_loaded_matches_memory_and_differs_from_base(tmp_path, base, generator):
+    result = finetune_lora(client_data([0] * 6), CLASSES, TEMPLATE, base, tmp_path / "lora", LORA)
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert not (tmp_path / "lora" / "checkpoint").exists()
+    meta = json.loads((tmp_path / "lora" / "regl_lora.json").read_text())
+    assert meta["client_class_counts"] == [6, 0, 0]
+    in_memory_pipe = result.generator.pipe
+    in_memory_pipe.scheduler = load_pipeline(base).scheduler  # generation switched it; compare like with like
+    in_memory = in_memory_pipe("a photo of a bag", num_inference_steps=2, height=32, width=32,
+                                      generator=torch.Generator().manual_seed(3), output_type="np").images
+    stock = load_pipeline(base)
+    stock.load_lora_weights(tmp_path / "lora")  # a plain diffusers call
+    loaded = stock("a photo of a bag", num_inference_steps=2, height=32, width=32,
+                   generator=torch.Generator().manual_seed(3), output_type="np").images
+    plain = load_pipeline(base)("a photo of a bag", num_inference_steps=2, height=32, width=32,
+                                generator=torch.Generator().manual_seed(3), output_type="np").images
+    np.testing.assert_allclose(loaded, in_memory, atol=1e-5)
+    assert np.abs(loaded - plain).max() > 1e-3
+
+
+def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch):
+    data = client_data([0, 0, 1, 1])
+    full = finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "full", LORA)
+
+    calls = {"n": 0}
+    real_loss = lora_module.denoising_loss
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # dies during step 4, after the step-2 checkpoint... and step 3
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(lora_module, "denoising_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "cut", LORA)
+    state = torch.load(tmp_path / "cut" / "checkpoint" / "state.pt", weights_only=False)
+    assert state["step"] == 2
+    with pytest.raises(ReglError, match="pass --resume"):
+        finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "cut", LORA)
+
+    calls["n"] = -100
+    resumed_steps = []
+    monkeypatch.setattr(lora_module, "denoising_loss",
+                        lambda *a, **k: resumed_steps.append(1) or real_loss(*a, **k))
+    resumed = finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "cut", LORA, resume=True)
+    assert len(resumed_steps) == LORA.steps - 2
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "full" / "pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "cut" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    assert resumed.timings["train_seconds"] > 0 and full.timings["train_seconds"] > 0
+
+
+def test_resume_without_checkpoint_is_refused(tmp_path, base):
+    with pytest.raises(ReglError, match="holds no checkpoint"):
+        finetune_lora(client_data([0, 1]), CLASSES, TEMPLATE, base, tmp_path / "none", LORA, resume=True)
+
+
+def test_lora_from_another_base_is_refused(tmp_path, base):
+    finetune_lora(client_data([0, 1]), CLASSES, TEMPLATE, base, tmp_path / "lora", LORA)
+    other = tmp_path / "other"
+    pipe = build_pipeline(TEST_SD, prompt_words(class_prompts(CLASSES, TEMPLATE)), tmp_path / "w", seed=1)
+    pipe.save_pretrained(other)
+    with pytest.raises(ReglError, match="trained on another base model"):
+        Generator(other, CLASSES, TEMPLATE, lora=tmp_path / "lora")
+    (tmp_path / "lora" / "regl_lora.json").unlink()  # without metadata the shapes still have to fit
+    bigger = tmp_path / "bigger"
+    from dataclasses import replace
+
+    build_pipeline(replace(TEST_SD, unet_channels=(32, 64)), prompt_words(class_prompts(CLASSES, TEMPLATE)),
+                   tmp_path / "w2").save_pretrained(bigger)
+    with pytest.raises(ReglError, match="does not fit this base model"):
+        Generator(bigger, CLASSES, TEMPLATE, lora=tmp_path / "lora")
