@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -166,8 +167,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from regl.datasets import ImageDataset
-    from regl.generator import Generator, save_pngs, to_dataset_format
+    from regl.generator import Generator, check_count, save_pngs, to_dataset_format
 
+    check_count(args.n)
     torch.set_num_threads(args.threads)
     names, template = _class_list(args.dataset)
     template = args.template or template
@@ -211,6 +213,41 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                             checkpoint_every=args.checkpoint_every, seed=args.seed)
     result = finetune_lora(data, names, template, Path(args.base), Path(args.out), settings, resume=args.resume)
     print(f"LoRA written to {args.out} ({result.timings['total_seconds']:.0f}s)")
+    return 0
+
+
+def cmd_eval_generator(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from regl.generator import LORA_METADATA, Generator
+    from regl.generator_eval import evaluate_generator, format_quality
+
+    if args.per_class < 2:
+        raise ReglError(f"--per-class must be at least 2, got {args.per_class}")
+    torch.set_num_threads(args.threads)
+    names, template = _class_list(args.dataset)
+    lora = Path(args.lora) if args.lora else None
+    generator = Generator(Path(args.base), names, template, lora=lora)
+    generator.set_lora_scale(args.lora_scale)
+    quality = evaluate_generator(generator, args.dataset, args.per_class, args.seed,
+                                 steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
+    title = f"{args.base}" + (f" + LoRA {args.lora} (scale {args.lora_scale})" if lora else "")
+    print(format_quality(quality, names, title))
+    if lora and (lora / LORA_METADATA).is_file():
+        counts = json.loads((lora / LORA_METADATA).read_text())["client_class_counts"]
+        own = [c for c, n in enumerate(counts) if n > 0]
+        missing = [c for c, n in enumerate(counts) if n == 0]
+        print(f"client's own classes {own}: {100 * quality.mean_accuracy(own):.1f}%; "
+              f"missing classes: {100 * quality.mean_accuracy(missing) if missing else float('nan'):.1f}%")
+    return 0
+
+
+def cmd_bench_generator(args: argparse.Namespace) -> int:
+    from regl.generator_bench import run_benchmark
+
+    print(run_benchmark(Path(args.base), args.dataset, args.threads, args.flop_per_cycle, args.lora_steps))
     return 0
 
 
@@ -308,6 +345,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.set_defaults(func=cmd_finetune)
 
+    p = sub.add_parser("eval-generator", help="accuracy and Fréchet distance of generated images",
+                       description="Train the small CNN on the dataset's real private pool, then report its "
+                                   "accuracy per class on generated images and the Fréchet distance between "
+                                   "generated and real test images in its feature space.")
+    p.add_argument("--dataset", default="fashion-mnist", help="(default: %(default)s)")
+    p.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder (default: the shipped base)")
+    p.add_argument("--lora", default="", help="LoRA folder to evaluate on top of the base")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="(default: %(default)s)")
+    p.add_argument("--per-class", type=int, default=100, help="generated images per class (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="(default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=3.0, help="(default: %(default)s)")
+    p.add_argument("--scheduler", default="dpm", choices=sorted(SCHEDULERS), help="(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.set_defaults(func=cmd_eval_generator)
+
+    p = sub.add_parser("bench-generator", help="generation images/s, LoRA steps/s and fine-tune wall time",
+                       description="Print generation throughput at batch 64 (20 steps, with and without "
+                                   "guidance) with the UNet's FLOP/s as a fraction of the CPU's peak, and the "
+                                   "speed and wall time of a default LoRA fine-tune on a one-class client. "
+                                   "Run it on an otherwise idle machine.")
+    p.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder (default: the shipped base)")
+    p.add_argument("--dataset", default="fashion-mnist", help="(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="(default: %(default)s)")
+    p.add_argument("--flop-per-cycle", type=int, default=32, help="FP32 FLOP/cycle/core for the peak (default: "
+                                                                   "%(default)s, AVX-512 on two 256-bit FMA pipes)")
+    p.add_argument("--lora-steps", type=int, default=300, help="(default: %(default)s)")
+    p.set_defaults(func=cmd_bench_generator)
+
     p = sub.add_parser("sandbox", help="run a command (e.g. `flwr run .`) offline in a loopback-only namespace",
                        description="Run COMMAND with Flower's offline environment, FLWR_HOME=./.flwr, in new "
                                    "network and PID namespaces: only loopback is reachable and every process "
@@ -319,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its torchvision notice is noise here
     try:
         return args.func(args)
     except ReglError as exc:

@@ -51,8 +51,12 @@ def check_model_folder(folder: Path) -> None:
 def load_pipeline(base: Path):
     """StableDiffusionPipeline from a local folder, never touching the hub."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     check_model_folder(base)
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             base, safety_checker=None, requires_safety_checker=False, local_files_only=True
@@ -106,6 +110,11 @@ def to_dataset_format(images: np.ndarray, resolution: int, channels: int) -> np.
     return images
 
 
+def check_count(n: int) -> None:
+    if not 1 <= n <= MAX_IMAGES:
+        raise ReglError(f"n must be between 1 and {MAX_IMAGES}, got {n}")
+
+
 class Generator:
     """A loaded pipeline plus the dataset's class names and prompt template."""
 
@@ -155,8 +164,7 @@ class Generator:
         return np.concatenate(out)
 
     def generate_class(self, label: int, n: int, seed: int, **options) -> np.ndarray:
-        if not 1 <= n <= MAX_IMAGES:
-            raise ReglError(f"n must be between 1 and {MAX_IMAGES}, got {n}")
+        check_count(n)
         return self.generate([label] * n, [image_seed(seed, i) for i in range(n)], **options)
 
 

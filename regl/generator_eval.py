@@ -1,0 +1,94 @@
+"""`regl eval-generator`: how recognisable and how realistic generated images are.
+
+(a) accuracy, per class, of a classifier trained on real data only, on generated images;
+(b) the Fréchet distance between generated and real test images in that classifier's
+feature space (its 84-d penultimate layer: an FID with a task-specific network).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from regl.datasets import ImageDataset, load_split
+from regl.generator import Generator, image_seed, to_dataset_format
+from regl.models import SmallCNN
+from regl.training import TrainSettings, evaluate, to_tensor, train
+
+CLASSIFIER_EPOCHS = 5
+
+
+def reference_classifier(dataset: str, seed: int = 0) -> tuple[SmallCNN, float]:
+    """The NIID-Bench CNN trained on the private pool; returns it and its real test accuracy."""
+    split = load_split(dataset)
+    torch.manual_seed(seed)
+    model = SmallCNN(split.private.channels, split.private.num_classes, split.private.resolution)
+    train(model, split.private, TrainSettings(epochs=CLASSIFIER_EPOCHS, lr=0.05), seed=seed)
+    return model, evaluate(model, split.test)["accuracy"]
+
+
+@torch.no_grad()
+def features(model: SmallCNN, x: np.ndarray) -> np.ndarray:
+    model.eval()
+    return np.concatenate([model.features(to_tensor(x[i : i + 1024])).numpy() for i in range(0, len(x), 1024)])
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½)."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root.real))
+
+
+@dataclass(frozen=True)
+class GeneratorQuality:
+    per_class_accuracy: list[float]
+    frechet: float
+    real_test_accuracy: float
+    images_per_second: float
+
+    def mean_accuracy(self, classes: list[int] | None = None) -> float:
+        picked = self.per_class_accuracy if classes is None else [self.per_class_accuracy[c] for c in classes]
+        return float(np.mean(picked))
+
+
+def generated_set(generator: Generator, classes: list[int], per_class: int, seed: int, like: ImageDataset,
+                  **options) -> tuple[ImageDataset, float]:
+    """`per_class` images of each class in the dataset's format, and the generation speed."""
+    labels = [c for c in classes for _ in range(per_class)]
+    seeds = [image_seed(seed, i) for i in range(len(labels))]
+    started = time.perf_counter()
+    images = generator.generate(labels, seeds, **options)
+    speed = len(labels) / (time.perf_counter() - started)
+    x = to_dataset_format(images, like.resolution, like.channels)
+    return ImageDataset(x, np.asarray(labels, dtype=np.int64), like.class_names), speed
+
+
+def evaluate_generator(generator: Generator, dataset: str, per_class: int, seed: int,
+                       classifier: tuple[SmallCNN, float] | None = None, **options) -> GeneratorQuality:
+    model, real_accuracy = classifier or reference_classifier(dataset)
+    test = load_split(dataset).test
+    fake, speed = generated_set(generator, list(range(test.num_classes)), per_class, seed, test, **options)
+    result = evaluate(model, fake)
+    return GeneratorQuality(
+        per_class_accuracy=[float(a) for a in result["per_class_accuracy"]],
+        frechet=frechet_distance(features(model, fake.x), features(model, test.x)),
+        real_test_accuracy=real_accuracy,
+        images_per_second=speed,
+    )
+
+
+def format_quality(quality: GeneratorQuality, class_names: tuple[str, ...], title: str) -> str:
+    lines = [title, f"{'class':>12} accuracy on generated"]
+    lines += [f"{name:>12} {100 * acc:6.1f}%" for name, acc in zip(class_names, quality.per_class_accuracy)]
+    lines.append(f"{'mean':>12} {100 * quality.mean_accuracy():6.1f}%   (the classifier scores "
+                 f"{100 * quality.real_test_accuracy:.1f}% on real test images)")
+    lines.append(f"Fréchet distance to the real test set (classifier features): {quality.frechet:.2f}")
+    lines.append(f"generation speed: {quality.images_per_second:.1f} images/s")
+    return "\n".join(lines)
