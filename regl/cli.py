@@ -16,6 +16,10 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist-10k",
                         help="mnist-10k (shipped), fashion-mnist, or a folder with one subfolder per class "
                              "(default: %(default)s)")
+    _add_partition_options(parser)
+
+
+def _add_partition_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partition", default="classes", choices=["iid", "classes", "dirichlet", "imbalance"],
                         help="label skew: iid; k classes per client; Dirichlet(beta); global imbalance ratio "
                              "then iid (default: %(default)s)")
@@ -46,6 +50,19 @@ def _partition_spec(args: argparse.Namespace):
 
     return PartitionSpec(args.partition, args.clients, args.classes_per_client, args.beta,
                          args.imbalance_ratio, args.seed)
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    from regl.generator import DEFAULT_BASE, SCHEDULERS
+
+    parser.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder (default: the shipped base)")
+    parser.add_argument("--lora", default="", help="folder with pytorch_lora_weights.safetensors")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: %(default)s)")
+    parser.add_argument("--guidance", type=float, default=3.0,
+                        help="classifier-free guidance scale (default: %(default)s)")
+    parser.add_argument("--scheduler", default="dpm", choices=sorted(SCHEDULERS), help="(default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
 
 
 def _settings(args: argparse.Namespace, suffix: str = ""):
@@ -201,7 +218,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from regl.prompts import template_for
 
     torch.set_num_threads(args.threads)
-    data = load_dataset(args.data)
+    if args.client >= 0:
+        from regl.experiment import ExperimentSettings, client_data
+
+        if args.client >= args.clients:
+            raise ReglError(f"--client must be below --clients ({args.clients}), got {args.client}")
+        data = client_data(ExperimentSettings(dataset=args.data, partition=_partition_spec(args)), args.client)
+    else:
+        data = load_dataset(args.data)
     names, template = data.class_names, args.template or template_for(args.data)
     if args.classes_like:
         names, template = _class_list(args.classes_like)
@@ -231,8 +255,14 @@ def cmd_eval_generator(args: argparse.Namespace) -> int:
     lora = Path(args.lora) if args.lora else None
     generator = Generator(Path(args.base), names, template, lora=lora)
     generator.set_lora_scale(args.lora_scale)
-    quality = evaluate_generator(generator, args.dataset, args.per_class, args.seed,
-                                 steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
+    quality, fake = evaluate_generator(generator, args.dataset, args.per_class, args.seed,
+                                       steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
+    if args.grid:
+        from regl.datasets import load_split
+        from regl.generator_eval import save_grid
+
+        save_grid(load_split(args.dataset).test, fake, Path(args.grid))
+        print(f"grid of real (left) and generated (right) images: {args.grid}")
     title = f"{args.base}" + (f" + LoRA {args.lora} (scale {args.lora_scale})" if lora else "")
     print(format_quality(quality, names, title))
     if lora and (lora / LORA_METADATA).is_file():
@@ -310,15 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.add_argument("--dataset", default="fashion-mnist", help="whose class names, prompt template and image "
                                                               "format to use (default: %(default)s)")
-    p.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder (default: the shipped base)")
-    p.add_argument("--lora", default="", help="folder with pytorch_lora_weights.safetensors")
+    _add_generation_options(p)
     p.add_argument("--template", default="", help="prompt template with {} for the class name")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default: %(default)s)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: %(default)s)")
-    p.add_argument("--scheduler", default="dpm", choices=sorted(SCHEDULERS), help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("finetune", help="fine-tune a LoRA on one client's images",
@@ -326,7 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "cached latents; classes the client lacks are kept by prior preservation "
                                    "(base-generated images with their prompts). Writes "
                                    "OUT/pytorch_lora_weights.safetensors, loadable with pipe.load_lora_weights.")
-    p.add_argument("--data", required=True, help="client image folder (one subfolder per class) or dataset name")
+    p.add_argument("--data", required=True, help="client image folder (one subfolder per class), or a dataset "
+                                                 "name with --client to take one simulated client's share")
+    p.add_argument("--client", type=int, default=-1, help="with a dataset name: fine-tune on this client of the "
+                                                          "partition below (default: the whole --data)")
+    _add_partition_options(p)
     p.add_argument("--out", required=True, help="LoRA output folder")
     p.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder (default: the shipped base)")
     p.add_argument("--classes-like", default="", help="take class names and template from this built-in dataset")
@@ -340,7 +368,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="base images per missing class kept in training; 0 turns prior preservation off "
                         "(default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.set_defaults(func=cmd_finetune)
@@ -350,15 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "accuracy per class on generated images and the Fréchet distance between "
                                    "generated and real test images in its feature space.")
     p.add_argument("--dataset", default="fashion-mnist", help="(default: %(default)s)")
-    p.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder (default: the shipped base)")
-    p.add_argument("--lora", default="", help="LoRA folder to evaluate on top of the base")
+    _add_generation_options(p)
     p.add_argument("--lora-scale", type=float, default=1.0, help="(default: %(default)s)")
     p.add_argument("--per-class", type=int, default=100, help="generated images per class (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="(default: %(default)s)")
-    p.add_argument("--guidance", type=float, default=3.0, help="(default: %(default)s)")
-    p.add_argument("--scheduler", default="dpm", choices=sorted(SCHEDULERS), help="(default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--grid", default="", help="also save a PNG: per class, 8 real then 8 generated images")
     p.set_defaults(func=cmd_eval_generator)
 
     p = sub.add_parser("bench-generator", help="generation images/s, LoRA steps/s and fine-tune wall time",

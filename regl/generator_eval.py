@@ -71,17 +71,36 @@ def generated_set(generator: Generator, classes: list[int], per_class: int, seed
 
 
 def evaluate_generator(generator: Generator, dataset: str, per_class: int, seed: int,
-                       classifier: tuple[SmallCNN, float] | None = None, **options) -> GeneratorQuality:
+                       classifier: tuple[SmallCNN, float] | None = None,
+                       **options) -> tuple[GeneratorQuality, ImageDataset]:
+    """The quality figures and the generated images they were measured on."""
     model, real_accuracy = classifier or reference_classifier(dataset)
     test = load_split(dataset).test
     fake, speed = generated_set(generator, list(range(test.num_classes)), per_class, seed, test, **options)
     result = evaluate(model, fake)
-    return GeneratorQuality(
+    quality = GeneratorQuality(
         per_class_accuracy=[float(a) for a in result["per_class_accuracy"]],
         frechet=frechet_distance(features(model, fake.x), features(model, test.x)),
         real_test_accuracy=real_accuracy,
         images_per_second=speed,
     )
+    return quality, fake
+
+
+def save_grid(real: ImageDataset, fake: ImageDataset, path, per_row: int = 8) -> None:
+    """One row per class: `per_row` real test images, a gap, then `per_row` generated ones."""
+    from PIL import Image
+
+    side, gap = real.resolution, 4
+    rows = []
+    for c in range(real.num_classes):
+        picks = [real.x[real.y == c][:per_row], fake.x[fake.y == c][:per_row]]
+        halves = [np.concatenate(list(p), axis=1) for p in picks]
+        spacer = np.full((side, gap, real.channels), 255, np.uint8)
+        rows.append(np.concatenate([halves[0], spacer, halves[1]], axis=1))
+    grid = np.concatenate(rows, axis=0)
+    image = Image.fromarray(grid[..., 0] if real.channels == 1 else grid)
+    image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(path)
 
 
 def format_quality(quality: GeneratorQuality, class_names: tuple[str, ...], title: str) -> str:

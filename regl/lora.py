@@ -39,9 +39,16 @@ class LoraSettings:
     seed: int = 0
 
 
-def _training_set(generator: Generator, data: ImageDataset, settings: LoraSettings) -> tuple[torch.Tensor, np.ndarray]:
-    """Client pixels and labels, plus base-generated priors for the classes the client lacks."""
+def _training_set(
+    generator: Generator, data: ImageDataset, settings: LoraSettings
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    """Client pixels and labels plus base-generated priors for the classes the client lacks.
+
+    The third value weights each sample's chance of being drawn: with priors, half of
+    every batch comes from them (DreamBooth's prior-preservation loss with weight 1).
+    """
     pixels, labels = to_pipeline_pixels(data), data.y
+    weights = torch.full((len(labels),), 1.0 / len(labels))
     missing = [c for c in range(len(generator.class_names)) if not (data.y == c).any()]
     if settings.prior_per_class and missing:
         prior_labels = [c for c in missing for _ in range(settings.prior_per_class)]
@@ -50,7 +57,8 @@ def _training_set(generator: Generator, data: ImageDataset, settings: LoraSettin
         prior_pixels = torch.from_numpy(prior).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         pixels = torch.cat([pixels, prior_pixels])
         labels = np.concatenate([labels, prior_labels])
-    return pixels, labels
+        weights = torch.cat([weights, torch.full((len(prior_labels),), 1.0 / len(prior_labels))])
+    return pixels, labels, weights
 
 
 def _save_lora(pipe, out: Path, metadata: dict) -> None:
@@ -111,7 +119,7 @@ def finetune_lora(
     pipe = generator.pipe
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
-    pixels, labels = _training_set(generator, data, settings)
+    pixels, labels, draw_weights = _training_set(generator, data, settings)
     timings["prior_seconds"] = time.perf_counter() - started
 
     cached = time.perf_counter()
@@ -138,7 +146,7 @@ def finetune_lora(
     progress = tqdm(range(start_step, settings.steps), initial=start_step, total=settings.steps,
                     desc="lora", unit="step")
     for step in progress:
-        rows = torch.randint(0, len(latents), (settings.batch_size,), generator=rng)
+        rows = torch.multinomial(draw_weights, settings.batch_size, replacement=True, generator=rng)
         loss = denoising_loss(pipe.unet, noise_scheduler, latents[rows], embeddings[labels_t[rows]], rng,
                               settings.snr_gamma)
         optimizer.zero_grad(set_to_none=True)
