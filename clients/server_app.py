@@ -8,9 +8,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from clients.fill_phase import run_fill_phase
 from clients.strategy import RecordingFedAvg
+from clients.traffic import TrafficLog
 from regl.experiment import ExperimentSettings, evaluate_global, new_model
-from regl.run_report import RunReport
+from regl.run_report import RunReport, write_json_atomically
 
 
 NODE_WAIT_SECONDS = 120.0
@@ -32,12 +34,19 @@ def run_federation(grid: Grid, settings: ExperimentSettings) -> dict:
     """Run FedAvg for settings.num_rounds and write the report into settings.out_dir."""
     num_clients = settings.partition.num_clients
     wait_for_nodes(grid, num_clients)
+    traffic = TrafficLog()
     strategy = RecordingFedAvg(
-        min_train_nodes=num_clients, min_available_nodes=num_clients, fraction_train=1.0
+        traffic, min_train_nodes=num_clients, min_available_nodes=num_clients, fraction_train=1.0
     )
     model = new_model(settings)
     report = RunReport(Path(settings.out_dir), {"name": settings.name, "mode": "federated", **settings.to_config()})
     started = time.perf_counter()
+    fill, train_extras = None, {}
+    if settings.fill.synthetic:
+        print(f"fill phase: {settings.fill.mode} ...", flush=True)
+        phase = run_fill_phase(grid, settings, traffic)
+        fill, train_extras = phase["summary"], phase["train_config"]
+        print(f"fill phase done in {fill['wall_seconds']:.0f}s", flush=True)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         eval_started = time.perf_counter()
@@ -53,10 +62,31 @@ def run_federation(grid: Grid, settings: ExperimentSettings) -> dict:
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=settings.num_rounds,
-        train_config=ConfigRecord(settings.to_config()),
+        train_config=ConfigRecord({**settings.to_config(), **train_extras}),
         evaluate_fn=evaluate_fn,
     )
-    return report.finish({"wall_seconds": time.perf_counter() - started})
+    write_json_atomically(Path(settings.out_dir) / "traffic.json", traffic.messages())
+    return report.finish({
+        "wall_seconds": time.perf_counter() - started,
+        "fill": fill,
+        "time_split": _time_split(fill, report.rounds),
+        "bytes_sent_per_client": traffic.bytes_per_client(),
+    })
+
+
+def _time_split(fill: dict | None, rounds: list[dict]) -> dict:
+    """Wall time of the fill phase and the rounds, and the clients' compute in each part."""
+    clients = (fill or {}).get("clients", [])
+    trained = [r for r in rounds if "round_seconds" in r]
+    return {
+        "fill_phase_wall_seconds": (fill or {}).get("wall_seconds", 0.0),
+        "client_finetune_seconds": sum(c.get("finetune-seconds", 0.0) for c in clients),
+        "client_generate_seconds": sum(c.get("generate-seconds", 0.0) + c.get("noise-seconds", 0.0) for c in clients),
+        "rounds_wall_seconds": sum(r["round_seconds"] for r in trained),
+        "client_train_seconds": sum(c["train-seconds"] for r in trained for c in r["clients"]),
+        "client_eval_seconds": sum(c["eval-seconds"] for r in trained for c in r["clients"]),
+        "server_eval_seconds": sum(r["server_eval_seconds"] for r in trained),
+    }
 
 
 def _round_timing(last_round: dict, eval_started: float) -> dict:

@@ -7,13 +7,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from clients.traffic import TrafficLog
+
 
 class RecordingFedAvg(FedAvg):
-    """Plain FedAvg aggregation; `last_round` holds what the run report needs."""
+    """Plain FedAvg aggregation; `last_round` holds what the run report needs, `traffic` every reply."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, traffic: TrafficLog, **kwargs) -> None:
         super().__init__(fraction_evaluate=0.0, **kwargs)
         self.last_round: dict = {}
+        self.traffic = traffic
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -26,6 +29,9 @@ class RecordingFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self.last_round["trained"] = time.perf_counter()
+        for msg in replies:
+            if msg.has_content():
+                self.traffic.add("train", msg)
         self.last_round["clients"] = sorted(
             (dict(msg.content["metrics"]) for msg in replies if msg.has_content()),
             key=lambda m: m["client"],

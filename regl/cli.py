@@ -87,10 +87,57 @@ def _settings(args: argparse.Namespace, suffix: str = ""):
         train=TrainSettings(epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr),
         seed=args.seed,
         out_dir=args.out_dir,
+        fill=_fill_settings(args),
     )
     if not settings.out_dir:
         settings = replace(settings, out_dir=f"runs/{settings.name}{suffix}")
     return settings
+
+
+def _fill_settings(args: argparse.Namespace):
+    from regl.fill import FillSettings
+
+    if not hasattr(args, "fill_supplement"):
+        return FillSettings()
+    fill = FillSettings(
+        mode=getattr(args, "fill", "none"), supplement=args.fill_supplement, mix=args.fill_mix, target=args.fill_target,
+        lora=not args.fill_no_lora, lora_steps=args.fill_lora_steps, prior_per_class=args.fill_prior_per_class,
+        steps=args.fill_steps, guidance=args.fill_guidance,
+        base=str(Path(args.fill_base).resolve()) if args.fill_base else "",
+        store=str(Path(args.fill_store).resolve()),
+    )
+    fill.check()
+    if "diffusion" in fill.sources:
+        from regl.generator import check_model_folder
+
+        check_model_folder(fill.base_folder())
+    return fill
+
+
+def _add_fill_options(p: argparse.ArgumentParser, with_mode: bool = True) -> None:
+    g = p.add_argument_group("synthetic fill", "what each client adds to its real data before round 1")
+    if with_mode:
+        g.add_argument("--fill", default="none",
+                       help="none, public (the base's public pretraining pool, as real data), or sources joined "
+                            "by '+': diffusion, noise, mixup, e.g. diffusion+noise (default: %(default)s)")
+    g.add_argument("--fill-supplement", type=float, default=1.0,
+                   help="synthetic images as a fraction of each client's real ones (default: %(default)s)")
+    g.add_argument("--fill-mix", default="",
+                   help="weights of the --fill sources in their order, e.g. 75:25 (default: equal)")
+    g.add_argument("--fill-target", default="uniform", choices=["uniform", "global"],
+                   help="class composition to fill towards; global asks every client for its class counts "
+                        "(default: %(default)s)")
+    g.add_argument("--fill-no-lora", action="store_true",
+                   help="diffusion from the base as is, without fine-tuning each client's LoRA")
+    g.add_argument("--fill-lora-steps", type=int, default=300, help="(default: %(default)s)")
+    g.add_argument("--fill-prior-per-class", type=int, default=32,
+                   help="base images per missing class kept in LoRA training (default: %(default)s)")
+    g.add_argument("--fill-steps", type=int, default=20, help="diffusion sampling steps (default: %(default)s)")
+    g.add_argument("--fill-guidance", type=float, default=3.0, help="(default: %(default)s)")
+    g.add_argument("--fill-base", default="", help="diffusers SD folder (default: the shipped base)")
+    g.add_argument("--fill-store", default=".regl-cache/fill",
+                   help="where clients keep their synthetic stores and LoRAs; reused when nothing changed "
+                        "(default: %(default)s)")
 
 
 def _check_data(settings) -> None:
@@ -129,7 +176,46 @@ def cmd_fl(args: argparse.Namespace) -> int:
     summary = simulate(settings, num_cpus=args.cpus)
     print(f"final global accuracy {100 * summary['final_accuracy']:.2f}%, mean personalized accuracy "
           f"{100 * summary['final_personalized_accuracy']:.2f}%, {summary['wall_seconds']:.0f}s; "
-          f"results in {settings.out_dir} (summary.json, rounds.json, accuracy.png)")
+          f"results in {settings.out_dir} (summary.json, rounds.json, accuracy.png, traffic.json)")
+    print(_format_time_split(summary["time_split"], args.cpus))
+    return 0
+
+
+def _format_time_split(split: dict, cpus: int) -> str:
+    """Wall time by phase; communication is what the rounds took beyond the clients' compute on `cpus` workers."""
+    compute = (split["client_train_seconds"] + split["client_eval_seconds"]) / cpus
+    communication = split["rounds_wall_seconds"] - compute - split["server_eval_seconds"]
+    return (f"wall time: fill {split['fill_phase_wall_seconds']:.0f}s (client fine-tune "
+            f"{split['client_finetune_seconds']:.0f}s + generate {split['client_generate_seconds']:.0f}s of compute), "
+            f"rounds {split['rounds_wall_seconds']:.0f}s = train+eval {compute:.0f}s on {cpus} workers + "
+            f"server eval {split['server_eval_seconds']:.0f}s + communication/overhead {communication:.0f}s")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from regl.arms import run_bench
+    from regl.sandbox import in_sandbox, rerun_self_isolated
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    settings = _settings(args)
+    _check_data(settings)
+    if not in_sandbox():
+        return rerun_self_isolated(FLOWER_STATE_DIR)
+    common = ["--dataset", args.dataset, "--partition", args.partition, "--clients", str(args.clients),
+              "-k", str(args.classes_per_client), "--beta", str(args.beta),
+              "--imbalance-ratio", str(args.imbalance_ratio), "--rounds", str(args.rounds),
+              "--local-epochs", str(args.local_epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
+    fill = ["--cpus", str(args.cpus), "--fill-supplement", str(args.fill_supplement),
+            "--fill-target", args.fill_target, "--fill-lora-steps", str(args.fill_lora_steps),
+            "--fill-prior-per-class", str(args.fill_prior_per_class), "--fill-steps", str(args.fill_steps),
+            "--fill-guidance", str(args.fill_guidance), "--fill-store", args.fill_store]
+    if args.fill_base:
+        fill += ["--fill-base", args.fill_base]
+    name = settings.name.removesuffix(f"-s{args.seed}")
+    out_root = Path(args.out_dir or f"runs/bench-{name}")
+    table = run_bench(arms, seeds, common, fill, out_root, mix=args.fill_mix)
+    print(f"\n{args.dataset}, {settings.partition.describe()}, {args.clients} clients, {args.rounds} rounds × "
+          f"{args.local_epochs} local epochs, seeds {args.seeds}\n{table}\n(table.md and bench.json in {out_root})")
     return 0
 
 
@@ -180,17 +266,16 @@ def _class_list(dataset: str) -> tuple[tuple[str, ...], str]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
-    from regl.datasets import ImageDataset
+    from regl.datasets import class_index
     from regl.generator import Generator, check_count, save_pngs, to_dataset_format
 
     check_count(args.n)
     torch.set_num_threads(args.threads)
     names, template = _class_list(args.dataset)
     template = args.template or template
-    label = ImageDataset(np.zeros((0, 1, 1, 1), np.uint8), np.zeros(0, np.int64), names).class_index(args.class_name)
+    label = class_index(names, args.class_name)
     generator = Generator(Path(args.base), names, template, lora=Path(args.lora) if args.lora else None)
     images = generator.generate_class(label, args.n, args.seed, steps=args.steps, guidance=args.guidance,
                                       scheduler=args.scheduler, batch_size=args.batch_size)
@@ -241,11 +326,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_generator(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
-    from regl.generator import LORA_METADATA, Generator
+    from regl.generator import Generator
     from regl.generator_eval import evaluate_generator, format_quality
 
     if args.per_class < 2:
@@ -253,9 +336,12 @@ def cmd_eval_generator(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     names, template = _class_list(args.dataset)
     lora = Path(args.lora) if args.lora else None
+    own = _own_classes(args.own_classes, names, lora)
+    groups = {"client's own classes": own, "missing classes": [c for c in range(len(names)) if c not in own]}
+    groups = groups if own else None
     generator = Generator(Path(args.base), names, template, lora=lora)
     generator.set_lora_scale(args.lora_scale)
-    quality, fake = evaluate_generator(generator, args.dataset, args.per_class, args.seed,
+    quality, fake = evaluate_generator(generator, args.dataset, args.per_class, args.seed, groups=groups,
                                        steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
     if args.grid:
         from regl.datasets import load_split
@@ -264,14 +350,23 @@ def cmd_eval_generator(args: argparse.Namespace) -> int:
         save_grid(load_split(args.dataset).test, fake, Path(args.grid))
         print(f"grid of real (left) and generated (right) images: {args.grid}")
     title = f"{args.base}" + (f" + LoRA {args.lora} (scale {args.lora_scale})" if lora else "")
-    print(format_quality(quality, names, title))
+    print(format_quality(quality, names, title, groups))
+    return 0
+
+
+def _own_classes(spec: str, names: tuple[str, ...], lora: Path | None) -> list[int]:
+    """Classes given as `a,b,c`, else those the LoRA's client held, else none."""
+    import json
+
+    from regl.datasets import class_index
+    from regl.generator import LORA_METADATA
+
+    if spec:
+        return sorted({class_index(names, part.strip()) for part in spec.split(",")})
     if lora and (lora / LORA_METADATA).is_file():
         counts = json.loads((lora / LORA_METADATA).read_text())["client_class_counts"]
-        own = [c for c, n in enumerate(counts) if n > 0]
-        missing = [c for c, n in enumerate(counts) if n == 0]
-        print(f"client's own classes {own}: {100 * quality.mean_accuracy(own):.1f}%; "
-              f"missing classes: {100 * quality.mean_accuracy(missing) if missing else float('nan'):.1f}%")
-    return 0
+        return [c for c, n in enumerate(counts) if n > 0]
+    return []
 
 
 def cmd_bench_generator(args: argparse.Namespace) -> int:
@@ -302,7 +397,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     _add_training_options(p)
     p.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use; one client per CPU (default: %(default)s)")
+    _add_fill_options(p)
     p.set_defaults(func=cmd_fl)
+
+    p = sub.add_parser("bench", help="benchmark arms side by side: FedAvg with each fill, iid, centralized",
+                       description="Run `regl fl` once per arm and seed (same data, model, rounds and seeds; "
+                                   "only the fill changes) and print a table of final accuracy, minority-class "
+                                   "accuracy, AUC and personalized accuracy, mean ± std over seeds. Arms: none, "
+                                   "noise, mixup, diffusion (client LoRA), diffusion-base (no LoRA), public, any "
+                                   "'+' combination of the sources (e.g. diffusion+noise), iid, centralized.")
+    _add_data_options(p)
+    _add_training_options(p)
+    p.add_argument("--arms", default="none,diffusion", help="comma-separated (default: %(default)s)")
+    p.add_argument("--seeds", default="0", help="comma-separated (default: %(default)s)")
+    p.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use; one client per CPU (default: %(default)s)")
+    _add_fill_options(p, with_mode=False)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("centralized", help="train the same model on the pooled private data (reference arm)",
                        description="Train the federated run's model on the union of the clients' data; "
@@ -318,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Checkpoints every --checkpoint-every steps into OUT.pretrain/; --resume "
                                    "continues from there, also to extend a finished run to more steps.")
     p.add_argument("--out", default="models/regl-tiny-sd", help="pipeline folder to write (default: %(default)s)")
-    p.add_argument("--vae-steps", type=int, default=3000, help="(default: %(default)s)")
-    p.add_argument("--unet-steps", type=int, default=15000, help="(default: %(default)s)")
+    p.add_argument("--vae-steps", type=int, default=2000, help="(default: %(default)s)")
+    p.add_argument("--unet-steps", type=int, default=8000, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="(default: %(default)s)")
     p.add_argument("--size", default="tiny", choices=["tiny", "test"],
@@ -329,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.pretrain/")
     p.set_defaults(func=cmd_pretrain_base)
 
-    from regl.generator import DEFAULT_BASE, SCHEDULERS
+    from regl.generator import DEFAULT_BASE
 
     p = sub.add_parser("generate", help="generate images of one class",
                        description="Generate N images of one class with a local Stable Diffusion folder "
@@ -381,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-scale", type=float, default=1.0, help="(default: %(default)s)")
     p.add_argument("--per-class", type=int, default=100, help="generated images per class (default: %(default)s)")
     p.add_argument("--grid", default="", help="also save a PNG: per class, 8 real then 8 generated images")
+    p.add_argument("--own-classes", default="",
+                   help="comma-separated classes a client holds: their accuracy and Fréchet distance are "
+                        "reported apart from the other (missing) classes; defaults to the LoRA's client")
     p.set_defaults(func=cmd_eval_generator)
 
     p = sub.add_parser("bench-generator", help="generation images/s, LoRA steps/s and fine-tune wall time",

@@ -64,15 +64,17 @@ class ImageDataset:
         return np.bincount(self.y, minlength=self.num_classes)
 
     def class_index(self, name_or_index: str | int) -> int:
-        """Resolve a class given by name or index; unknown names raise ReglError."""
-        key = str(name_or_index)
-        if key in self.class_names:
-            return self.class_names.index(key)
-        if key.isdigit() and int(key) < self.num_classes:
-            return int(key)
-        raise ReglError(
-            f"unknown class {name_or_index!r}; known classes: {', '.join(self.class_names)}"
-        )
+        return class_index(self.class_names, name_or_index)
+
+
+def class_index(class_names: tuple[str, ...], name_or_index: str | int) -> int:
+    """Resolve a class given by name or index; unknown names raise ReglError."""
+    key = str(name_or_index)
+    if key in class_names:
+        return class_names.index(key)
+    if key.isdigit() and int(key) < len(class_names):
+        return int(key)
+    raise ReglError(f"unknown class {name_or_index!r}; known classes: {', '.join(class_names)}")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ so every arm uses the same data, model, optimiser and seeds.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from regl.datasets import ImageDataset, load_split
+from regl.fill import ClientFill, FillSettings, client_plan, with_fill
 from regl.metrics import personalized_test_indices
 from regl.models import build_model, default_model_name
 from regl.partitions import Partition, PartitionSpec, partition_labels
@@ -32,12 +33,14 @@ class ExperimentSettings:
     train: TrainSettings = field(default_factory=TrainSettings)
     seed: int = 0
     out_dir: str = ""
+    fill: FillSettings = field(default_factory=FillSettings)
 
     def to_config(self) -> dict[str, Any]:
         """Flat, kebab-case keys: the form of Flower's run config and ConfigRecord."""
-        flat = {k: v for k, v in asdict(self).items() if k not in ("partition", "train")}
+        flat = {k: v for k, v in asdict(self).items() if k not in ("partition", "train", "fill")}
         flat.update({f"partition-{k}": v for k, v in asdict(self.partition).items() if k != "seed"})
         flat.update({f"train-{k}": v for k, v in asdict(self.train).items()})
+        flat.update({("fill" if k == "mode" else f"fill-{k}"): v for k, v in asdict(self.fill).items()})
         return {k.replace("_", "-"): v for k, v in flat.items()}
 
     @classmethod
@@ -47,22 +50,23 @@ class ExperimentSettings:
         seed = int(flat.get("seed", 0))
         partition = PartitionSpec(**_typed(PartitionSpec(), flat, "partition_"), seed=seed)
         train_settings = TrainSettings(**_typed(TrainSettings(), flat, "train_"))
-        top = _typed(cls(), flat, "")
-        top.pop("partition", None)
-        top.pop("train", None)
-        return cls(**top, partition=partition, train=train_settings)
+        fill = FillSettings(**_typed(FillSettings(), {"fill_mode": flat.get("fill", "none"), **flat}, "fill_"))
+        return cls(**_typed(cls(), flat, ""), partition=partition, train=train_settings, fill=fill)
 
     @property
     def name(self) -> str:
-        return f"{self.dataset.rstrip('/').split('/')[-1]}-{self.partition.describe()}-s{self.seed}"
+        name = f"{self.dataset.rstrip('/').split('/')[-1]}-{self.partition.describe()}-s{self.seed}"
+        return name if self.fill.mode == "none" else f"{name}-fill-{self.fill.mode}"
 
 
 def _typed(defaults: Any, flat: dict[str, Any], prefix: str) -> dict[str, Any]:
     """Values of `flat` for the fields of `defaults`, cast to each default's type."""
     out = {}
     for f in fields(defaults):
-        if prefix + f.name in flat and f.name != "seed":
-            out[f.name] = type(getattr(defaults, f.name))(flat[prefix + f.name])
+        if prefix + f.name in flat and f.name != "seed" and not is_dataclass(getattr(defaults, f.name)):
+            kind = type(getattr(defaults, f.name))
+            value = flat[prefix + f.name]
+            out[f.name] = value.lower() in ("1", "true", "yes") if kind is bool and isinstance(value, str) else kind(value)
     if not prefix and "seed" in flat:
         out["seed"] = int(flat["seed"])
     return out
@@ -95,13 +99,50 @@ def evaluate_global(settings: ExperimentSettings, model: torch.nn.Module) -> dic
     return evaluate(model, test_data(settings), federation(settings).minority_classes)
 
 
+def client_fill(settings: ExperimentSettings, client_id: int) -> ClientFill:
+    from regl.prompts import template_for
+
+    return ClientFill(settings.dataset, template_for(settings.dataset), client_id, settings.seed, settings.fill)
+
+
+def prepare_fill(settings: ExperimentSettings, client_id: int, target: np.ndarray | None,
+                 mixed: ImageDataset | None) -> dict[str, Any]:
+    """Plan and make this client's synthetic fill before its first round; returns counts and timings."""
+    data = client_data(settings, client_id)
+    plan = client_plan(settings.fill, data.class_counts(), target)
+    synthetic, timings = client_fill(settings, client_id).make(data, plan, mixed)
+    return {"client": client_id, "real-images": len(data), "synthetic-images": len(synthetic),
+            **{f"planned-{source}": int(counts.sum()) for source, counts in plan.counts.items()},
+            **{k.replace("_", "-"): float(v) for k, v in timings.items()}}
+
+
+def training_data(settings: ExperimentSettings, client_id: int, target: np.ndarray | None) -> ImageDataset:
+    """What the client trains on: its real images plus its fill (the public pool, or its store)."""
+    data = client_data(settings, client_id)
+    if settings.fill.mode == "public":
+        return with_fill(data, load_split(settings.dataset).public)
+    if not settings.fill.synthetic:
+        return data
+    plan = client_plan(settings.fill, data.class_counts(), target)
+    synthetic = client_fill(settings, client_id).load(plan)
+    if synthetic is None:
+        raise RuntimeError(f"client {client_id} has no complete synthetic store for this run's fill; "
+                           "the fill phase did not finish")
+    return with_fill(data, synthetic)
+
+
 def train_client(
-    settings: ExperimentSettings, client_id: int, model: torch.nn.Module, server_round: int
+    settings: ExperimentSettings, client_id: int, model: torch.nn.Module, server_round: int,
+    target: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """One local update; also measures the updated model on a personalized test subset."""
+    """One local update; also measures the updated model on a personalized test subset.
+
+    The personalized subset follows the client's *real* class distribution.
+    """
     data = client_data(settings, client_id)
     started = time.perf_counter()
-    loss = train(model, data, settings.train, seed=settings.seed * 100_003 + server_round * 1009 + client_id)
+    loss = train(model, training_data(settings, client_id, target), settings.train,
+                 seed=settings.seed * 100_003 + server_round * 1009 + client_id)
     train_seconds = time.perf_counter() - started
     test = test_data(settings)
     subset = personalized_test_indices(

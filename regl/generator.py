@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,9 @@ def load_pipeline(base: Path):
     from transformers.utils import logging as transformers_logging
 
     check_model_folder(base)
+    # diffusers' schedulers build arrays from torch tensors the NumPy-2 way it warns about; harmless
+    warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
+                            category=DeprecationWarning)
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     try:
@@ -81,15 +85,24 @@ def attach_lora(pipe, lora_dir: Path, base: Path) -> None:
         raise ReglError(f"{lora_dir} holds no {LORA_FILE}")
     meta_file = lora_dir / LORA_METADATA
     if meta_file.is_file():
-        trained_on = json.loads(meta_file.read_text())["base_fingerprint"]
+        try:
+            trained_on = json.loads(meta_file.read_text())["base_fingerprint"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ReglError(f"{meta_file} is malformed: {exc}") from exc
         if trained_on != base_fingerprint(base):
             raise ReglError(f"the LoRA in {lora_dir} was trained on another base model "
                             f"(fingerprint {trained_on}, {base} is {base_fingerprint(base)})")
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # else it warns that the text encoder has no LoRA, by design
     try:
         pipe.load_lora_weights(lora_dir, weight_name=LORA_FILE, adapter_name=ADAPTER)
     except (RuntimeError, ValueError, KeyError) as exc:
         pipe.unload_lora_weights()
         raise ReglError(f"the LoRA in {lora_dir} does not fit this base model: {str(exc).splitlines()[0][:200]}") from exc
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 def to_dataset_format(images: np.ndarray, resolution: int, channels: int) -> np.ndarray:

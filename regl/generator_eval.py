@@ -38,11 +38,15 @@ def features(model: SmallCNN, x: np.ndarray) -> np.ndarray:
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½)."""
+    import warnings
+
     from scipy import linalg
 
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    with warnings.catch_warnings():  # few samples or dead ReLU features make the product singular
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(cov_a @ cov_b)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root.real))
 
 
@@ -52,6 +56,7 @@ class GeneratorQuality:
     frechet: float
     real_test_accuracy: float
     images_per_second: float
+    group_frechet: dict[str, float]
 
     def mean_accuracy(self, classes: list[int] | None = None) -> float:
         picked = self.per_class_accuracy if classes is None else [self.per_class_accuracy[c] for c in classes]
@@ -72,17 +77,28 @@ def generated_set(generator: Generator, classes: list[int], per_class: int, seed
 
 def evaluate_generator(generator: Generator, dataset: str, per_class: int, seed: int,
                        classifier: tuple[SmallCNN, float] | None = None,
+                       groups: dict[str, list[int]] | None = None,
                        **options) -> tuple[GeneratorQuality, ImageDataset]:
-    """The quality figures and the generated images they were measured on."""
+    """The quality figures and the generated images they were measured on.
+
+    `groups` (e.g. a client's own and missing classes) get a Fréchet distance of their own,
+    between the generated and the real test images of just those classes.
+    """
     model, real_accuracy = classifier or reference_classifier(dataset)
     test = load_split(dataset).test
     fake, speed = generated_set(generator, list(range(test.num_classes)), per_class, seed, test, **options)
     result = evaluate(model, fake)
+    fake_features, test_features = features(model, fake.x), features(model, test.x)
+    group_frechet = {
+        name: frechet_distance(fake_features[np.isin(fake.y, classes)], test_features[np.isin(test.y, classes)])
+        for name, classes in (groups or {}).items() if classes
+    }
     quality = GeneratorQuality(
         per_class_accuracy=[float(a) for a in result["per_class_accuracy"]],
-        frechet=frechet_distance(features(model, fake.x), features(model, test.x)),
+        frechet=frechet_distance(fake_features, test_features),
         real_test_accuracy=real_accuracy,
         images_per_second=speed,
+        group_frechet=group_frechet,
     )
     return quality, fake
 
@@ -103,11 +119,16 @@ def save_grid(real: ImageDataset, fake: ImageDataset, path, per_row: int = 8) ->
     image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(path)
 
 
-def format_quality(quality: GeneratorQuality, class_names: tuple[str, ...], title: str) -> str:
+def format_quality(quality: GeneratorQuality, class_names: tuple[str, ...], title: str,
+                   groups: dict[str, list[int]] | None = None) -> str:
     lines = [title, f"{'class':>12} accuracy on generated"]
     lines += [f"{name:>12} {100 * acc:6.1f}%" for name, acc in zip(class_names, quality.per_class_accuracy)]
     lines.append(f"{'mean':>12} {100 * quality.mean_accuracy():6.1f}%   (the classifier scores "
                  f"{100 * quality.real_test_accuracy:.1f}% on real test images)")
     lines.append(f"Fréchet distance to the real test set (classifier features): {quality.frechet:.2f}")
+    for name, classes in (groups or {}).items():
+        if classes:
+            lines.append(f"{name} {classes}: accuracy {100 * quality.mean_accuracy(classes):.1f}%, "
+                         f"Fréchet distance {quality.group_frechet[name]:.2f}")
     lines.append(f"generation speed: {quality.images_per_second:.1f} images/s")
     return "\n".join(lines)

@@ -99,7 +99,7 @@ class FinetuneResult:
 
 def finetune_lora(
     data: ImageDataset, class_names: tuple[str, ...], template: str, base: Path, out: Path,
-    settings: LoraSettings, resume: bool = False,
+    settings: LoraSettings, resume: bool = False, show_progress: bool = True,
 ) -> FinetuneResult:
     """Train a LoRA on `data` and write `out/pytorch_lora_weights.safetensors`."""
     from diffusers import DDPMScheduler
@@ -144,7 +144,7 @@ def finetune_lora(
     trained = time.perf_counter()
     pipe.unet.train()
     progress = tqdm(range(start_step, settings.steps), initial=start_step, total=settings.steps,
-                    desc="lora", unit="step")
+                    desc="lora", unit="step", disable=not show_progress)
     for step in progress:
         rows = torch.multinomial(draw_weights, settings.batch_size, replacement=True, generator=rng)
         loss = denoising_loss(pipe.unet, noise_scheduler, latents[rows], embeddings[labels_t[rows]], rng,

@@ -29,8 +29,8 @@ PUBLIC_DATASETS = ("fashion-mnist", "mnist-10k")
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    vae_steps: int = 3000
-    unet_steps: int = 15000
+    vae_steps: int = 2000
+    unet_steps: int = 8000
     batch_size: int = 64
     vae_lr: float = 1e-3
     unet_lr: float = 5e-4

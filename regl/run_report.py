@@ -18,6 +18,13 @@ def write_json_atomically(path: Path, payload: Any) -> None:
     os.replace(tmp.name, path)
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
 def _finite(value: Any) -> Any:
     """JSON has no inf/NaN: write them as strings a reader can still parse with float()."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -25,11 +25,15 @@ def test_evaluate_generator_end_to_end_on_a_tiny_pipeline(tmp_path):
     words = prompt_words(class_prompts(names, "a handwritten digit {}"))
     build_pipeline(TEST_SD, words, tmp_path / "work").save_pretrained(tmp_path / "model")
     generator = Generator(tmp_path / "model", names, "a handwritten digit {}")
-    quality, fake = evaluate_generator(generator, "mnist-10k", per_class=3, seed=0, steps=2)
+    groups = {"own": [0, 1], "missing": list(range(2, 10))}
+    quality, fake = evaluate_generator(generator, "mnist-10k", per_class=3, seed=0, groups=groups, steps=2)
     assert fake.x.shape == (30, 28, 28, 1)
     assert len(quality.per_class_accuracy) == 10
     assert quality.real_test_accuracy > 0.9  # the reference classifier itself is sound
     assert np.isfinite(quality.frechet) and quality.frechet > 0
-    assert "mean" in format_quality(quality, names, "t")
+    assert set(quality.group_frechet) == {"own", "missing"}
+    assert all(np.isfinite(v) and v > 0 for v in quality.group_frechet.values())
+    report = format_quality(quality, names, "t", groups)
+    assert "mean" in report and "own [0, 1]: accuracy" in report
     save_grid(load_split("mnist-10k").test, fake, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"

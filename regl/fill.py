@@ -1,0 +1,195 @@
+"""A client's synthetic fill: plan it, make it, keep it.
+
+Runs on the client. It fine-tunes the client's LoRA on its own images, generates the
+planned images of each class (diffusion, natural noise), takes the mixup images other
+clients produced for it, and keeps the result in its synthetic store, so later rounds,
+reruns and other arms with the same settings reuse it instead of generating again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from regl.datasets import ImageDataset
+from regl.errors import ReglError
+from regl.fill_plan import SOURCES, FillPlan, parse_source_mix, plan_fill
+
+MODES = ("none", "public")
+
+
+@dataclass(frozen=True)
+class FillSettings:
+    """`mode`: none, public, or sources joined by '+' (diffusion, noise, mixup)."""
+
+    mode: str = "none"
+    supplement: float = 1.0  # synthetic images as a fraction of the client's real ones
+    mix: str = ""  # weights of the mode's sources, e.g. "75:25"; empty: equal
+    target: str = "uniform"  # or "global": the federation's class composition
+    lora: bool = True  # diffusion: fine-tune the client's LoRA first (ReGL) or use the base as is
+    lora_steps: int = 300
+    prior_per_class: int = 32
+    steps: int = 20  # diffusion sampling steps
+    guidance: float = 3.0
+    base: str = ""  # empty: the shipped base
+    store: str = ".regl-cache/fill"
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        if self.mode in MODES:
+            return ()
+        parts = tuple(self.mode.split("+"))
+        unknown = [p for p in parts if p not in SOURCES]
+        if unknown or len(set(parts)) != len(parts):
+            raise ReglError(f"unknown fill {self.mode!r}: use none, public, or a '+'-joined "
+                            f"combination of {', '.join(SOURCES)}")
+        return parts
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.sources)
+
+    def source_mix(self) -> dict[str, float]:
+        """Source → weight; the mix is given in the order the mode names the sources."""
+        sources = self.sources
+        if not self.mix:
+            return {s: 1.0 for s in sources}
+        weights = self.mix.split(":")
+        if len(weights) != len(sources):
+            raise ReglError(f"fill mix {self.mix!r} gives {len(weights)} weights for the "
+                            f"{len(sources)} sources of {self.mode!r}")
+        return parse_source_mix(",".join(f"{s}={w}" for s, w in zip(sources, weights)))
+
+    def check(self) -> None:
+        """Raise on settings a client would only trip over after the run started."""
+        self.source_mix()
+        if self.supplement < 0:
+            raise ReglError(f"fill supplement must be ≥ 0, got {self.supplement}")
+        if self.target not in ("uniform", "global"):
+            raise ReglError(f"fill target must be uniform or global, got {self.target!r}")
+        if self.steps < 1 or self.lora_steps < 1 or self.prior_per_class < 0:
+            raise ReglError("fill steps and LoRA steps must be ≥ 1 and priors per class ≥ 0")
+
+    def base_folder(self) -> Path:
+        from regl.generator import DEFAULT_BASE
+
+        return Path(self.base) if self.base else DEFAULT_BASE
+
+
+def client_plan(settings: FillSettings, class_counts: np.ndarray, target: np.ndarray | None) -> FillPlan:
+    mix = settings.source_mix()
+    return plan_fill(class_counts, settings.supplement, mix, target if settings.target == "global" else None)
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _seed(run_seed: int, client_id: int, source: str) -> int:
+    return int(hashlib.sha256(f"{run_seed}/{client_id}/{source}".encode()).hexdigest()[:12], 16)
+
+
+@dataclass(frozen=True)
+class ClientFill:
+    """What a client's fill needs to know about its run."""
+
+    dataset: str
+    template: str
+    client_id: int
+    run_seed: int
+    settings: FillSettings
+
+    def store_key(self, plan: FillPlan) -> dict:
+        key = {"dataset": self.dataset, "client": self.client_id, "seed": self.run_seed,
+               "plan": plan.to_json(), "settings": asdict(self.settings)}
+        if plan.counts.get("diffusion") is not None and plan.counts["diffusion"].sum() > 0:
+            from regl.generator import base_fingerprint
+
+            key["base"] = base_fingerprint(self.settings.base_folder())
+        return key
+
+    def store_folder(self, key: dict) -> Path:
+        return Path(self.settings.store) / f"client-{self.client_id}-{_digest(key)}"
+
+    def load(self, plan: FillPlan) -> ImageDataset | None:
+        from regl.synthetic_store import SyntheticStore
+
+        key = self.store_key(plan)
+        return SyntheticStore(self.store_folder(key)).load(key)
+
+    def make(self, data: ImageDataset, plan: FillPlan, mixed: ImageDataset | None) -> tuple[ImageDataset, dict]:
+        """Generate the planned images (or reuse the store); returns them and the timings."""
+        from regl.synthetic_store import SyntheticStore
+
+        key = self.store_key(plan)
+        store = SyntheticStore(self.store_folder(key))
+        if (stored := store.load(key)) is not None:
+            return stored, {"reused": 1}
+        timings: dict[str, float] = {"reused": 0}
+        shards: dict[str, ImageDataset] = {}
+        if plan.counts.get("diffusion") is not None and plan.counts["diffusion"].sum() > 0:
+            shards["diffusion"] = self._diffusion(data, plan.counts["diffusion"], timings)
+        if plan.counts.get("noise") is not None and plan.counts["noise"].sum() > 0:
+            started = time.perf_counter()
+            shards["noise"] = self._noise(data, plan.counts["noise"])
+            timings["noise_seconds"] = time.perf_counter() - started
+        if mixed is not None and len(mixed):
+            shards["mixup"] = mixed
+        seeds = {source: _seed(self.run_seed, self.client_id, source) for source in shards}
+        return store.write(key, shards, seeds, data.class_names), timings
+
+    def _diffusion(self, data: ImageDataset, counts: np.ndarray, timings: dict) -> ImageDataset:
+        from regl.generator import Generator, image_seed, to_dataset_format
+
+        base = self.settings.base_folder()
+        started = time.perf_counter()
+        if self.settings.lora:
+            generator = self._lora_generator(data, base)
+        else:
+            generator = Generator(base, data.class_names, self.template)
+        timings["finetune_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        labels = [c for c, n in enumerate(counts) for _ in range(int(n))]
+        seed = _seed(self.run_seed, self.client_id, "diffusion")
+        images = generator.generate(labels, [image_seed(seed, i) for i in range(len(labels))],
+                                    steps=self.settings.steps, guidance=self.settings.guidance)
+        timings["generate_seconds"] = time.perf_counter() - started
+        x = to_dataset_format(images, data.resolution, data.channels)
+        return ImageDataset(x, np.asarray(labels, dtype=np.int64), data.class_names)
+
+    def _lora_generator(self, data: ImageDataset, base: Path):
+        """The client's LoRA: trained once per (client data, settings) and kept beside the store."""
+        from regl.generator import LORA_FILE, Generator
+        from regl.lora import LoraSettings, finetune_lora
+
+        lora_settings = LoraSettings(steps=self.settings.lora_steps, prior_per_class=self.settings.prior_per_class,
+                                     seed=_seed(self.run_seed, self.client_id, "lora") % 2**31)
+        digest = _digest({"dataset": self.dataset, "counts": data.class_counts().tolist(), "seed": self.run_seed,
+                          "settings": asdict(lora_settings), "base": str(base)})
+        folder = Path(self.settings.store) / f"lora-client-{self.client_id}-{digest}"
+        if (folder / LORA_FILE).is_file():
+            return Generator(base, data.class_names, self.template, lora=folder)
+        resume = (folder / "checkpoint" / "state.pt").is_file()
+        return finetune_lora(data, data.class_names, self.template, base, folder, lora_settings,
+                             resume=resume, show_progress=False).generator
+
+    def _noise(self, data: ImageDataset, counts: np.ndarray) -> ImageDataset:
+        from regl.natural_noise import natural_noise
+
+        labels = np.asarray([c for c, n in enumerate(counts) for _ in range(int(n))], dtype=np.int64)
+        x = natural_noise(len(labels), _seed(self.run_seed, self.client_id, "noise") % 2**31,
+                          data.resolution, data.channels)
+        return ImageDataset(x, labels, data.class_names)
+
+
+def with_fill(data: ImageDataset, synthetic: ImageDataset | None) -> ImageDataset:
+    """Real plus synthetic images, one training set."""
+    if synthetic is None or not len(synthetic):
+        return data
+    return ImageDataset(np.concatenate([data.x, synthetic.x]), np.concatenate([data.y, synthetic.y]),
+                        data.class_names)

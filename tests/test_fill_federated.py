@@ -1,0 +1,120 @@
+"""Tiny end-to-end fill runs: 2 clients, 1 round, the shipped base, real Ray in the sandbox.
+
+The server's traffic log holds every reply it received — everything that left a client —
+so these tests read it to check what crossed in each fill mode.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from regl.experiment import ExperimentSettings, new_model
+from regl.fill import FillSettings
+
+
+def _run_fill(tmp_path, fill: list[str]) -> tuple[dict, list[dict]]:
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "regl.cli", "fl", "--dataset", "mnist-10k", "--partition", "classes", "-k", "5",
+         "--clients", "2", "--rounds", "1", "--out-dir", str(out), "--fill-store", str(tmp_path / "store"),
+         "--fill-supplement", "0.01", *fill],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((out / "summary.json").read_text()), json.loads((out / "traffic.json").read_text())
+
+
+def test_diffusion_and_noise_fill_sends_nothing_but_weights_and_metrics(tmp_path):
+    summary, traffic = _run_fill(tmp_path, ["--fill", "diffusion+noise", "--fill-lora-steps", "2",
+                                            "--fill-prior-per-class", "1", "--fill-steps", "2"])
+    fill = summary["fill"]["clients"]
+    assert [c["client"] for c in fill] == [0, 1]
+    for client in fill:
+        assert client["planned-diffusion"] > 0 and client["planned-noise"] > 0
+        assert client["synthetic-images"] == client["planned-diffusion"] + client["planned-noise"]
+        assert client["real-images"] > 0 and client["finetune-seconds"] > 0
+    state = new_model(ExperimentSettings(dataset="mnist-10k")).state_dict()
+    assert {m["client"] for m in traffic} == {0, 1}
+    assert {(m["action"], m["record"]) for m in traffic} == {("fill", "metrics"), ("train", "arrays"),
+                                                             ("train", "metrics")}
+    for message in traffic:
+        if message["record"] == "arrays":  # exactly the model's tensors, nothing image-shaped
+            assert {a[0] for a in message["arrays"]} == set(state)
+            for key, dtype, shape in message["arrays"]:
+                assert shape == list(state[key].shape) and dtype == "float32"
+        else:
+            assert message["bytes"] < 2000  # scalar metrics only
+    sent = summary["bytes_sent_per_client"]
+    assert set(sent) == {"0", "1"}
+    for kinds in sent.values():
+        assert set(kinds) == {"model weights", "training and fill metrics"}
+    split = summary["time_split"]
+    assert split["fill_phase_wall_seconds"] > 0 and split["client_generate_seconds"] > 0
+    assert len(list((tmp_path / "store").glob("client-*/manifest.json"))) == 2
+    assert len(list((tmp_path / "store").glob("lora-client-*/pytorch_lora_weights.safetensors"))) == 2
+
+
+def test_mixup_fill_routes_mixes_through_the_server_and_counts_them(tmp_path):
+    from regl.experiment import client_data
+    from regl.partitions import PartitionSpec
+
+    summary, traffic = _run_fill(tmp_path, ["--fill", "mixup"])
+    fill = summary["fill"]
+    settings = ExperimentSettings(dataset="mnist-10k", partition=PartitionSpec(kind="classes", num_clients=2,
+                                                                               classes_per_client=5))
+    held = [set(np.flatnonzero(client_data(settings, c).class_counts())) for c in (0, 1)]
+    nobody = {str(c) for c in range(10) if c not in held[0] | held[1]}
+    for client in fill["clients"]:
+        unserved = fill["unserved_mixup_requests"].get(str(client["client"]), {})
+        assert set(unserved) == nobody  # a label no client holds cannot be mixed for anyone
+        assert client["synthetic-images"] == client["planned-mixup"] - sum(unserved.values()) > 0
+    mixes = [m for m in traffic if m["record"] == "mixed-images"]
+    assert {m["client"] for m in mixes} == {0, 1}  # each holds what the other lacks
+    for message in mixes:
+        shapes = {key[0]: shape for key, _, shape in message["arrays"]}
+        assert shapes["x"][1:] == [28, 28, 1]
+        assert all(dtype == "uint8" for key, dtype, _ in message["arrays"] if key.startswith("x-"))
+    for client, kinds in summary["bytes_sent_per_client"].items():
+        assert set(kinds) == {"class counts", "mixed images (mixup)", "model weights", "training and fill metrics"}
+        produced = next(c for c in fill["clients"] if str(c["client"]) != client)["synthetic-images"]
+        assert kinds["mixed images (mixup)"] > produced * 28 * 28  # the other client's mixes came from here
+
+
+def test_fill_settings_survive_the_flower_run_config():
+    settings = ExperimentSettings(fill=FillSettings(mode="diffusion+noise", supplement=0.2, mix="3:1", lora=False,
+                                                    steps=7, target="global"))
+    config = settings.to_config()
+    assert config["fill"] == "diffusion+noise" and config["fill-lora"] is False
+    assert ExperimentSettings.from_config(config) == settings
+    assert ExperimentSettings.from_config({**config, "fill-lora": "true"}).fill.lora is True
+    assert settings.fill.source_mix() == {"diffusion": 3.0, "noise": 1.0, "mixup": 0.0}
+
+
+@pytest.mark.parametrize("mode, mix", [("noise+sparkle", ""), ("diffusion+diffusion", ""), ("diffusion+noise", "1")])
+def test_bad_fill_settings_name_the_problem(mode, mix):
+    from regl.errors import ReglError
+
+    with pytest.raises(ReglError, match="fill"):
+        FillSettings(mode=mode, mix=mix).check()
+
+
+def test_training_data_is_real_plus_the_store(tmp_path):
+    from regl.experiment import client_data, prepare_fill, training_data
+    from regl.partitions import PartitionSpec
+
+    settings = ExperimentSettings(dataset="mnist-10k", partition=PartitionSpec(kind="classes", num_clients=10,
+                                                                               classes_per_client=1),
+                                  fill=FillSettings(mode="noise", supplement=0.1, store=str(tmp_path)))
+    with pytest.raises(RuntimeError, match="no complete synthetic store"):
+        training_data(settings, 3, None)
+    first = prepare_fill(settings, 3, None, None)
+    again = prepare_fill(settings, 3, None, None)
+    assert first["reused"] == 0 and again["reused"] == 1
+    real = client_data(settings, 3)
+    data = training_data(settings, 3, None)
+    counts = data.class_counts() - real.class_counts()
+    assert counts.sum() == first["synthetic-images"] == round(0.1 * len(real))
+    assert counts[real.y[0]] == 0 and np.count_nonzero(counts) == 9  # only the missing classes are filled
