@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/regl fl --dataset mnist-10k --partition classes --classes-per-client 2 --clients 10 --rounds 10
+	$(VENV)/bin/regl bench --dataset mnist-10k --partition classes --classes-per-client 2 --clients 10 \
+		--rounds 10 --arms none,diffusion --fill-supplement 0.2 --fill-lora-steps 100 --fill-prior-per-class 8
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -99,8 +99,10 @@ def _fill_settings(args: argparse.Namespace):
 
     if not hasattr(args, "fill_supplement"):
         return FillSettings()
+    bench = not hasattr(args, "fill")  # `regl bench` sets the mode (and so the mix) per arm
     fill = FillSettings(
-        mode=getattr(args, "fill", "none"), supplement=args.fill_supplement, mix=args.fill_mix, target=args.fill_target,
+        mode="none" if bench else args.fill, supplement=args.fill_supplement, mix="" if bench else args.fill_mix,
+        target=args.fill_target,
         lora=not args.fill_no_lora, lora_steps=args.fill_lora_steps, prior_per_class=args.fill_prior_per_class,
         steps=args.fill_steps, guidance=args.fill_guidance,
         base=str(Path(args.fill_base).resolve()) if args.fill_base else "",
@@ -115,12 +117,15 @@ def _fill_settings(args: argparse.Namespace):
 
 
 def _add_fill_options(p: argparse.ArgumentParser, with_mode: bool = True) -> None:
+    from regl.fill import FillSettings
+
+    defaults = FillSettings()
     g = p.add_argument_group("synthetic fill", "what each client adds to its real data before round 1")
     if with_mode:
         g.add_argument("--fill", default="none",
                        help="none, public (the base's public pretraining pool, as real data), or sources joined "
                             "by '+': diffusion, noise, mixup, e.g. diffusion+noise (default: %(default)s)")
-    g.add_argument("--fill-supplement", type=float, default=1.0,
+    g.add_argument("--fill-supplement", type=float, default=defaults.supplement,
                    help="synthetic images as a fraction of each client's real ones (default: %(default)s)")
     g.add_argument("--fill-mix", default="",
                    help="weights of the --fill sources in their order, e.g. 75:25 (default: equal)")
@@ -129,13 +134,13 @@ def _add_fill_options(p: argparse.ArgumentParser, with_mode: bool = True) -> Non
                         "(default: %(default)s)")
     g.add_argument("--fill-no-lora", action="store_true",
                    help="diffusion from the base as is, without fine-tuning each client's LoRA")
-    g.add_argument("--fill-lora-steps", type=int, default=300, help="(default: %(default)s)")
-    g.add_argument("--fill-prior-per-class", type=int, default=32,
+    g.add_argument("--fill-lora-steps", type=int, default=defaults.lora_steps, help="(default: %(default)s)")
+    g.add_argument("--fill-prior-per-class", type=int, default=defaults.prior_per_class,
                    help="base images per missing class kept in LoRA training (default: %(default)s)")
-    g.add_argument("--fill-steps", type=int, default=20, help="diffusion sampling steps (default: %(default)s)")
-    g.add_argument("--fill-guidance", type=float, default=3.0, help="(default: %(default)s)")
+    g.add_argument("--fill-steps", type=int, default=defaults.steps, help="diffusion sampling steps (default: %(default)s)")
+    g.add_argument("--fill-guidance", type=float, default=defaults.guidance, help="(default: %(default)s)")
     g.add_argument("--fill-base", default="", help="diffusers SD folder (default: the shipped base)")
-    g.add_argument("--fill-store", default=".regl-cache/fill",
+    g.add_argument("--fill-store", default=defaults.store,
                    help="where clients keep their synthetic stores and LoRAs; reused when nothing changed "
                         "(default: %(default)s)")
 
@@ -195,8 +200,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from regl.arms import run_bench
     from regl.sandbox import in_sandbox, rerun_self_isolated
 
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    from regl.arms import check_arms
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ReglError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    check_arms(arms)
     settings = _settings(args)
     _check_data(settings)
     if not in_sandbox():

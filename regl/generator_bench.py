@@ -74,6 +74,19 @@ def bench_lora_finetune(base: Path, dataset: str, steps: int) -> dict:
     return timings
 
 
+def bench_natural_noise(resolution: int, channels: int, n: int = 512) -> float:
+    """Natural-noise images per second (best of two)."""
+    from regl.natural_noise import natural_noise
+
+    natural_noise(8, 0, resolution, channels)  # warm-up
+    best = float("inf")
+    for seed in range(2):
+        started = time.perf_counter()
+        natural_noise(n, seed, resolution, channels)
+        best = min(best, time.perf_counter() - started)
+    return n / best
+
+
 def run_benchmark(base: Path, dataset: str, threads: int, flop_per_cycle: int, lora_steps: int) -> str:
     from regl.prompts import template_for
 
@@ -90,6 +103,9 @@ def run_benchmark(base: Path, dataset: str, threads: int, flop_per_cycle: int, l
             f"({result['seconds']:.2f}s); UNet {result['unet_flops_per_second'] / 1e9:.1f} GFLOP/s "
             f"= {100 * result['unet_flops_per_second'] / peak:.1f}% of peak"
         )
+    test = load_split(dataset).test
+    lines.append(f"natural noise {test.resolution}×{test.resolution}×{test.channels}: "
+                 f"{bench_natural_noise(test.resolution, test.channels):.0f} images/s")
     timings = bench_lora_finetune(base, dataset, lora_steps)
     lines.append(
         f"LoRA fine-tune ({timings['client_images']} client images, {lora_steps} steps, batch 32): "

@@ -23,6 +23,12 @@ def regl(*args, cwd=None):
         (["fl", "--rounds", "0"], "--rounds must be at least 1"),
         (["fl", "--clients", "1"], "--clients must be at least 2"),
         (["centralized", "--partition", "dirichlet", "--beta", "-2"], "Dirichlet beta must be > 0"),
+        (["fl", "--fill", "diffusion+sparkle"], "unknown fill 'diffusion+sparkle'"),
+        (["fl", "--fill", "diffusion+noise", "--fill-mix", "3:1:1"], "gives 3 weights for the 2 sources"),
+        (["fl", "--fill", "noise", "--fill-supplement", "-1"], "fill supplement must be ≥ 0"),
+        (["fl", "--fill", "diffusion", "--fill-base", "/no/such/model"], "/no/such/model"),
+        (["bench", "--arms", "none,sparkle"], "unknown fill 'sparkle'"),
+        (["bench", "--seeds", "0,x"], "--seeds must be comma-separated integers"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):
