@@ -27,7 +27,9 @@ class RecordingFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        # Replies arrive in whatever order the clients finish; summing them in client order
+        # keeps the float rounding of the average, and so the whole run, reproducible.
+        replies = sorted(replies, key=lambda m: m.content["metrics"]["client"] if m.has_content() else -1)
         self.last_round["trained"] = time.perf_counter()
         for msg in replies:
             if msg.has_content():
