@@ -47,6 +47,7 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
             record = reply.content["class-counts"]
             counts[int(record["client"])] = np.asarray(record["counts"], dtype=np.int64)
             node_of[int(record["client"])] = reply.metadata.src_node_id
+    client_of = {node: client for client, node in node_of.items()}
     target = None
     if fill.target == "global":
         total = np.sum(list(counts.values()), axis=0)
@@ -59,7 +60,6 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
         requests = {client: {c: int(n) for c, n in enumerate(client_plan(fill, held, target).counts["mixup"]) if n}
                     for client, held in counts.items()}
         assignments, unserved = assign_requests(requests, counts)
-        client_of = {node: client for client, node in node_of.items()}
 
         def orders(node: int) -> RecordDict:
             return RecordDict({"config": ConfigRecord({**config, "orders": json.dumps(assignments[client_of[node]])})})
@@ -74,7 +74,7 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
 
     def fill_content(node: int) -> RecordDict:
         content = RecordDict({"config": ConfigRecord(config)})
-        client = {n: c for c, n in node_of.items()}.get(node)
+        client = client_of.get(node)
         if client in mixed:
             xs, ys = zip(*mixed[client])
             content["mixed-images"] = ArrayRecord({"x": Array(np.concatenate(xs)), "y": Array(np.concatenate(ys))})

@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +74,15 @@ def load_pipeline(base: Path):
 
 def base_fingerprint(base: Path) -> str:
     """sha256 of the base UNet's weights: identifies which base a LoRA belongs to."""
+    files = tuple(sorted((Path(base) / "unet").glob("*.safetensors")))
+    return _fingerprint(files, tuple(f.stat().st_mtime_ns for f in files))
+
+
+@lru_cache(maxsize=16)
+def _fingerprint(files: tuple[Path, ...], mtimes: tuple[int, ...]) -> str:
+    """Hashed once per file version: clients ask for it every round."""
     digest = hashlib.sha256()
-    for file in sorted((base / "unet").glob("*.safetensors")):
+    for file in files:
         digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
 
