@@ -6,6 +6,7 @@ fill timings, and model weights with training metrics.
 """
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -20,8 +21,11 @@ app = ClientApp()
 
 
 def _settings(msg: Message, context: Context) -> tuple[ExperimentSettings, int]:
+    """The run's settings; a node's own `fill-service` (its `regl serve`) wins over the run config's."""
     torch.set_num_threads(1)
     settings = ExperimentSettings.from_config(dict(msg.content["config"]))
+    if context.node_config.get("fill-service"):
+        settings = replace(settings, fill=replace(settings.fill, service=str(context.node_config["fill-service"])))
     num_nodes = int(context.node_config["num-partitions"])
     if num_nodes != settings.partition.num_clients:
         raise ValueError(

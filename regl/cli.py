@@ -106,7 +106,7 @@ def _fill_settings(args: argparse.Namespace):
         lora=not args.fill_no_lora, lora_steps=args.fill_lora_steps, prior_per_class=args.fill_prior_per_class,
         steps=args.fill_steps, guidance=args.fill_guidance,
         base=str(Path(args.fill_base).resolve()) if args.fill_base else "",
-        store=str(Path(args.fill_store).resolve()),
+        store=str(Path(args.fill_store).resolve()), service=args.fill_service,
     )
     fill.check()
     if "diffusion" in fill.sources:
@@ -143,6 +143,9 @@ def _add_fill_options(p: argparse.ArgumentParser, with_mode: bool = True) -> Non
     g.add_argument("--fill-store", default=defaults.store,
                    help="where clients keep their synthetic stores and LoRAs; reused when nothing changed "
                         "(default: %(default)s)")
+    g.add_argument("--fill-service", default="",
+                   help="URL of a `regl serve` that makes the diffusion and noise images instead of the client "
+                        "process; a node's own fill-service node config wins (default: in-process)")
 
 
 def _check_data(settings) -> None:
@@ -219,7 +222,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     fill = ["--cpus", str(args.cpus), "--fill-supplement", str(args.fill_supplement),
             "--fill-target", args.fill_target, "--fill-lora-steps", str(args.fill_lora_steps),
             "--fill-prior-per-class", str(args.fill_prior_per_class), "--fill-steps", str(args.fill_steps),
-            "--fill-guidance", str(args.fill_guidance), "--fill-store", args.fill_store]
+            "--fill-guidance", str(args.fill_guidance), "--fill-store", args.fill_store,
+            "--fill-service", args.fill_service]
     if args.fill_base:
         fill += ["--fill-base", args.fill_base]
     name = settings.name.removesuffix(f"-s{args.seed}")
@@ -387,6 +391,31 @@ def cmd_bench_generator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from regl.generator import check_model_folder
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    given = {k: v for k, v in vars(args).items() if k in ServiceSettings.model_fields and v is not None}
+    try:
+        settings = ServiceSettings(**given)
+    except ValidationError as exc:
+        raise ReglError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
+    settings.check_exposure()
+    check_model_folder(Path(settings.base))
+    if settings.lora is not None and not Path(settings.lora).is_dir():
+        raise ReglError(f"LoRA folder {settings.lora} does not exist")
+    if settings.data:
+        from service.local_model import load_client_data
+
+        load_client_data(settings)  # a missing folder or a corrupt image is named before uvicorn starts
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="regl",
@@ -519,6 +548,33 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "%(default)s, AVX-512 on two 256-bit FMA pipes)")
     p.add_argument("--lora-steps", type=int, default=300, help="(default: %(default)s)")
     p.set_defaults(func=cmd_bench_generator)
+
+    p = sub.add_parser("serve", help="run the local generation service (FastAPI on uvicorn)",
+                       description="Serve class samples, LoRA fine-tunes and the synthetic fill over HTTP "
+                                   "(OpenAPI docs at /docs). Every option also reads from the environment "
+                                   "as REGL_<OPTION> (e.g. REGL_TOKEN, REGL_MAX_BATCH); an option given here wins.")
+    p.add_argument("--base", help="diffusers SD folder (default: the shipped base)")
+    p.add_argument("--lora", help="LoRA folder to serve with")
+    p.add_argument("--data", help="the client's images: a folder with one subfolder per class, or a built-in "
+                                  "dataset (with --client: that client's share); needed for mixup, fine-tune, fill")
+    p.add_argument("--dataset", help="class names, prompt template and image size when there is no --data "
+                                     "(default: fashion-mnist)")
+    p.add_argument("--client", type=int, help="with a built-in --data: serve this client of the partition")
+    p.add_argument("--clients", type=int, help="number of clients in that partition (default: 10)")
+    p.add_argument("--partition", choices=["iid", "classes", "dirichlet", "imbalance"], help="(default: classes)")
+    p.add_argument("--classes-per-client", "-k", type=int, help="(default: 2)")
+    p.add_argument("--beta", type=float, help="Dirichlet concentration (default: 0.5)")
+    p.add_argument("--partition-seed", type=int, help="the partition's seed, the run's --seed (default: 0)")
+    p.add_argument("--host", help="bind address; anything but loopback needs a token (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="(default: 8000)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: 2)")
+    p.add_argument("--max-images-per-request", type=int, help="largest n of one request (default: 64)")
+    p.add_argument("--max-batch", type=int, help="most images in one pipeline call (default: 64)")
+    p.add_argument("--batch-wait-ms", type=float, help="how long a batch waits for more requests (default: 20)")
+    p.add_argument("--max-queue", type=int, help="waiting requests before 429 (default: 128)")
+    p.add_argument("--request-timeout-s", type=float, help="a generate request's limit (default: 300)")
+    p.add_argument("--store", help="where LoRAs and fills go (default: .regl-cache/service)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("sandbox", help="run a command (e.g. `flwr run .`) offline in a loopback-only namespace",
                        description="Run COMMAND with Flower's offline environment, FLWR_HOME=./.flwr, in new "

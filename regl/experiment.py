@@ -110,7 +110,12 @@ def prepare_fill(settings: ExperimentSettings, client_id: int, target: np.ndarra
     """Plan and make this client's synthetic fill before its first round; returns counts and timings."""
     data = client_data(settings, client_id)
     plan = client_plan(settings.fill, data.class_counts(), target)
-    synthetic, timings = client_fill(settings, client_id).make(data, plan, mixed)
+    remote = None
+    if settings.fill.service:
+        from regl.service_fill import remote_fill
+
+        remote = remote_fill(settings.fill.service, settings.fill, settings.seed, data, target)
+    synthetic, timings = client_fill(settings, client_id).make(data, plan, mixed, remote)
     return {"client": client_id, "real-images": len(data), "synthetic-images": len(synthetic),
             **{f"planned-{source}": int(counts.sum()) for source, counts in plan.counts.items()},
             **{k.replace("_", "-"): float(v) for k, v in timings.items()}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from regl.errors import ReglError
 from regl.fill_plan import SOURCES, FillPlan, parse_source_mix, plan_fill
 
 MODES = ("none", "public")
+RemoteFill = Callable[[FillPlan], tuple[dict[str, ImageDataset], dict]]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class FillSettings:
     guidance: float = 3.0
     base: str = ""  # empty: the shipped base
     store: str = ".regl-cache/fill"
+    service: str = ""  # URL of the client's `regl serve`: it makes the diffusion and noise images
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -122,15 +125,32 @@ class ClientFill:
         key = self.store_key(plan)
         return SyntheticStore(self.store_folder(key)).load(key)
 
-    def make(self, data: ImageDataset, plan: FillPlan, mixed: ImageDataset | None) -> tuple[ImageDataset, dict]:
-        """Generate the planned images (or reuse the store); returns them and the timings."""
+    def make(self, data: ImageDataset, plan: FillPlan, mixed: ImageDataset | None,
+             remote: RemoteFill | None = None) -> tuple[ImageDataset, dict]:
+        """Generate the planned images (or reuse the store); returns them and the timings.
+
+        `remote` makes the diffusion and noise shards elsewhere (the client's `regl serve`);
+        without it they are made in this process.
+        """
         from regl.synthetic_store import SyntheticStore
 
         key = self.store_key(plan)
         store = SyntheticStore(self.store_folder(key))
         if (stored := store.load(key)) is not None:
             return stored, {"reused": 1}
-        timings: dict[str, float] = {"reused": 0}
+        if remote is not None:
+            shards, timings = remote(plan)
+            timings = {"reused": 0, **timings}
+        else:
+            timings = {"reused": 0}
+            shards = self.make_shards(data, plan, timings)
+        if mixed is not None and len(mixed):
+            shards["mixup"] = mixed
+        seeds = {source: _seed(self.run_seed, self.client_id, source) for source in shards}
+        return store.write(key, shards, seeds, data.class_names), timings
+
+    def make_shards(self, data: ImageDataset, plan: FillPlan, timings: dict) -> dict[str, ImageDataset]:
+        """The diffusion and noise images of the plan, made here."""
         shards: dict[str, ImageDataset] = {}
         if plan.counts.get("diffusion") is not None and plan.counts["diffusion"].sum() > 0:
             shards["diffusion"] = self._diffusion(data, plan.counts["diffusion"], timings)
@@ -138,10 +158,7 @@ class ClientFill:
             started = time.perf_counter()
             shards["noise"] = self._noise(data, plan.counts["noise"])
             timings["noise_seconds"] = time.perf_counter() - started
-        if mixed is not None and len(mixed):
-            shards["mixup"] = mixed
-        seeds = {source: _seed(self.run_seed, self.client_id, source) for source in shards}
-        return store.write(key, shards, seeds, data.class_names), timings
+        return shards
 
     def _diffusion(self, data: ImageDataset, counts: np.ndarray, timings: dict) -> ImageDataset:
         from regl.generator import Generator, image_seed, to_dataset_format

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -100,8 +101,12 @@ class FinetuneResult:
 def finetune_lora(
     data: ImageDataset, class_names: tuple[str, ...], template: str, base: Path, out: Path,
     settings: LoraSettings, resume: bool = False, show_progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
-    """Train a LoRA on `data` and write `out/pytorch_lora_weights.safetensors`."""
+    """Train a LoRA on `data` and write `out/pytorch_lora_weights.safetensors`.
+
+    `on_step(steps_done)` is called after every step (the service's job progress).
+    """
     from diffusers import DDPMScheduler
     from peft import LoraConfig
     from peft.utils import set_peft_model_state_dict
@@ -153,6 +158,8 @@ def finetune_lora(
         loss.backward()
         optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.4f}")
+        if on_step is not None:
+            on_step(step + 1)
         if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
             _save_checkpoint(pipe, out, {"step": step + 1, "optimizer": optimizer.state_dict(),
                                          "rng": rng_state(rng), "settings": asdict(settings)})

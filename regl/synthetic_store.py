@@ -33,13 +33,26 @@ class SyntheticStore:
 
     def load(self, key: dict) -> ImageDataset | None:
         """The stored images when the folder holds a complete store for exactly this key, else None."""
+        read = self._read(key)
+        if read is None:
+            return None
+        shards, class_names = read
+        return _concatenated([d.x for d in shards.values()], [d.y for d in shards.values()], class_names)
+
+    def load_shards(self, key: dict) -> dict[str, ImageDataset] | None:
+        """Source → its images, when the store is complete and for exactly this key; else None."""
+        read = self._read(key)
+        return None if read is None else read[0]
+
+    def _read(self, key: dict) -> tuple[dict[str, ImageDataset], tuple[str, ...]] | None:
         try:
             manifest = json.loads((self.folder / MANIFEST).read_text())
         except (OSError, ValueError):
             return None
         if not isinstance(manifest, dict) or manifest.get("key") != _as_json(key):
             return None
-        xs, ys = [], []
+        class_names = tuple(manifest["class_names"])
+        shards = {}
         for shard in manifest["shards"]:
             try:
                 blob = (self.folder / shard["file"]).read_bytes()
@@ -48,9 +61,8 @@ class SyntheticStore:
             if hashlib.sha256(blob).hexdigest() != shard["sha256"]:
                 return None
             with np.load(io.BytesIO(blob)) as arrays:
-                xs.append(arrays["x"])
-                ys.append(arrays["y"])
-        return _concatenated(xs, ys, tuple(manifest["class_names"]))
+                shards[shard["source"]] = ImageDataset(arrays["x"], arrays["y"].astype(np.int64), class_names)
+        return shards, class_names
 
     def write(
         self, key: dict, shards: dict[str, ImageDataset], seeds: dict[str, int], class_names: tuple[str, ...]

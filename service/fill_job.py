@@ -1,0 +1,84 @@
+"""The service's background work: a LoRA fine-tune on the client's images, and the client's fill.
+
+Both are the library's own (`regl.lora`, `regl.fill`); this module turns a request into
+the work a job runs and reports progress into its record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from regl.fill import ClientFill, FillSettings, client_plan
+from regl.errors import ReglError
+from service.jobs import Job, JobCancelled
+from service.local_model import LocalModel
+from service.schemas import FillRequest, FinetuneRequest
+from service.settings import ServiceSettings
+
+
+def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSettings) -> Callable[[Job], dict]:
+    from regl.lora import LoraSettings, finetune_lora
+
+    lora_settings = LoraSettings(rank=body.rank, steps=body.steps, lr=body.lr, batch_size=body.batch_size,
+                                 prior_per_class=body.prior_per_class, seed=body.seed)
+
+    def work(job: Job) -> dict[str, Any]:
+        out = Path(settings.store) / "lora" / job.id
+
+        def on_step(step: int) -> None:
+            if job.cancelled.is_set():
+                raise JobCancelled("the service stopped during the fine-tune")
+            job.progress, job.message = step / body.steps, f"step {step}/{body.steps}"
+
+        result = finetune_lora(model.data, model.class_names, model.template, settings.base, out, lora_settings,
+                               show_progress=False, on_step=on_step)
+        if body.activate:
+            job.message = "loading the new LoRA"
+            model.use_lora(out)
+        return {"lora": str(out), "active": body.activate, "timings": result.timings}
+
+    return work
+
+
+def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tuple[ClientFill, np.ndarray | None]:
+    fill_settings = FillSettings(
+        mode=body.mode, supplement=body.supplement, mix=body.mix, target="uniform" if body.target is None else "global",
+        lora=body.lora, lora_steps=body.lora_steps, prior_per_class=body.prior_per_class, steps=body.steps,
+        guidance=body.guidance, base=str(settings.base), store=str(Path(settings.store) / "fill"))
+    fill_settings.check()
+    if not fill_settings.synthetic:
+        raise ReglError(f"fill mode {body.mode!r} makes no images; name at least one of diffusion, noise, mixup")
+    target = None if body.target is None else np.asarray(body.target, dtype=np.float64)
+    return ClientFill(model.dataset, model.template, max(settings.client, 0), body.seed, fill_settings), target
+
+
+def fill_work(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> Callable[[Job], dict]:
+    client, target = _fill(body, model, settings)  # raises on a bad mix before the job is queued
+
+    def work(job: Job) -> dict[str, Any]:
+        plan = client_plan(client.settings, model.data.class_counts(), target)
+        job.message = f"making {plan.total()} images"
+        synthetic, timings = client.make(model.data, plan, mixed=None)
+        key = client.store_key(plan)
+        return {"store": str(client.store_folder(key)), "key": key, "images": len(synthetic),
+                "plan": plan.to_json(), "timings": timings}
+
+    return work
+
+
+def fill_images(job: Job, model: LocalModel) -> dict[str, np.ndarray]:
+    """A finished fill's images as arrays: x, y and each image's source."""
+    from regl.synthetic_store import SyntheticStore
+
+    shards = SyntheticStore(Path(job.result["store"])).load_shards(job.result["key"])
+    if shards is None:
+        raise FileNotFoundError(f"the store of fill job {job.id} is gone or was replaced")
+    if not shards:
+        shape = (0, model.resolution, model.resolution, model.channels)
+        return {"x": np.empty(shape, np.uint8), "y": np.empty(0, np.int64), "source": np.empty(0, "<U9")}
+    return {"x": np.concatenate([s.x for s in shards.values()]), "y": np.concatenate([s.y for s in shards.values()]),
+            "source": np.concatenate([np.full(len(s), name, "<U9") for name, s in shards.items()])}

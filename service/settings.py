@@ -1,0 +1,53 @@
+"""Service settings: `REGL_*` environment variables, overridden by `regl serve` options."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from regl.errors import ReglError
+from regl.generator import DEFAULT_BASE
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REGL_", extra="forbid")
+
+    base: Path = DEFAULT_BASE
+    lora: Path | None = None
+    data: str = ""  # the client's images: a folder (one subfolder per class) or a built-in dataset
+    dataset: str = "fashion-mnist"  # class names, prompt template and image shape when there is no data
+    client: int = -1  # with a built-in `data`: this client's share of the partition below
+    clients: int = 10
+    partition: str = "classes"
+    classes_per_client: int = 2
+    beta: float = 0.5
+    partition_seed: int = 0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: SecretStr | None = None
+    threads: int = Field(2, ge=1)
+    max_images_per_request: int = Field(64, ge=1)
+    max_batch: int = Field(64, ge=1)
+    batch_wait_ms: float = Field(20.0, ge=0)
+    max_queue: int = Field(128, ge=1)
+    request_timeout_s: float = Field(300.0, gt=0)
+    max_finetune_steps: int = Field(5000, ge=1)  # LoRA steps of one fine-tune or fill job
+    store: Path = Path(".regl-cache/service")
+
+    def check_exposure(self) -> None:
+        """A service that answers beyond this machine must ask for a token."""
+        if not self.token and not is_loopback(self.host):
+            raise ReglError(f"refusing to listen on {self.host} without a token: set REGL_TOKEN, "
+                            "or bind 127.0.0.1")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

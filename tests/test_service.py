@@ -1,0 +1,249 @@
+"""The local generation service through FastAPI's TestClient: every route and every error."""
+
+import base64
+import io
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from service_fixtures import CLASSES, build_base, build_client_folder
+
+from regl.errors import ReglError
+from service.app import create_app
+from service.settings import ServiceSettings
+
+FAST = {"steps": 2, "guidance": 2.0}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_base(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="module")
+def client_folder(tmp_path_factory):
+    return build_client_folder(tmp_path_factory.mktemp("client") / "data")
+
+
+def service(base, tmp_path, **overrides) -> TestClient:
+    settings = {"base": base, "dataset": str(overrides.pop("dataset", "fashion-mnist")), "threads": 1,
+                "store": tmp_path / "store", **overrides}
+    return TestClient(create_app(ServiceSettings(**settings)))
+
+
+@pytest.fixture(scope="module")
+def api(base, client_folder, tmp_path_factory):
+    with service(base, tmp_path_factory.mktemp("svc"), data=str(client_folder), max_images_per_request=8) as client:
+        yield client
+
+
+def wait_for(client: TestClient, job_id: str, headers=None) -> dict:
+    deadline = time.monotonic() + 300
+    while (job := client.get(f"/v1/jobs/{job_id}", headers=headers).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    return job
+
+
+def decode(images: list[str]) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))) for s in images])
+
+
+def test_healthz_and_model(api, base):
+    assert api.get("/healthz").json() == {"status": "ok"}
+    info = api.get("/v1/model").json()
+    assert info["classes"] == list(CLASSES) and info["lora"] is None
+    assert (info["resolution"], info["channels"], info["device"], info["data_images"]) == (20, 1, "cpu", 10)
+    assert info["base"] == str(base) and len(info["base_fingerprint"]) == 16
+
+
+def test_generate_json_by_name_and_index_reproducible_per_seed(api):
+    a = api.post("/v1/generate", json={"class": "dog", "n": 3, "seed": 5, **FAST})
+    assert a.status_code == 200
+    body = a.json()
+    assert (body["class"], body["label"], body["n"], body["source"]) == ("dog", 1, 3, "diffusion")
+    images = decode(body["images"])
+    assert images.shape == (3, 20, 20) and images.dtype == np.uint8
+    again = decode(api.post("/v1/generate", json={"class": 1, "n": 3, "seed": 5, **FAST}).json()["images"])
+    other = decode(api.post("/v1/generate", json={"class": 1, "n": 3, "seed": 6, **FAST}).json()["images"])
+    assert np.array_equal(images, again) and not np.array_equal(images, other)
+
+
+def test_generate_zip_and_npz_bodies(api):
+    zipped = api.post("/v1/generate", json={"class": "owl", "n": 2, **FAST}, headers={"Accept": "application/zip"})
+    assert zipped.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(zipped.content)) as archive:
+        assert archive.namelist() == ["owl_00000.png", "owl_00001.png"]
+    npz = api.post("/v1/generate", json={"class": "owl", "n": 2, **FAST}, headers={"Accept": "application/x-npz"})
+    with np.load(io.BytesIO(npz.content)) as arrays:
+        assert arrays["x"].shape == (2, 20, 20, 1) and arrays["y"].tolist() == [2, 2]
+    json_body = api.post("/v1/generate", json={"class": "owl", "n": 2, **FAST})
+    with zipfile.ZipFile(io.BytesIO(zipped.content)) as archive:  # the same images in either body
+        first = np.asarray(Image.open(archive.open("owl_00000.png")))
+    assert np.array_equal(first, decode(json_body.json()["images"])[0])
+
+
+def test_noise_and_mixup_sources(api):
+    noise = api.post("/v1/generate", json={"class": "cat", "n": 4, "seed": 1, "source": "noise"}).json()
+    images = decode(noise["images"])
+    assert images.shape == (4, 20, 20) and images.std() > 10 and noise["source"] == "noise"
+    mixed = api.post("/v1/generate", json={"class": "owl", "n": 2, "seed": 1, "source": "mixup"})
+    assert mixed.status_code == 200 and decode(mixed.json()["images"]).shape == (2, 20, 20)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"class": "zebra"}, "class"),
+    ({"class": 7}, "class"),
+    ({"class": "cat", "n": 9}, "n"),  # over this service's max_images_per_request
+    ({"class": "cat", "n": 0}, "n"),
+    ({"class": "cat", "n": 10**9}, "n"),
+    ({"class": "cat", "steps": 0}, "steps"),
+    ({"class": "cat", "guidance": -1}, "guidance"),
+    ({"class": "cat", "seed": -1}, "seed"),
+    ({"class": "cat", "source": "gan"}, "source"),
+    ({"class": "cat", "colour": "red"}, "colour"),
+    ({"n": 2}, "class"),
+])
+def test_bad_generate_requests_name_the_field(api, body, field):
+    response = api.post("/v1/generate", json=body)
+    assert response.status_code == 422
+    assert any(field in map(str, error["loc"]) for error in response.json()["detail"]), response.json()
+
+
+def test_malformed_json_is_422_and_the_server_keeps_serving(api):
+    response = api.post("/v1/generate", content=b'{"class": "cat", "n": ', headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["type"] == "json_invalid"
+    assert api.post("/v1/generate", json={"class": "cat", **FAST}).status_code == 200
+
+
+def test_unknown_job_and_images_of_a_finetune_job(api):
+    assert api.get("/v1/jobs/nope").status_code == 404
+    job = wait_for(api, api.post("/v1/finetune", json={"steps": 2, "batch_size": 2, "prior_per_class": 1,
+                                                       "activate": False}).json()["id"])
+    assert job["status"] == "done"
+    assert api.get(f"/v1/jobs/{job['id']}/images").status_code == 409
+
+
+def test_finetune_job_reports_progress_and_activates_its_lora(base, client_folder, tmp_path):
+    with service(base, tmp_path, data=str(client_folder)) as api:
+        before = decode(api.post("/v1/generate", json={"class": "cat", "n": 2, **FAST}).json()["images"])
+        started = api.post("/v1/finetune", json={"steps": 4, "batch_size": 2, "prior_per_class": 1, "lr": 0.05})
+        assert started.status_code == 202 and started.json()["kind"] == "finetune"
+        job = wait_for(api, started.json()["id"])
+        assert (job["status"], job["progress"], job["error"]) == ("done", 1.0, None)
+        assert (tmp_path / "store" / "lora" / job["id"] / "pytorch_lora_weights.safetensors").is_file()
+        assert api.get("/v1/model").json()["lora"] == job["result"]["lora"]
+        after = decode(api.post("/v1/generate", json={"class": "cat", "n": 2, **FAST}).json()["images"])
+        assert not np.array_equal(before, after)
+
+
+def test_failed_finetune_is_recorded_and_the_service_keeps_serving(base, client_folder, tmp_path):
+    (tmp_path / "store").write_text("a file where the store folder should be")
+    with service(base, tmp_path, data=str(client_folder)) as api:
+        job = wait_for(api, api.post("/v1/finetune", json={"steps": 2, "batch_size": 2}).json()["id"])
+        assert job["status"] == "failed" and "store" in job["error"]
+        assert api.post("/v1/generate", json={"class": "cat", **FAST}).status_code == 200
+        assert api.get("/v1/model").json()["lora"] is None
+
+
+def test_fill_plans_makes_and_serves_the_store(api):
+    started = api.post("/v1/fill", json={"mode": "diffusion+noise", "mix": "3:1", "supplement": 1.0, "lora": False,
+                                         "expect_class_counts": [6, 3, 1], **FAST})
+    assert started.status_code == 202
+    job = wait_for(api, started.json()["id"])
+    assert job["status"] == "done", job
+    plan = job["result"]["plan"]
+    assert plan["total"] == 10 and sum(plan["counts"]["diffusion"]) + sum(plan["counts"]["noise"]) == 10
+    npz = api.get(f"/v1/jobs/{job['id']}/images")
+    with np.load(io.BytesIO(npz.content)) as arrays:
+        assert arrays["x"].shape == (10, 20, 20, 1)
+        for source in ("diffusion", "noise"):
+            assert np.bincount(arrays["y"][arrays["source"] == source], minlength=3).tolist() == plan["counts"][source]
+    # the same request again reuses the store
+    again = wait_for(api, api.post("/v1/fill", json={"mode": "diffusion+noise", "mix": "3:1", "lora": False,
+                                                     **FAST}).json()["id"])
+    assert again["result"]["timings"] == {"reused": 1} and again["result"]["store"] == job["result"]["store"]
+
+
+@pytest.mark.parametrize("body, status, word", [
+    ({"expect_class_counts": [1, 1, 1]}, 409, "other data"),
+    ({"target": [1.0, 2.0]}, 422, "target"),
+    ({"target": [1.0, -1.0, 1.0]}, 422, "target"),
+    ({"mode": "diffusion+noise", "mix": "1:2:3"}, 422, "mix"),
+    ({"mode": "sketch"}, 422, "sketch"),
+    ({"mode": "none"}, 422, "makes no images"),
+    ({"lora_steps": 6000}, 422, "lora_steps"),
+    ({"supplement": -0.5}, 422, "supplement"),
+])
+def test_bad_fill_requests(api, body, status, word):
+    response = api.post("/v1/fill", json=body)
+    assert response.status_code == status and word in str(response.json()["detail"]), response.json()
+
+
+def test_routes_that_need_client_data_say_so(base, tmp_path):
+    with service(base, tmp_path, dataset=str(build_client_folder(tmp_path / "names"))) as api:
+        assert api.get("/v1/model").json()["data_images"] is None
+        for route, body in (("/v1/finetune", {}), ("/v1/fill", {})):
+            response = api.post(route, json=body)
+            assert response.status_code == 409 and "--data" in response.json()["detail"]
+        mixup = api.post("/v1/generate", json={"class": "cat", "source": "mixup"})
+        assert mixup.status_code == 409 and "--data" in mixup.json()["detail"]
+        assert api.post("/v1/generate", json={"class": "cat", **FAST}).status_code == 200
+
+
+def test_finetune_steps_over_the_cap(api):
+    response = api.post("/v1/finetune", json={"steps": 5001})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "steps"]
+
+
+def test_token_is_required_everywhere_but_healthz(base, client_folder, tmp_path):
+    with service(base, tmp_path, dataset=client_folder, token="s3cret") as api:
+        assert api.get("/healthz").status_code == 200
+        for method, route in (("get", "/v1/model"), ("post", "/v1/generate"), ("post", "/v1/finetune"),
+                              ("post", "/v1/fill"), ("get", "/v1/jobs/x"), ("get", "/v1/jobs/x/images")):
+            assert getattr(api, method)(route).status_code == 401
+            wrong = getattr(api, method)(route, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        good = {"Authorization": "Bearer s3cret"}
+        assert api.get("/v1/model", headers=good).status_code == 200
+        assert api.post("/v1/generate", json={"class": "cat", **FAST}, headers=good).status_code == 200
+
+
+def test_non_loopback_host_needs_a_token():
+    with pytest.raises(ReglError, match="without a token"):
+        ServiceSettings(host="0.0.0.0").check_exposure()
+    ServiceSettings(host="0.0.0.0", token="t").check_exposure()
+    ServiceSettings(host="::1").check_exposure()
+    ServiceSettings(host="localhost").check_exposure()
+
+
+def test_full_queue_answers_429_with_retry_after(base, client_folder, tmp_path):
+    """One request waits in a long batching window; with room for one, the next is refused."""
+    with service(base, tmp_path, dataset=client_folder, max_queue=1, batch_wait_ms=3000) as api:
+        first: dict = {}
+        waiting = threading.Thread(target=lambda: first.update(
+            response=api.post("/v1/generate", json={"class": "cat", **FAST})))
+        waiting.start()
+        time.sleep(1.0)
+        refused = api.post("/v1/generate", json={"class": "dog", **FAST})
+        waiting.join()
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert first["response"].status_code == 200
+
+
+def test_request_timeout_answers_504(base, client_folder, tmp_path):
+    with service(base, tmp_path, dataset=client_folder, request_timeout_s=0.2, batch_wait_ms=2000) as api:
+        response = api.post("/v1/generate", json={"class": "cat", **FAST})
+        assert response.status_code == 504 and "0.2" in response.json()["detail"]
+        assert api.get("/healthz").status_code == 200
+
+
+def test_openapi_docs_have_examples(api):
+    assert api.get("/docs").status_code == 200
+    spec = api.get("/openapi.json").json()
+    assert {"/healthz", "/v1/model", "/v1/generate", "/v1/finetune", "/v1/fill", "/v1/jobs/{job_id}"} <= set(spec["paths"])
+    assert spec["components"]["schemas"]["GenerateRequest"]["examples"][0]["class"] == "sneaker"

@@ -1,0 +1,119 @@
+"""The service on real uvicorn: `regl serve` as a process, concurrent callers, and a schemathesis run."""
+
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from service_fixtures import CLASSES, ThreadedServer, build_base, build_client_folder, free_port
+
+from service.app import create_app
+from service.settings import ServiceSettings
+
+FAST = {"steps": 2, "guidance": 2.0}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_base(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="module")
+def client_folder(tmp_path_factory):
+    return build_client_folder(tmp_path_factory.mktemp("client") / "data")
+
+
+def _serve(*options: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "regl.cli", "serve", *options], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+
+
+def test_regl_serve_process_answers_httpx_with_its_token(base, client_folder, tmp_path):
+    port = free_port()
+    server = _serve("--base", str(base), "--data", str(client_folder), "--port", str(port), "--threads", "1",
+                    "--store", str(tmp_path / "store"), env={"REGL_TOKEN": "t0ken", "REGL_MAX_BATCH": "16"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "regl serve did not come up"
+                time.sleep(0.3)
+        assert httpx.get(f"{url}/v1/model").status_code == 401
+        auth = {"Authorization": "Bearer t0ken"}
+        info = httpx.get(f"{url}/v1/model", headers=auth).json()
+        assert info["classes"] == list(CLASSES) and info["max_batch"] == 16  # from the environment
+        response = httpx.post(f"{url}/v1/generate", json={"class": "owl", "n": 2, **FAST}, headers=auth, timeout=60)
+        assert response.status_code == 200 and len(response.json()["images"]) == 2
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--host", "0.0.0.0"], "without a token"),
+    (["--base", "/nonexistent/sd"], "does not exist"),
+    (["--data", "/nonexistent/client"], "does not exist"),
+    (["--max-batch", "0"], "max_batch"),
+])
+def test_regl_serve_refuses_bad_settings_with_one_line(options, message):
+    done = subprocess.run([sys.executable, "-m", "regl.cli", "serve", *options], capture_output=True, text=True,
+                          timeout=120, env={k: v for k, v in os.environ.items() if k != "REGL_TOKEN"})
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_concurrent_callers_each_get_their_own_class_count_and_images(base, client_folder, tmp_path):
+    app = create_app(ServiceSettings(base=base, data=str(client_folder), threads=1, batch_wait_ms=300,
+                                     store=tmp_path / "store"))
+    asks = [{"class": CLASSES[i % 3], "n": 1 + i % 4, "seed": 100 + i, **FAST} for i in range(12)]
+    answers: dict[int, httpx.Response] = {}
+    with ThreadedServer(app) as server:
+        def call(i: int) -> None:
+            answers[i] = httpx.post(f"{server.url}/v1/generate", json=asks[i], timeout=120,
+                                    headers={"Accept": "application/x-npz"})
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(asks))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stats = dict(app.state.batcher.stats)
+        for i, ask in enumerate(asks):
+            alone = httpx.post(f"{server.url}/v1/generate", json=ask, timeout=120,
+                               headers={"Accept": "application/x-npz"})
+            with np.load(io.BytesIO(answers[i].content)) as got, np.load(io.BytesIO(alone.content)) as want:
+                assert got["y"].tolist() == [CLASSES.index(ask["class"])] * ask["n"]
+                # the same images as when asked alone (batched float maths may move a pixel by one level)
+                assert np.abs(got["x"].astype(int) - want["x"].astype(int)).max() <= 1
+    assert stats["requests"] == len(asks) and stats["calls"] < len(asks)  # they shared pipeline calls
+
+
+SPEC_APP = create_app(ServiceSettings())
+schema = schemathesis.openapi.from_dict(SPEC_APP.openapi())
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server(base, client_folder, tmp_path_factory):
+    app = create_app(ServiceSettings(base=base, data=str(client_folder), threads=1, max_images_per_request=4,
+                                     max_finetune_steps=4, batch_wait_ms=5,
+                                     store=tmp_path_factory.mktemp("fuzz") / "store"))
+    with ThreadedServer(app) as server:
+        yield server
+
+
+@schema.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_request_the_spec_allows_gets_a_5xx(case, fuzzed_server):
+    case.call_and_validate(base_url=fuzzed_server.url, checks=[not_a_server_error], timeout=120)
