@@ -10,6 +10,7 @@ from pathlib import Path
 from regl.errors import ReglError
 
 FLOWER_STATE_DIR = Path(".flwr")
+DEPLOY_STATE_DIR = Path(".flwr-deploy")
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -186,6 +187,30 @@ def cmd_fl(args: argparse.Namespace) -> int:
           f"{100 * summary['final_personalized_accuracy']:.2f}%, {summary['wall_seconds']:.0f}s; "
           f"results in {settings.out_dir} (summary.json, rounds.json, accuracy.png, traffic.json)")
     print(_format_time_split(summary["time_split"], args.cpus))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from regl.sandbox import in_sandbox, rerun_self_isolated
+
+    settings = _settings(args, suffix="-deploy")
+    settings = replace(settings, out_dir=str(Path(settings.out_dir).resolve()))
+    _check_data(settings)
+    service_fill = settings.fill.synthetic and not args.in_process_fill
+    if service_fill and settings.fill.service:
+        raise ReglError("--fill-service names one service for every client; regl deploy starts one per node")
+    if not in_sandbox():
+        return rerun_self_isolated(DEPLOY_STATE_DIR)
+    from clients.deployment import deploy
+
+    summary = deploy(settings, service_fill, DEPLOY_STATE_DIR)
+    done = summary["deployment"]
+    print(f"final global accuracy {100 * summary['final_accuracy']:.2f}%, {done['nodes']} SuperNodes"
+          f"{' each with its regl serve' if service_fill else ''}, set-up {done['setup_seconds']:.0f}s, "
+          f"{done['total_seconds']:.0f}s in all; results and logs in {settings.out_dir}")
+    print(_format_time_split(summary["time_split"], settings.partition.num_clients))
     return 0
 
 
@@ -416,6 +441,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_service(args: argparse.Namespace) -> int:
+    from service.bench import run_service_bench
+    from service.settings import ServiceSettings
+
+    if args.callers < 1:
+        raise ReglError(f"--callers must be at least 1, got {args.callers}")
+    settings = ServiceSettings(base=Path(args.base), dataset=args.dataset, threads=args.threads,
+                               max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, token=None)
+    run_service_bench(settings, args.callers, args.steps, args.guidance)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="regl",
@@ -453,6 +490,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use; one client per CPU (default: %(default)s)")
     _add_fill_options(p, with_mode=False)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("deploy", help="run the federation as separate processes on loopback: SuperLink, "
+                                      "SuperNodes, one regl serve per node",
+                       description="Start a Flower SuperLink, one SuperNode per client with its own data partition "
+                                   "(node config partition-id), and, when the fill is synthetic, one `regl serve` "
+                                   "per node that holds the same partition and makes that client's fill; then "
+                                   "`flwr run` the app against them. Everything binds 127.0.0.1 inside the "
+                                   "loopback-only sandbox and stops when the run ends. Logs in OUT_DIR/logs.")
+    _add_data_options(p)
+    _add_training_options(p)
+    _add_fill_options(p)
+    p.add_argument("--in-process-fill", action="store_true",
+                   help="make the fill inside each ClientApp instead of in the node's regl serve")
+    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("centralized", help="train the same model on the pooled private data (reference arm)",
                        description="Train the federated run's model on the union of the clients' data; "
@@ -575,6 +626,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout-s", type=float, help="a generate request's limit (default: 300)")
     p.add_argument("--store", help="where LoRAs and fills go (default: .regl-cache/service)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench-service", help="request batching of `regl serve`: concurrent vs sequential vs raw",
+                       description="Start the service on a free loopback port and send it CALLERS concurrent "
+                                   "generate requests of 1–4 images each, then the same requests one at a time, "
+                                   "then time one raw batch-64 pipeline call. Run it on an idle machine.")
+    p.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder (default: the shipped base)")
+    p.add_argument("--dataset", default="fashion-mnist", help="(default: %(default)s)")
+    p.add_argument("--callers", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="(default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=3.0, help="(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0, help="(default: %(default)s)")
+    p.set_defaults(func=cmd_bench_service)
 
     p = sub.add_parser("sandbox", help="run a command (e.g. `flwr run .`) offline in a loopback-only namespace",
                        description="Run COMMAND with Flower's offline environment, FLWR_HOME=./.flwr, in new "

@@ -13,10 +13,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from service_fixtures import CLASSES, ThreadedServer, build_base, build_client_folder, free_port
+from service_fixtures import CLASSES, build_base, build_client_folder
 
 from service.app import create_app
 from service.settings import ServiceSettings
+from service.threaded_server import ThreadedServer, free_port
 
 FAST = {"steps": 2, "guidance": 2.0}
 

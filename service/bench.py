@@ -1,0 +1,87 @@
+"""`regl bench-service`: what request batching buys.
+
+32 concurrent callers each ask for 1–4 images of some class; the same requests one at a
+time; and one raw batch-64 pipeline call without HTTP. Throughput in images/s, latency
+p50/p95 per request. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from service.app import create_app
+from service.settings import ServiceSettings
+from service.threaded_server import ThreadedServer
+
+
+def _requests(callers: int, num_classes: int, steps: int, guidance: float) -> list[dict]:
+    return [{"class": (7 * i) % num_classes, "n": 1 + i % 4, "seed": i, "steps": steps, "guidance": guidance}
+            for i in range(callers)]
+
+
+async def _concurrent(url: str, asks: list[dict]) -> tuple[float, list[float]]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=len(asks))) as http:
+        async def one(ask: dict) -> float:
+            started = time.perf_counter()
+            response = await http.post("/v1/generate", json=ask, headers={"Accept": "application/x-npz"})
+            response.raise_for_status()
+            return time.perf_counter() - started
+
+        started = time.perf_counter()
+        latencies = await asyncio.gather(*(one(ask) for ask in asks))
+        return time.perf_counter() - started, list(latencies)
+
+
+def _sequential(url: str, asks: list[dict]) -> tuple[float, list[float]]:
+    import httpx
+
+    latencies = []
+    with httpx.Client(base_url=url, timeout=600) as http:
+        started = time.perf_counter()
+        for ask in asks:
+            one = time.perf_counter()
+            http.post("/v1/generate", json=ask, headers={"Accept": "application/x-npz"}).raise_for_status()
+            latencies.append(time.perf_counter() - one)
+        return time.perf_counter() - started, latencies
+
+
+def _line(name: str, images: int, seconds: float, latencies: list[float] | None = None) -> str:
+    line = f"{name:<28} {images:>4} images in {seconds:6.2f} s = {images / seconds:6.2f} images/s"
+    if latencies:
+        line += f"   latency p50 {np.percentile(latencies, 50):5.2f} s, p95 {np.percentile(latencies, 95):5.2f} s"
+    return line
+
+
+def run_service_bench(settings: ServiceSettings, callers: int, steps: int, guidance: float) -> dict:
+    app = create_app(settings)
+    with ThreadedServer(app) as server:
+        model = app.state.model
+        asks = _requests(callers, len(model.class_names), steps, guidance)
+        images = sum(ask["n"] for ask in asks)
+        asyncio.run(_concurrent(server.url, asks[:2]))  # warm-up
+        seq_seconds, seq_latencies = _sequential(server.url, asks)
+        calls_before = dict(app.state.batcher.stats)
+        con_seconds, con_latencies = asyncio.run(_concurrent(server.url, asks))
+        calls = app.state.batcher.stats["calls"] - calls_before["calls"]
+        started = time.perf_counter()
+        model.diffusion([i % len(model.class_names) for i in range(64)], list(range(64)), steps, guidance)
+        raw_seconds = time.perf_counter() - started
+    print(_line("one request at a time", images, seq_seconds, seq_latencies))
+    print(_line(f"{callers} concurrent callers", images, con_seconds, con_latencies)
+          + f"   ({calls} pipeline calls)")
+    print(_line("raw batch-64 pipeline call", 64, raw_seconds))
+    speedup = (images / con_seconds) / (images / seq_seconds)
+    of_raw = (images / con_seconds) / (64 / raw_seconds)
+    print(f"batching: {speedup:.2f}× the sequential throughput (target ≥ 5×), "
+          f"{100 * of_raw:.0f}% of the raw batch-64 call (target ≥ 80%)")
+    return {"images": images, "sequential_seconds": seq_seconds, "concurrent_seconds": con_seconds,
+            "raw64_seconds": raw_seconds, "speedup": speedup, "fraction_of_raw": of_raw, "pipeline_calls": calls,
+            "concurrent_p50": float(np.percentile(con_latencies, 50)),
+            "concurrent_p95": float(np.percentile(con_latencies, 95)),
+            "sequential_p50": float(np.percentile(seq_latencies, 50)),
+            "sequential_p95": float(np.percentile(seq_latencies, 95))}
