@@ -9,6 +9,7 @@ the run ends.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -50,13 +51,15 @@ def run_config_text(settings: ExperimentSettings) -> str:
 class Processes:
     """Started processes, each logging to its own file; all stopped on exit."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, bin_dir: Path) -> None:
         self.log_dir, self.running = log_dir, []
         log_dir.mkdir(parents=True, exist_ok=True)
+        # the SuperLink and SuperNodes start `flower-superexec` and the apps by name
+        self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.running.append((name, process, log))
         return process
 
@@ -125,7 +128,7 @@ def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) ->
     if missing:
         raise ReglError(f"{', '.join(missing)} missing beside {sys.executable}; is flwr installed in this environment?")
     started = time.perf_counter()
-    with Processes(out_dir / "logs") as processes:
+    with Processes(out_dir / "logs", bin_dir) as processes:
         processes.start("superlink", [str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
                                       "--port", str(SUPERLINK_PORT)])
         _wait_for_port(SUPERLINK_PORT, processes)
@@ -148,7 +151,7 @@ def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) ->
         setup_seconds = time.perf_counter() - started
         project = Path(__file__).resolve().parents[1]
         code = subprocess.call([str(bin_dir / "flwr"), "run", str(project), "deployment", "--stream",
-                                "--run-config", run_config_text(settings)], cwd=project)
+                                "--run-config", run_config_text(settings)], cwd=project, env=processes.env)
         if code != 0:
             raise ReglError(f"flwr run exited with code {code}; logs in {out_dir / 'logs'}")
     summary_file = out_dir / "summary.json"

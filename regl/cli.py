@@ -624,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=float, help="how long a batch waits for more requests (default: 20)")
     p.add_argument("--max-queue", type=int, help="waiting requests before 429 (default: 128)")
     p.add_argument("--request-timeout-s", type=float, help="a generate request's limit (default: 300)")
+    p.add_argument("--max-finetune-steps", type=int, help="LoRA steps one fine-tune or fill may ask for "
+                                                          "(default: 5000)")
     p.add_argument("--store", help="where LoRAs and fills go (default: .regl-cache/service)")
     p.set_defaults(func=cmd_serve)
 
