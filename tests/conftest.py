@@ -17,3 +17,18 @@ def image_folder(tmp_path):
         for i in range(4):
             Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def service_base(tmp_path_factory):
+    """A tiny random SD pipeline folder that knows the service tests' class names."""
+    from service_fixtures import build_base
+
+    return build_base(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="session")
+def client_folder(tmp_path_factory):
+    from service_fixtures import build_client_folder
+
+    return build_client_folder(tmp_path_factory.mktemp("client") / "data")

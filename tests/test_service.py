@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_fixtures import CLASSES, build_base, build_client_folder
+from service_fixtures import CLASSES, build_client_folder
 
 from regl.errors import ReglError
 from service.app import create_app
@@ -19,25 +19,16 @@ from service.settings import ServiceSettings
 FAST = {"steps": 2, "guidance": 2.0}
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_base(tmp_path_factory.mktemp("base"))
-
-
-@pytest.fixture(scope="module")
-def client_folder(tmp_path_factory):
-    return build_client_folder(tmp_path_factory.mktemp("client") / "data")
-
-
-def service(base, tmp_path, **overrides) -> TestClient:
-    settings = {"base": base, "dataset": str(overrides.pop("dataset", "fashion-mnist")), "threads": 1,
+def service(service_base, tmp_path, **overrides) -> TestClient:
+    settings = {"base": service_base, "dataset": str(overrides.pop("dataset", "fashion-mnist")), "threads": 1,
                 "store": tmp_path / "store", **overrides}
     return TestClient(create_app(ServiceSettings(**settings)))
 
 
 @pytest.fixture(scope="module")
-def api(base, client_folder, tmp_path_factory):
-    with service(base, tmp_path_factory.mktemp("svc"), data=str(client_folder), max_images_per_request=8) as client:
+def api(service_base, client_folder, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("svc")
+    with service(service_base, folder, data=str(client_folder), max_images_per_request=8) as client:
         yield client
 
 
@@ -53,12 +44,12 @@ def decode(images: list[str]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))) for s in images])
 
 
-def test_healthz_and_model(api, base):
+def test_healthz_and_model(api, service_base):
     assert api.get("/healthz").json() == {"status": "ok"}
     info = api.get("/v1/model").json()
     assert info["classes"] == list(CLASSES) and info["lora"] is None
     assert (info["resolution"], info["channels"], info["device"], info["data_images"]) == (20, 1, "cpu", 10)
-    assert info["base"] == str(base) and len(info["base_fingerprint"]) == 16
+    assert info["base"] == str(service_base) and len(info["base_fingerprint"]) == 16
 
 
 def test_generate_json_by_name_and_index_reproducible_per_seed(api):
@@ -128,8 +119,8 @@ def test_unknown_job_and_images_of_a_finetune_job(api):
     assert api.get(f"/v1/jobs/{job['id']}/images").status_code == 409
 
 
-def test_finetune_job_reports_progress_and_activates_its_lora(base, client_folder, tmp_path):
-    with service(base, tmp_path, data=str(client_folder)) as api:
+def test_finetune_job_reports_progress_and_activates_its_lora(service_base, client_folder, tmp_path):
+    with service(service_base, tmp_path, data=str(client_folder)) as api:
         before = decode(api.post("/v1/generate", json={"class": "cat", "n": 2, **FAST}).json()["images"])
         started = api.post("/v1/finetune", json={"steps": 4, "batch_size": 2, "prior_per_class": 1, "lr": 0.05})
         assert started.status_code == 202 and started.json()["kind"] == "finetune"
@@ -141,9 +132,9 @@ def test_finetune_job_reports_progress_and_activates_its_lora(base, client_folde
         assert not np.array_equal(before, after)
 
 
-def test_failed_finetune_is_recorded_and_the_service_keeps_serving(base, client_folder, tmp_path):
+def test_failed_finetune_is_recorded_and_the_service_keeps_serving(service_base, client_folder, tmp_path):
     (tmp_path / "store").write_text("a file where the store folder should be")
-    with service(base, tmp_path, data=str(client_folder)) as api:
+    with service(service_base, tmp_path, data=str(client_folder)) as api:
         job = wait_for(api, api.post("/v1/finetune", json={"steps": 2, "batch_size": 2}).json()["id"])
         assert job["status"] == "failed" and "store" in job["error"]
         assert api.post("/v1/generate", json={"class": "cat", **FAST}).status_code == 200
@@ -184,8 +175,8 @@ def test_bad_fill_requests(api, body, status, word):
     assert response.status_code == status and word in str(response.json()["detail"]), response.json()
 
 
-def test_routes_that_need_client_data_say_so(base, tmp_path):
-    with service(base, tmp_path, dataset=str(build_client_folder(tmp_path / "names"))) as api:
+def test_routes_that_need_client_data_say_so(service_base, tmp_path):
+    with service(service_base, tmp_path, dataset=str(build_client_folder(tmp_path / "names"))) as api:
         assert api.get("/v1/model").json()["data_images"] is None
         for route, body in (("/v1/finetune", {}), ("/v1/fill", {})):
             response = api.post(route, json=body)
@@ -200,8 +191,8 @@ def test_finetune_steps_over_the_cap(api):
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "steps"]
 
 
-def test_token_is_required_everywhere_but_healthz(base, client_folder, tmp_path):
-    with service(base, tmp_path, dataset=client_folder, token="s3cret") as api:
+def test_token_is_required_everywhere_but_healthz(service_base, client_folder, tmp_path):
+    with service(service_base, tmp_path, dataset=client_folder, token="s3cret") as api:
         assert api.get("/healthz").status_code == 200
         for method, route in (("get", "/v1/model"), ("post", "/v1/generate"), ("post", "/v1/finetune"),
                               ("post", "/v1/fill"), ("get", "/v1/jobs/x"), ("get", "/v1/jobs/x/images")):
@@ -221,9 +212,9 @@ def test_non_loopback_host_needs_a_token():
     ServiceSettings(host="localhost").check_exposure()
 
 
-def test_full_queue_answers_429_with_retry_after(base, client_folder, tmp_path):
+def test_full_queue_answers_429_with_retry_after(service_base, client_folder, tmp_path):
     """One request waits in a long batching window; with room for one, the next is refused."""
-    with service(base, tmp_path, dataset=client_folder, max_queue=1, batch_wait_ms=3000) as api:
+    with service(service_base, tmp_path, dataset=client_folder, max_queue=1, batch_wait_ms=3000) as api:
         first: dict = {}
         waiting = threading.Thread(target=lambda: first.update(
             response=api.post("/v1/generate", json={"class": "cat", **FAST})))
@@ -235,8 +226,8 @@ def test_full_queue_answers_429_with_retry_after(base, client_folder, tmp_path):
         assert first["response"].status_code == 200
 
 
-def test_request_timeout_answers_504(base, client_folder, tmp_path):
-    with service(base, tmp_path, dataset=client_folder, request_timeout_s=0.2, batch_wait_ms=2000) as api:
+def test_request_timeout_answers_504(service_base, client_folder, tmp_path):
+    with service(service_base, tmp_path, dataset=client_folder, request_timeout_s=0.2, batch_wait_ms=2000) as api:
         response = api.post("/v1/generate", json={"class": "cat", **FAST})
         assert response.status_code == 504 and "0.2" in response.json()["detail"]
         assert api.get("/healthz").status_code == 200
@@ -245,5 +236,7 @@ def test_request_timeout_answers_504(base, client_folder, tmp_path):
 def test_openapi_docs_have_examples(api):
     assert api.get("/docs").status_code == 200
     spec = api.get("/openapi.json").json()
-    assert {"/healthz", "/v1/model", "/v1/generate", "/v1/finetune", "/v1/fill", "/v1/jobs/{job_id}"} <= set(spec["paths"])
+    routes = {"/healthz", "/v1/model", "/v1/generate", "/v1/finetune", "/v1/fill", "/v1/jobs/{job_id}",
+              "/v1/jobs/{job_id}/images"}
+    assert routes <= set(spec["paths"])
     assert spec["components"]["schemas"]["GenerateRequest"]["examples"][0]["class"] == "sneaker"

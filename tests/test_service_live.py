@@ -13,7 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from service_fixtures import CLASSES, build_base, build_client_folder
+from service_fixtures import CLASSES, build_client_folder
 
 from service.app import create_app
 from service.settings import ServiceSettings
@@ -22,24 +22,14 @@ from service.threaded_server import ThreadedServer, free_port
 FAST = {"steps": 2, "guidance": 2.0}
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_base(tmp_path_factory.mktemp("base"))
-
-
-@pytest.fixture(scope="module")
-def client_folder(tmp_path_factory):
-    return build_client_folder(tmp_path_factory.mktemp("client") / "data")
-
-
 def _serve(*options: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "regl.cli", "serve", *options], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
 
 
-def test_regl_serve_process_answers_httpx_with_its_token(base, client_folder, tmp_path):
+def test_regl_serve_process_answers_httpx_with_its_token(service_base, client_folder, tmp_path):
     port = free_port()
-    server = _serve("--base", str(base), "--data", str(client_folder), "--port", str(port), "--threads", "1",
+    server = _serve("--base", str(service_base), "--data", str(client_folder), "--port", str(port), "--threads", "1",
                     "--store", str(tmp_path / "store"), env={"REGL_TOKEN": "t0ken", "REGL_MAX_BATCH": "16"})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -75,8 +65,8 @@ def test_regl_serve_refuses_bad_settings_with_one_line(options, message):
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
-def test_concurrent_callers_each_get_their_own_class_count_and_images(base, client_folder, tmp_path):
-    app = create_app(ServiceSettings(base=base, data=str(client_folder), threads=1, batch_wait_ms=300,
+def test_concurrent_callers_each_get_their_own_class_count_and_images(service_base, client_folder, tmp_path):
+    app = create_app(ServiceSettings(base=service_base, data=str(client_folder), threads=1, batch_wait_ms=300,
                                      store=tmp_path / "store"))
     asks = [{"class": CLASSES[i % 3], "n": 1 + i % 4, "seed": 100 + i, **FAST} for i in range(12)]
     answers: dict[int, httpx.Response] = {}
@@ -106,8 +96,8 @@ schema = schemathesis.openapi.from_dict(SPEC_APP.openapi())
 
 
 @pytest.fixture(scope="module")
-def fuzzed_server(base, client_folder, tmp_path_factory):
-    app = create_app(ServiceSettings(base=base, data=str(client_folder), threads=1, max_images_per_request=4,
+def fuzzed_server(service_base, client_folder, tmp_path_factory):
+    app = create_app(ServiceSettings(base=service_base, data=str(client_folder), threads=1, max_images_per_request=4,
                                      max_finetune_steps=4, batch_wait_ms=5,
                                      store=tmp_path_factory.mktemp("fuzz") / "store"))
     with ThreadedServer(app) as server:
