@@ -58,13 +58,13 @@ class Processes:
         self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "w")
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.running.append((name, process, log))
+        with open(self.log_dir / f"{name}.log", "w") as log:  # the child keeps its own descriptor
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.running.append((name, process))
         return process
 
     def check_alive(self) -> None:
-        for name, process, _ in self.running:
+        for name, process in self.running:
             if process.poll() is not None:
                 raise ReglError(f"{name} exited with code {process.returncode}; see {self.log_dir / name}.log")
 
@@ -72,14 +72,16 @@ class Processes:
         return self
 
     def __exit__(self, *exc) -> None:
-        for _, process, _ in reversed(self.running):
+        """SIGTERM to all, one shared 30 s grace period, then SIGKILL to what is left."""
+        for _, process in reversed(self.running):
             process.terminate()
-        for _, process, log in self.running:
+        deadline = time.monotonic() + 30
+        for _, process in self.running:
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
-            log.close()
+                process.wait()
 
 
 def _wait_for_service(url: str, processes: Processes, timeout_s: float = 300) -> None:
@@ -110,8 +112,9 @@ def _service_argv(settings: ExperimentSettings, node: int, store: Path) -> list[
     spec = settings.partition
     return [sys.executable, "-m", "regl.cli", "serve", "--data", settings.dataset, "--client", str(node),
             "--clients", str(spec.num_clients), "--partition", spec.kind, "-k", str(spec.classes_per_client),
-            "--beta", str(spec.beta), "--partition-seed", str(settings.seed), "--port", str(SERVICE_PORT + node),
-            "--threads", "1", "--store", str(store)]
+            "--beta", str(spec.beta), "--imbalance-ratio", str(spec.imbalance_ratio),
+            "--partition-seed", str(settings.seed), "--base", str(settings.fill.base_folder()),
+            "--port", str(SERVICE_PORT + node), "--threads", "1", "--store", str(store)]
 
 
 def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) -> dict:

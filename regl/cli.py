@@ -437,7 +437,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from service.local_model import load_client_data
 
         load_client_data(settings)  # a missing folder or a corrupt image is named before uvicorn starts
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                timeout_graceful_shutdown=10)
     return 0
 
 
@@ -447,8 +448,10 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
 
     if args.callers < 1:
         raise ReglError(f"--callers must be at least 1, got {args.callers}")
-    settings = ServiceSettings(base=Path(args.base), dataset=args.dataset, threads=args.threads,
-                               max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, token=None)
+    settings = ServiceSettings(base=Path(args.base), dataset=args.dataset, data="", lora=None, threads=args.threads,
+                               max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, token=None,
+                               max_queue=max(128, args.callers), max_images_per_request=64,
+                               request_timeout_s=3600)
     run_service_bench(settings, args.callers, args.steps, args.guidance)
     return 0
 
@@ -615,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", choices=["iid", "classes", "dirichlet", "imbalance"], help="(default: classes)")
     p.add_argument("--classes-per-client", "-k", type=int, help="(default: 2)")
     p.add_argument("--beta", type=float, help="Dirichlet concentration (default: 0.5)")
+    p.add_argument("--imbalance-ratio", type=float, help="for --partition imbalance (default: 10.0)")
     p.add_argument("--partition-seed", type=int, help="the partition's seed, the run's --seed (default: 0)")
     p.add_argument("--host", help="bind address; anything but loopback needs a token (default: 127.0.0.1)")
     p.add_argument("--port", type=int, help="(default: 8000)")

@@ -68,13 +68,19 @@ class ImageDataset:
 
 
 def class_index(class_names: tuple[str, ...], name_or_index: str | int) -> int:
-    """Resolve a class given by name or index; unknown names raise ReglError."""
+    """Resolve a class given by name or index; unknown names raise ReglError.
+
+    An int is an index; a string is a name first, then a decimal index ("7").
+    """
+    if isinstance(name_or_index, int) and 0 <= name_or_index < len(class_names):
+        return name_or_index
     key = str(name_or_index)
     if key in class_names:
         return class_names.index(key)
-    if key.isdigit() and int(key) < len(class_names):
+    if key.isascii() and key.isdecimal() and len(key) < 10 and int(key) < len(class_names):
         return int(key)
-    raise ReglError(f"unknown class {name_or_index!r}; known classes: {', '.join(class_names)}")
+    shown = key if len(key) <= 40 else key[:40] + "…"
+    raise ReglError(f"unknown class {shown!r}; known classes: {', '.join(class_names)}")
 
 
 @dataclass(frozen=True)

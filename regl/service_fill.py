@@ -30,7 +30,7 @@ def remote_fill(url: str, settings: FillSettings, run_seed: int, data: ImageData
     body = {"mode": settings.mode, "supplement": settings.supplement, "mix": settings.mix,
             "target": None if target is None or settings.target != "global" else target.tolist(),
             "lora": settings.lora, "lora_steps": settings.lora_steps, "prior_per_class": settings.prior_per_class,
-            "steps": settings.steps, "guidance": settings.guidance, "seed": run_seed % 2**31,
+            "steps": settings.steps, "guidance": settings.guidance, "seed": run_seed,
             "expect_class_counts": data.class_counts().tolist()}
 
     def make(plan: FillPlan) -> tuple[dict[str, ImageDataset], dict]:
@@ -54,6 +54,7 @@ def remote_fill(url: str, settings: FillSettings, run_seed: int, data: ImageData
             if job["result"]["plan"] != plan.to_json():
                 raise ReglError(f"the fill service at {url} planned {job['result']['plan']['per_class']}, "
                                 f"this client {plan.to_json()['per_class']}")
+            _check_same_base(url, job["result"]["key"], settings)
             response = http.get(f"/v1/jobs/{job['id']}/images", headers={"Accept": "application/x-npz"})
             with np.load(io.BytesIO(_checked(response, "GET images", raw=True))) as arrays:
                 x, y, source = arrays["x"], arrays["y"].astype(np.int64), arrays["source"]
@@ -61,6 +62,18 @@ def remote_fill(url: str, settings: FillSettings, run_seed: int, data: ImageData
         return shards, {**job["result"]["timings"], "service_seconds": time.perf_counter() - started}
 
     return make
+
+
+def _check_same_base(url: str, key: dict, settings: FillSettings) -> None:
+    """Images from another base model would be stored under this client's base fingerprint."""
+    if "base" not in key:
+        return
+    from regl.generator import base_fingerprint
+
+    ours = base_fingerprint(settings.base_folder())
+    if key["base"] != ours:
+        raise ReglError(f"the fill service at {url} generates with base {key['base']}, this client's fill "
+                        f"names base {ours} ({settings.base_folder()}); start the service with that --base")
 
 
 def _checked(response, what: str, raw: bool = False):

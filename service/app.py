@@ -20,8 +20,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from regl.errors import ReglError
 from service import encoding
 from service.batching import Batcher, QueueFull
+from service.errors import busy, field_error
 from service.fill_job import finetune_work, fill_work
-from service.jobs import JobRunner
+from service.jobs import JobRunner, JobsFull
 from service.local_model import LocalModel, request_seeds
 from service.schemas import FillRequest, FinetuneRequest, GenerateRequest, GenerateResponse, JobInfo, ModelInfo
 from service.settings import ServiceSettings
@@ -62,6 +63,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         description="Class samples from the client's generator (diffusion, natural noise, mixup), its LoRA "
                     "fine-tunes and its synthetic fill. Raw images never leave the machine it runs on.",
         version="0.1.0", lifespan=lifespan,
+        # with a token every route but /healthz is closed, the API description included
+        **({"docs_url": None, "redoc_url": None, "openapi_url": None} if settings.token else {}),
     )
     register_routes(app, settings, Depends(authorize))
 
@@ -92,21 +95,6 @@ ERRORS = {401: {"description": "missing or wrong bearer token"},
           422: {"description": "a field is malformed or out of range; the message names it"}}
 
 
-def _job_info(job) -> JobInfo:
-    return JobInfo(**{k: v for k, v in vars(job).items() if k != "cancelled"})
-
-
-def field_error(field: str, message: str) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors, naming the field."""
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                         [{"loc": ["body", field], "msg": message, "type": "value_error"}])
-
-
-def busy(retry_after: float) -> HTTPException:
-    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "the service is busy; retry later",
-                         headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
-
-
 def register_routes(app: FastAPI, settings: ServiceSettings, auth) -> None:
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, str]:
@@ -117,7 +105,7 @@ def register_routes(app: FastAPI, settings: ServiceSettings, auth) -> None:
         from regl.generator import base_fingerprint
 
         return ModelInfo(
-            base=str(settings.base), base_fingerprint=base_fingerprint(settings.base),
+            base=str(settings.base), base_fingerprint=await asyncio.to_thread(base_fingerprint, settings.base),
             lora=str(model.lora) if model.lora else None, classes=list(model.class_names),
             resolution=model.resolution, channels=model.channels, device=str(model.generator.pipe.device),
             data_images=None if model.data is None else len(model.data),
@@ -142,15 +130,16 @@ def register_routes(app: FastAPI, settings: ServiceSettings, auth) -> None:
         name = model.class_names[label]
         wanted = encoding.wanted_format(request.headers.get("accept"))
         if wanted == encoding.ZIP:
-            return Response(encoding.zip_of_pngs(images, name.replace(" ", "-").replace("/", "-")),
-                            media_type=encoding.ZIP)
+            zipped = await asyncio.to_thread(encoding.zip_of_pngs, images, name.replace(" ", "-").replace("/", "-"))
+            return Response(zipped, media_type=encoding.ZIP)
         if wanted == encoding.NPZ:
             return Response(encoding.npz_bytes(x=images, y=np.full(len(images), label, np.int64)),
                             media_type=encoding.NPZ)
+        pngs = await asyncio.to_thread(encoding.base64_pngs, images)
         return JSONResponse(GenerateResponse(
             class_=name, label=label, n=len(images), seed=body.seed, source=body.source,
             width=images.shape[2], height=images.shape[1], channels=images.shape[3],
-            images=encoding.base64_pngs(images)).model_dump(by_alias=True))
+            images=pngs).model_dump(by_alias=True))
 
     async def _images(body: GenerateRequest, label: int, model: LocalModel, batcher: Batcher) -> np.ndarray:
         try:
@@ -162,12 +151,14 @@ def register_routes(app: FastAPI, settings: ServiceSettings, auth) -> None:
                 batcher.submit([label] * body.n, request_seeds(body.seed, body.n), body.steps, body.guidance),
                 settings.request_timeout_s)
         except QueueFull as exc:
-            raise busy(batcher.queued * settings.batch_wait_ms / 1000 + 1) from exc
+            raise busy(batcher.retry_after()) from exc
         except TimeoutError as exc:
             raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT,
                                 f"not served within {settings.request_timeout_s:g} s") from exc
         except ReglError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        except (RuntimeError, MemoryError) as exc:  # the pipeline failed, or the service is stopping
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"generation failed: {exc}") from exc
 
     def _needs_data(model: LocalModel, what: str) -> None:
         if model.data is None:
@@ -176,8 +167,8 @@ def register_routes(app: FastAPI, settings: ServiceSettings, auth) -> None:
 
     def _submit(jobs: JobRunner, kind: str, work) -> JobInfo:
         try:
-            return _job_info(jobs.submit(kind, work))
-        except QueueFull as exc:
+            return JobInfo(**jobs.submit(kind, work))
+        except JobsFull as exc:
             raise busy(60) from exc
 
     job_responses = {**ERRORS, 409: {"description": "the service has no client data (or other data)"},
@@ -207,16 +198,12 @@ def register_routes(app: FastAPI, settings: ServiceSettings, auth) -> None:
         if body.target is not None and (len(body.target) != len(counts) or min(body.target) < 0
                                         or not 0 < sum(body.target) < math.inf):
             raise field_error("target", f"target must be {len(counts)} non-negative weights with a positive sum")
-        try:
-            work = fill_work(body, model, settings)
-        except ReglError as exc:
-            raise field_error("mix" if "mix" in str(exc) else "mode", str(exc)) from exc
-        return _submit(jobs, "fill", work)
+        return _submit(jobs, "fill", fill_work(body, model, settings))
 
     @app.get("/v1/jobs/{job_id}", dependencies=[auth], responses={**ERRORS, 404: {"description": "no such job"}},
              tags=["jobs"])
     async def job(job_id: str, jobs: JobsDep) -> JobInfo:
-        return _job_info(_job(jobs, job_id))
+        return JobInfo(**_job(jobs, job_id))
 
     @app.get("/v1/jobs/{job_id}/images", dependencies=[auth], tags=["jobs"],
              responses={**ERRORS, 200: {"content": {encoding.NPZ: {}}, "description": "x, y, source per image"},
@@ -226,16 +213,16 @@ def register_routes(app: FastAPI, settings: ServiceSettings, auth) -> None:
         from service.fill_job import fill_images
 
         found = _job(jobs, job_id)
-        if found.kind != "fill" or found.status != "done":
-            raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is a {found.kind} job, {found.status}; "
+        if found["kind"] != "fill" or found["status"] != "done":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is a {found['kind']} job, {found['status']}; "
                                                           "images come from finished fill jobs")
         try:
-            arrays = await asyncio.to_thread(fill_images, found, model)
+            body = await asyncio.to_thread(lambda: encoding.npz_bytes(**fill_images(found, model)))
         except FileNotFoundError as exc:
             raise HTTPException(status.HTTP_410_GONE, str(exc)) from exc
-        return Response(encoding.npz_bytes(**arrays), media_type=encoding.NPZ)
+        return Response(body, media_type=encoding.NPZ)
 
-    def _job(jobs: JobRunner, job_id: str):
+    def _job(jobs: JobRunner, job_id: str) -> dict:
         found = jobs.get(job_id)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}")

@@ -43,6 +43,8 @@ class Batcher:
         self.arrived = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regl-pipeline")
         self.stats = {"calls": 0, "requests": 0, "images": 0}  # pipeline calls so far
+        self.seconds_per_image = 0.1  # measured; a moving average over the last calls
+        self.current: list[_Request] = []  # the batch in the pipeline now
         self._worker: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -52,13 +54,19 @@ class Batcher:
         if self._worker:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        for request in self.waiting:
-            request.future.cancel()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        for request in self.waiting + self.current:
+            if not request.future.done():
+                request.future.set_exception(RuntimeError("the service is stopping"))
+        await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
 
     @property
     def queued(self) -> int:
         return len(self.waiting)
+
+    def retry_after(self) -> float:
+        """Seconds until the queue ahead of a new request is likely served."""
+        waiting_images = sum(len(r.labels) for r in self.waiting + self.current)
+        return waiting_images * self.seconds_per_image
 
     async def submit(self, labels: list[int], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
         """The images for this request alone; raises QueueFull when `max_queue` requests wait."""
@@ -74,6 +82,9 @@ class Batcher:
                 self.waiting.remove(request)
 
     def _take_batch(self) -> list[_Request]:
+        self.waiting = [r for r in self.waiting if not r.future.done()]  # callers that gave up
+        if not self.waiting:
+            return []
         first = self.waiting[0]
         batch, size = [], 0
         for request in list(self.waiting):
@@ -98,30 +109,35 @@ class Batcher:
                 return
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             while not self.waiting:
                 self.arrived.clear()
                 await self.arrived.wait()
             await self._fill_window()
-            if not self.waiting:
-                continue
-            batch = self._take_batch()
-            labels = [label for r in batch for label in r.labels]
-            seeds = [seed for r in batch for seed in r.seeds]
-            try:
-                images = await loop.run_in_executor(self.executor, self.run_batch, labels, seeds,
-                                                    batch[0].steps, batch[0].guidance)
-            except Exception as exc:  # the callers get the error; the worker keeps serving
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
-                continue
-            self.stats["calls"] += 1
-            self.stats["requests"] += len(batch)
-            self.stats["images"] += len(labels)
-            start = 0
+            self.current = self._take_batch()
+            if self.current:
+                await self._serve(self.current)
+            self.current = []
+
+    async def _serve(self, batch: list[_Request]) -> None:
+        """One pipeline call; each caller gets its slice, or the call's error. The worker lives on."""
+        labels = [label for r in batch for label in r.labels]
+        seeds = [seed for r in batch for seed in r.seeds]
+        started = time.perf_counter()
+        try:
+            images = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.run_batch, labels, seeds, batch[0].steps, batch[0].guidance)
+        except Exception as exc:
             for request in batch:
                 if not request.future.done():
-                    request.future.set_result(images[start : start + len(request.labels)])
-                start += len(request.labels)
+                    request.future.set_exception(exc)
+            return
+        self.seconds_per_image = 0.8 * self.seconds_per_image + 0.2 * (time.perf_counter() - started) / len(labels)
+        self.stats["calls"] += 1
+        self.stats["requests"] += len(batch)
+        self.stats["images"] += len(labels)
+        start = 0
+        for request in batch:
+            if not request.future.done():
+                request.future.set_result(images[start : start + len(request.labels)])
+            start += len(request.labels)

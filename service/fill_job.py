@@ -14,6 +14,7 @@ import numpy as np
 
 from regl.fill import ClientFill, FillSettings, client_plan
 from regl.errors import ReglError
+from service.errors import field_error
 from service.jobs import Job, JobCancelled
 from service.local_model import LocalModel
 from service.schemas import FillRequest, FinetuneRequest
@@ -45,13 +46,22 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
 
 
 def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tuple[ClientFill, np.ndarray | None]:
+    """The client's fill for this request; a bad mode or mix is a 422 naming the field."""
     fill_settings = FillSettings(
         mode=body.mode, supplement=body.supplement, mix=body.mix, target="uniform" if body.target is None else "global",
         lora=body.lora, lora_steps=body.lora_steps, prior_per_class=body.prior_per_class, steps=body.steps,
         guidance=body.guidance, base=str(settings.base), store=str(Path(settings.store) / "fill"))
-    fill_settings.check()
-    if not fill_settings.synthetic:
-        raise ReglError(f"fill mode {body.mode!r} makes no images; name at least one of diffusion, noise, mixup")
+    try:
+        sources = fill_settings.sources
+    except ReglError as exc:
+        raise field_error("mode", str(exc)) from exc
+    if not sources:
+        raise field_error("mode", f"fill mode {body.mode!r} makes no images; name at least one of "
+                                  "diffusion, noise, mixup")
+    try:
+        fill_settings.check()
+    except ReglError as exc:
+        raise field_error("mix", str(exc)) from exc
     target = None if body.target is None else np.asarray(body.target, dtype=np.float64)
     return ClientFill(model.dataset, model.template, max(settings.client, 0), body.seed, fill_settings), target
 
@@ -70,13 +80,13 @@ def fill_work(body: FillRequest, model: LocalModel, settings: ServiceSettings) -
     return work
 
 
-def fill_images(job: Job, model: LocalModel) -> dict[str, np.ndarray]:
-    """A finished fill's images as arrays: x, y and each image's source."""
+def fill_images(job: dict, model: LocalModel) -> dict[str, np.ndarray]:
+    """A finished fill's images (from the job's record) as arrays: x, y and each image's source."""
     from regl.synthetic_store import SyntheticStore
 
-    shards = SyntheticStore(Path(job.result["store"])).load_shards(job.result["key"])
+    shards = SyntheticStore(Path(job["result"]["store"])).load_shards(job["result"]["key"])
     if shards is None:
-        raise FileNotFoundError(f"the store of fill job {job.id} is gone or was replaced")
+        raise FileNotFoundError(f"the store of fill job {job['id']} is gone or was replaced")
     if not shards:
         shape = (0, model.resolution, model.resolution, model.channels)
         return {"x": np.empty(shape, np.uint8), "y": np.empty(0, np.int64), "source": np.empty(0, "<U9")}

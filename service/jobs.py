@@ -1,16 +1,19 @@
 """Background jobs (LoRA fine-tunes, fills): one at a time in a worker thread, each with its record.
 
-A job that fails keeps its error in its record; the service goes on serving.
+A job that fails keeps its error in its record; the service goes on serving. The worker
+is a daemon thread, so a stopping service never waits for a long job: the job is told to
+stop (`cancelled`) and is abandoned if it does not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +36,16 @@ class Job:
     finished: float | None = None
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
+    def public(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "cancelled"}
+
 
 class JobCancelled(Exception):
     """Raised inside a job's work when the service stops."""
+
+
+class JobsFull(Exception):
+    """As many jobs are pending as the service accepts."""
 
 
 class JobRunner:
@@ -43,41 +53,51 @@ class JobRunner:
         self.max_pending = max_pending
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regl-jobs")
+        self.todo: queue.Queue = queue.Queue()
+        self.worker = threading.Thread(target=self._work, name="regl-jobs", daemon=True)
+        self.worker.start()
 
-    def pending(self) -> int:
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """A consistent snapshot of the job's record."""
         with self.lock:
-            return sum(job.status in ("queued", "running") for job in self.jobs.values())
+            job = self.jobs.get(job_id)
+            return None if job is None else job.public()
 
-    def get(self, job_id: str) -> Job | None:
+    def submit(self, kind: str, work: Callable[[Job], dict[str, Any]]) -> dict[str, Any]:
+        """Queue `work(job)`; it may set job.progress and job.message (under no lock) and returns the result."""
         with self.lock:
-            return self.jobs.get(job_id)
-
-    def submit(self, kind: str, work: Callable[[Job], dict[str, Any]]) -> Job:
-        """Queue `work(job)`; it may update job.progress and job.message and returns the result."""
-        from service.batching import QueueFull
-
-        if self.pending() >= self.max_pending:
-            raise QueueFull
-        job = Job(id=uuid.uuid4().hex[:12], kind=kind)
-        with self.lock:
+            if sum(job.status in ("queued", "running") for job in self.jobs.values()) >= self.max_pending:
+                raise JobsFull
+            job = Job(id=uuid.uuid4().hex[:12], kind=kind)
             self.jobs[job.id] = job
             self._forget_oldest()
-        self.executor.submit(self._run, job, work)
-        return job
+            self.todo.put((job, work))
+            return job.public()
 
-    def _run(self, job: Job, work: Callable[[Job], dict[str, Any]]) -> None:
-        job.status, job.started = "running", time.time()
-        try:
-            job.result = work(job)
-            job.status, job.progress, job.message = "done", 1.0, "done"
-        except ReglError as exc:
-            job.status, job.error = "failed", str(exc)
-        except Exception as exc:  # recorded, never raised into the server
-            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
-            logging.getLogger("regl.service").exception("job %s (%s) failed", job.id, job.kind)
-        finally:
-            job.finished = time.time()
+    def _work(self) -> None:
+        while True:
+            job, work = self.todo.get()
+            if job.cancelled.is_set():
+                self._finish(job, "failed", error="the service stopped before the job started")
+                continue
+            with self.lock:
+                job.status, job.started = "running", time.time()
+            try:
+                result = work(job)
+            except ReglError as exc:
+                self._finish(job, "failed", error=str(exc))
+            except Exception as exc:  # recorded, never raised into the server
+                logging.getLogger("regl.service").exception("job %s (%s) failed", job.id, job.kind)
+                self._finish(job, "failed", error=f"{type(exc).__name__}: {exc}")
+            else:
+                self._finish(job, "done", result=result)
+
+    def _finish(self, job: Job, status: str, error: str | None = None, result: dict | None = None) -> None:
+        with self.lock:
+            job.error, job.result, job.finished = error, result or {}, time.time()
+            if status == "done":
+                job.progress, job.message = 1.0, "done"
+            job.status = status  # last: a poller that sees the final status sees the rest too
 
     def _forget_oldest(self) -> None:
         done = [j for j in self.jobs.values() if j.status in ("done", "failed")]
@@ -85,8 +105,7 @@ class JobRunner:
             del self.jobs[job.id]
 
     def shutdown(self) -> None:
-        """Queued jobs are dropped; a running one stops at its next progress report."""
+        """Every job is told to stop: queued ones never start, a running one stops at its next check."""
         with self.lock:
             for job in self.jobs.values():
                 job.cancelled.set()
-        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -33,7 +33,7 @@ def load_client_data(settings: ServiceSettings) -> ImageDataset | None:
 
     spec = PartitionSpec(kind=settings.partition, num_clients=settings.clients,
                          classes_per_client=settings.classes_per_client, beta=settings.beta,
-                         seed=settings.partition_seed)
+                         imbalance_ratio=settings.imbalance_ratio, seed=settings.partition_seed)
     return client_data(ExperimentSettings(dataset=settings.data, partition=spec, seed=settings.partition_seed),
                        settings.client)
 
@@ -65,7 +65,11 @@ class LocalModel:
         return class_index(self.class_names, name_or_index)
 
     def diffusion(self, labels: list[int], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
-        """One pipeline call for any mix of classes; image i depends on (labels[i], seeds[i]) alone."""
+        """One pipeline call for any mix of classes.
+
+        Image i depends on (labels[i], seeds[i]) alone, up to one grey level that batched
+        float arithmetic may move.
+        """
         with self.lock:
             images = self.generator.generate(labels, seeds, steps=steps, guidance=guidance,
                                              batch_size=self.settings.max_batch)

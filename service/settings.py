@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from regl.errors import ReglError
@@ -24,6 +24,7 @@ class ServiceSettings(BaseSettings):
     partition: str = "classes"
     classes_per_client: int = 2
     beta: float = 0.5
+    imbalance_ratio: float = 10.0
     partition_seed: int = 0
     host: str = "127.0.0.1"
     port: int = 8000
@@ -36,6 +37,12 @@ class ServiceSettings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0)
     max_finetune_steps: int = Field(5000, ge=1)  # LoRA steps of one fine-tune or fill job
     store: Path = Path(".regl-cache/service")
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def empty_token_is_none(cls, value):
+        """REGL_TOKEN= (empty) means no token, not a token nobody can send."""
+        return None if value == "" else value
 
     def check_exposure(self) -> None:
         """A service that answers beyond this machine must ask for a token."""

@@ -98,6 +98,9 @@ def test_noise_and_mixup_sources(api):
     ({"class": "cat", "source": "gan"}, "source"),
     ({"class": "cat", "colour": "red"}, "colour"),
     ({"n": 2}, "class"),
+    ({"class": "²"}, "class"),  # a digit to isdigit(), not a decimal index
+    ({"class": True}, "class"),
+    ({"class": "x" * 201}, "class"),
 ])
 def test_bad_generate_requests_name_the_field(api, body, field):
     response = api.post("/v1/generate", json=body)
@@ -164,8 +167,8 @@ def test_fill_plans_makes_and_serves_the_store(api):
     ({"expect_class_counts": [1, 1, 1]}, 409, "other data"),
     ({"target": [1.0, 2.0]}, 422, "target"),
     ({"target": [1.0, -1.0, 1.0]}, 422, "target"),
-    ({"mode": "diffusion+noise", "mix": "1:2:3"}, 422, "mix"),
-    ({"mode": "sketch"}, 422, "sketch"),
+    ({"mode": "diffusion+noise", "mix": "1:2:3"}, 422, "'mix'"),
+    ({"mode": "sketch"}, 422, "'mode'"),
     ({"mode": "none"}, 422, "makes no images"),
     ({"lora_steps": 6000}, 422, "lora_steps"),
     ({"supplement": -0.5}, 422, "supplement"),
@@ -199,9 +202,15 @@ def test_token_is_required_everywhere_but_healthz(service_base, client_folder, t
             assert getattr(api, method)(route).status_code == 401
             wrong = getattr(api, method)(route, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        assert api.get("/docs").status_code == 404 and api.get("/openapi.json").status_code == 404
         good = {"Authorization": "Bearer s3cret"}
         assert api.get("/v1/model", headers=good).status_code == 200
         assert api.post("/v1/generate", json={"class": "cat", **FAST}, headers=good).status_code == 200
+
+
+def test_an_empty_token_means_no_token(monkeypatch):
+    monkeypatch.setenv("REGL_TOKEN", "")
+    assert ServiceSettings().token is None
 
 
 def test_non_loopback_host_needs_a_token():
