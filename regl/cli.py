@@ -107,7 +107,7 @@ def _fill_settings(args: argparse.Namespace):
         lora=not args.fill_no_lora, lora_steps=args.fill_lora_steps, prior_per_class=args.fill_prior_per_class,
         steps=args.fill_steps, guidance=args.fill_guidance,
         base=str(Path(args.fill_base).resolve()) if args.fill_base else "",
-        store=str(Path(args.fill_store).resolve()), service=args.fill_service,
+        store=str(Path(args.fill_store).resolve()),
     )
     fill.check()
     if "diffusion" in fill.sources:
@@ -144,9 +144,6 @@ def _add_fill_options(p: argparse.ArgumentParser, with_mode: bool = True) -> Non
     g.add_argument("--fill-store", default=defaults.store,
                    help="where clients keep their synthetic stores and LoRAs; reused when nothing changed "
                         "(default: %(default)s)")
-    g.add_argument("--fill-service", default="",
-                   help="URL of a `regl serve` that makes the diffusion and noise images instead of the client "
-                        "process; a node's own fill-service node config wins (default: in-process)")
 
 
 def _check_data(settings) -> None:
@@ -199,8 +196,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     settings = replace(settings, out_dir=str(Path(settings.out_dir).resolve()))
     _check_data(settings)
     service_fill = settings.fill.synthetic and not args.in_process_fill
-    if service_fill and settings.fill.service:
-        raise ReglError("--fill-service names one service for every client; regl deploy starts one per node")
     if not in_sandbox():
         return rerun_self_isolated(DEPLOY_STATE_DIR)
     from clients.deployment import deploy
@@ -247,8 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     fill = ["--cpus", str(args.cpus), "--fill-supplement", str(args.fill_supplement),
             "--fill-target", args.fill_target, "--fill-lora-steps", str(args.fill_lora_steps),
             "--fill-prior-per-class", str(args.fill_prior_per_class), "--fill-steps", str(args.fill_steps),
-            "--fill-guidance", str(args.fill_guidance), "--fill-store", args.fill_store,
-            "--fill-service", args.fill_service]
+            "--fill-guidance", str(args.fill_guidance), "--fill-store", args.fill_store]
     if args.fill_base:
         fill += ["--fill-base", args.fill_base]
     name = settings.name.removesuffix(f"-s{args.seed}")
