@@ -440,13 +440,13 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
     from service.bench import run_service_bench
     from service.settings import ServiceSettings
 
-    if args.callers < 1:
-        raise ReglError(f"--callers must be at least 1, got {args.callers}")
+    if args.callers < 1 or args.repeats < 1:
+        raise ReglError(f"--callers and --repeats must be at least 1, got {args.callers} and {args.repeats}")
     settings = ServiceSettings(base=Path(args.base), dataset=args.dataset, data="", lora=None, threads=args.threads,
                                max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, token=None,
                                max_queue=max(128, args.callers), max_images_per_request=64,
                                request_timeout_s=3600)
-    run_service_bench(settings, args.callers, args.steps, args.guidance)
+    run_service_bench(settings, args.callers, args.steps, args.guidance, args.repeats)
     return 0
 
 
@@ -630,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-service", help="request batching of `regl serve`: concurrent vs sequential vs raw",
                        description="Start the service on a free loopback port and send it CALLERS concurrent "
                                    "generate requests of 1–4 images each, then the same requests one at a time, "
-                                   "then time one raw batch-64 pipeline call. Run it on an idle machine.")
+                                   "then time one raw batch-64 pipeline call; each is run REPEATS times and the "
+                                   "fastest kept. Run it on an idle machine.")
     p.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder (default: the shipped base)")
     p.add_argument("--dataset", default="fashion-mnist", help="(default: %(default)s)")
     p.add_argument("--callers", type=int, default=32, help="(default: %(default)s)")
@@ -639,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--batch-wait-ms", type=float, default=20.0, help="(default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each measurement (default: %(default)s)")
     p.set_defaults(func=cmd_bench_service)
 
     p = sub.add_parser("sandbox", help="run a command (e.g. `flwr run .`) offline in a loopback-only namespace",

@@ -23,6 +23,8 @@ from regl.fill_plan import SOURCES, FillPlan, parse_source_mix, plan_fill
 
 MODES = ("none", "public")
 RemoteFill = Callable[[FillPlan], tuple[dict[str, ImageDataset], dict]]
+# (the stage, e.g. "LoRA step 40/100"; the fraction of that stage done); it may raise to stop the fill
+Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -126,11 +128,11 @@ class ClientFill:
         return SyntheticStore(self.store_folder(key)).load(key)
 
     def make(self, data: ImageDataset, plan: FillPlan, mixed: ImageDataset | None,
-             remote: RemoteFill | None = None) -> tuple[ImageDataset, dict]:
+             remote: RemoteFill | None = None, on_progress: Progress | None = None) -> tuple[ImageDataset, dict]:
         """Generate the planned images (or reuse the store); returns them and the timings.
 
         `remote` makes the diffusion and noise shards elsewhere (the client's `regl serve`);
-        without it they are made in this process.
+        without it they are made in this process, reporting to `on_progress`.
         """
         from regl.synthetic_store import SyntheticStore
 
@@ -143,43 +145,48 @@ class ClientFill:
             timings = {"reused": 0, **timings}
         else:
             timings = {"reused": 0}
-            shards = self.make_shards(data, plan, timings)
+            shards = self.make_shards(data, plan, timings, on_progress)
         if mixed is not None and len(mixed):
             shards["mixup"] = mixed
         seeds = {source: _seed(self.run_seed, self.client_id, source) for source in shards}
         return store.write(key, shards, seeds, data.class_names), timings
 
-    def make_shards(self, data: ImageDataset, plan: FillPlan, timings: dict) -> dict[str, ImageDataset]:
+    def make_shards(self, data: ImageDataset, plan: FillPlan, timings: dict,
+                    on_progress: Progress | None = None) -> dict[str, ImageDataset]:
         """The diffusion and noise images of the plan, made here."""
         shards: dict[str, ImageDataset] = {}
         if plan.counts.get("diffusion") is not None and plan.counts["diffusion"].sum() > 0:
-            shards["diffusion"] = self._diffusion(data, plan.counts["diffusion"], timings)
+            shards["diffusion"] = self._diffusion(data, plan.counts["diffusion"], timings, on_progress)
         if plan.counts.get("noise") is not None and plan.counts["noise"].sum() > 0:
             started = time.perf_counter()
             shards["noise"] = self._noise(data, plan.counts["noise"])
             timings["noise_seconds"] = time.perf_counter() - started
         return shards
 
-    def _diffusion(self, data: ImageDataset, counts: np.ndarray, timings: dict) -> ImageDataset:
+    def _diffusion(self, data: ImageDataset, counts: np.ndarray, timings: dict,
+                   on_progress: Progress | None) -> ImageDataset:
         from regl.generator import Generator, image_seed, to_dataset_format
 
+        report = on_progress or (lambda message, fraction: None)
         base = self.settings.base_folder()
         started = time.perf_counter()
         if self.settings.lora:
-            generator = self._lora_generator(data, base)
+            generator = self._lora_generator(data, base, report)
         else:
             generator = Generator(base, data.class_names, self.template)
         timings["finetune_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
         labels = [c for c, n in enumerate(counts) for _ in range(int(n))]
         seed = _seed(self.run_seed, self.client_id, "diffusion")
-        images = generator.generate(labels, [image_seed(seed, i) for i in range(len(labels))],
-                                    steps=self.settings.steps, guidance=self.settings.guidance)
+        images = generator.generate(
+            labels, [image_seed(seed, i) for i in range(len(labels))], steps=self.settings.steps,
+            guidance=self.settings.guidance,
+            on_batch=lambda done: report(f"diffusion image {done}/{len(labels)}", done / len(labels)))
         timings["generate_seconds"] = time.perf_counter() - started
         x = to_dataset_format(images, data.resolution, data.channels)
         return ImageDataset(x, np.asarray(labels, dtype=np.int64), data.class_names)
 
-    def _lora_generator(self, data: ImageDataset, base: Path):
+    def _lora_generator(self, data: ImageDataset, base: Path, report: Progress):
         """The client's LoRA: trained once per (client data, settings) and kept beside the store."""
         from regl.generator import LORA_FILE, Generator
         from regl.lora import LoraSettings, finetune_lora
@@ -192,8 +199,10 @@ class ClientFill:
         if (folder / LORA_FILE).is_file():
             return Generator(base, data.class_names, self.template, lora=folder)
         resume = (folder / "checkpoint" / "state.pt").is_file()
-        return finetune_lora(data, data.class_names, self.template, base, folder, lora_settings,
-                             resume=resume, show_progress=False).generator
+        steps = lora_settings.steps
+        return finetune_lora(data, data.class_names, self.template, base, folder, lora_settings, resume=resume,
+                             show_progress=False,
+                             on_step=lambda step: report(f"LoRA step {step}/{steps}", step / steps)).generator
 
     def _noise(self, data: ImageDataset, counts: np.ndarray) -> ImageDataset:
         from regl.natural_noise import natural_noise

@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -158,9 +159,13 @@ class Generator:
 
     def generate(
         self, labels: list[int], seeds: list[int], steps: int = 20, guidance: float = 3.0,
-        scheduler: str = "dpm", batch_size: int = 64,
+        scheduler: str = "dpm", batch_size: int = 64, on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """One image per (label, seed) pair, as uint8 N×H×W×3; each depends only on its pair."""
+        """One image per (label, seed) pair, as uint8 N×H×W×3; each depends only on its pair.
+
+        `on_batch(images_done)` is called after every pipeline call (a job's progress; it may
+        raise to stop the work).
+        """
         import diffusers
         import torch
 
@@ -182,6 +187,8 @@ class Generator:
                     output_type="np",
                 ).images
             out.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
+            if on_batch is not None:
+                on_batch(chunk.stop)
         return np.concatenate(out)
 
     def generate_class(self, label: int, n: int, seed: int, **options) -> np.ndarray:

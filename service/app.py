@@ -29,6 +29,7 @@ from service.settings import ServiceSettings
 
 log = logging.getLogger("regl.service")
 MAX_PENDING_JOBS = 8
+JOB_STOP_WAIT_S = 60  # a job stops at its next progress report: a LoRA step or a pipeline call
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
 
 
@@ -48,7 +49,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                  len(model.class_names))
         yield
         await batcher.stop()
-        app.state.jobs.shutdown()
+        if not await asyncio.to_thread(app.state.jobs.shutdown, JOB_STOP_WAIT_S):
+            log.warning("a background job did not stop within %d s; abandoned", JOB_STOP_WAIT_S)
 
     def authorize(credentials: BearerDep) -> None:
         if settings.token is None:

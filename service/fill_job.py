@@ -15,7 +15,7 @@ import numpy as np
 from regl.fill import ClientFill, FillSettings, client_plan
 from regl.errors import ReglError
 from service.errors import field_error
-from service.jobs import Job, JobCancelled
+from service.jobs import Job
 from service.local_model import LocalModel
 from service.schemas import FillRequest, FinetuneRequest
 from service.settings import ServiceSettings
@@ -31,9 +31,7 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
         out = Path(settings.store) / "lora" / job.id
 
         def on_step(step: int) -> None:
-            if job.cancelled.is_set():
-                raise JobCancelled("the service stopped during the fine-tune")
-            job.progress, job.message = step / body.steps, f"step {step}/{body.steps}"
+            job.report(f"step {step}/{body.steps}", step / body.steps)
 
         result = finetune_lora(model.data, model.class_names, model.template, settings.base, out, lora_settings,
                                show_progress=False, on_step=on_step)
@@ -72,7 +70,7 @@ def fill_work(body: FillRequest, model: LocalModel, settings: ServiceSettings) -
     def work(job: Job) -> dict[str, Any]:
         plan = client_plan(client.settings, model.data.class_counts(), target)
         job.message = f"making {plan.total()} images"
-        synthetic, timings = client.make(model.data, plan, mixed=None)
+        synthetic, timings = client.make(model.data, plan, mixed=None, on_progress=job.report)
         key = client.store_key(plan)
         return {"store": str(client.store_folder(key)), "key": key, "images": len(synthetic),
                 "plan": plan.to_json(), "timings": timings}

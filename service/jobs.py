@@ -1,8 +1,10 @@
 """Background jobs (LoRA fine-tunes, fills): one at a time in a worker thread, each with its record.
 
-A job that fails keeps its error in its record; the service goes on serving. The worker
-is a daemon thread, so a stopping service never waits for a long job: the job is told to
-stop (`cancelled`) and is abandoned if it does not.
+A job that fails keeps its error in its record; the service goes on serving. A stopping
+service tells every job to stop and waits a bounded time for the running one, which stops
+at its next progress report. The wait matters beyond tidiness: diffusers builds models
+under process-wide patches (`no_init_weights`, accelerate's `init_empty_weights`), so a
+job still loading a pipeline corrupts any model another thread builds meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from regl.errors import ReglError
 MAX_KEPT = 1000  # finished job records kept; the oldest go first
 
 
+class JobCancelled(Exception):
+    """Raised inside a job's work when the service stops."""
+
+
 @dataclass
 class Job:
     id: str
@@ -36,12 +42,14 @@ class Job:
     finished: float | None = None
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
+    def report(self, message: str, progress: float) -> None:
+        """Progress from inside the work; raises JobCancelled once the service is stopping."""
+        if self.cancelled.is_set():
+            raise JobCancelled(f"the service stopped the job at: {message}")
+        self.progress, self.message = progress, message
+
     def public(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "cancelled"}
-
-
-class JobCancelled(Exception):
-    """Raised inside a job's work when the service stops."""
 
 
 class JobsFull(Exception):
@@ -54,7 +62,7 @@ class JobRunner:
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.todo: queue.Queue = queue.Queue()
-        self.worker = threading.Thread(target=self._work, name="regl-jobs", daemon=True)
+        self.worker = threading.Thread(target=self._work, name="regl-jobs", daemon=True)  # never blocks exit
         self.worker.start()
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -75,8 +83,8 @@ class JobRunner:
             return job.public()
 
     def _work(self) -> None:
-        while True:
-            job, work = self.todo.get()
+        while (item := self.todo.get()) is not None:
+            job, work = item
             if job.cancelled.is_set():
                 self._finish(job, "failed", error="the service stopped before the job started")
                 continue
@@ -84,7 +92,7 @@ class JobRunner:
                 job.status, job.started = "running", time.time()
             try:
                 result = work(job)
-            except ReglError as exc:
+            except (ReglError, JobCancelled) as exc:
                 self._finish(job, "failed", error=str(exc))
             except Exception as exc:  # recorded, never raised into the server
                 logging.getLogger("regl.service").exception("job %s (%s) failed", job.id, job.kind)
@@ -104,8 +112,14 @@ class JobRunner:
         for job in sorted(done, key=lambda j: j.created)[: max(0, len(self.jobs) - MAX_KEPT)]:
             del self.jobs[job.id]
 
-    def shutdown(self) -> None:
-        """Every job is told to stop: queued ones never start, a running one stops at its next check."""
+    def shutdown(self, wait_s: float) -> bool:
+        """Every job is told to stop: queued ones never start, a running one stops at its next report.
+
+        Waits up to `wait_s` for the worker; False when it is still busy (then abandoned).
+        """
         with self.lock:
             for job in self.jobs.values():
                 job.cancelled.set()
+        self.todo.put(None)
+        self.worker.join(wait_s)
+        return not self.worker.is_alive()

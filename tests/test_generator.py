@@ -51,6 +51,12 @@ def test_generation_is_deterministic_per_seed_and_batch_independent(generator):
     assert np.abs(mixed[1].astype(int) - alone[0].astype(int)).max() <= 1
 
 
+def test_generation_reports_each_pipeline_call(generator):
+    done = []
+    generator.generate([0, 1, 2], [1, 2, 3], batch_size=2, on_batch=done.append, **FAST)
+    assert done == [2, 3]
+
+
 def test_dataset_format_crops_padding_and_grays():
     images = np.zeros((2, 32, 32, 3), np.uint8)
     images[:, 2:30, 2:30] = [30, 60, 90]

@@ -135,6 +135,28 @@ def test_finetune_job_reports_progress_and_activates_its_lora(service_base, clie
         assert not np.array_equal(before, after)
 
 
+@pytest.mark.parametrize("route, body", [
+    ("/v1/finetune", {"steps": 5000, "batch_size": 2, "prior_per_class": 1}),
+    ("/v1/fill", {"mode": "diffusion", "lora": True, "lora_steps": 5000, "prior_per_class": 1}),
+])
+def test_stopping_service_stops_its_running_job(service_base, client_folder, tmp_path, route, body):
+    app = create_app(ServiceSettings(base=service_base, dataset="fashion-mnist", data=str(client_folder), threads=1,
+                                     store=tmp_path / "store"))
+    with TestClient(app) as api:
+        job_id = api.post(route, json=body).json()["id"]
+        deadline = time.monotonic() + 120
+        while "step" not in api.get(f"/v1/jobs/{job_id}").json()["message"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        queued = api.post(route, json=body).json()["id"]
+    # the lifespan's end waited for the worker: no thread is left building or training models
+    assert not app.state.jobs.worker.is_alive()
+    stopped, never_started = app.state.jobs.get(job_id), app.state.jobs.get(queued)
+    assert stopped["status"] == "failed" and "stopped the job at" in stopped["error"], stopped
+    assert stopped["progress"] < 0.5
+    assert never_started["status"] == "failed" and "before the job started" in never_started["error"]
+
+
 def test_failed_finetune_is_recorded_and_the_service_keeps_serving(service_base, client_folder, tmp_path):
     (tmp_path / "store").write_text("a file where the store folder should be")
     with service(service_base, tmp_path, data=str(client_folder)) as api:
