@@ -13,9 +13,9 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from regl.datasets import ImageDataset
-from regl.experiment import ExperimentSettings, client_data, new_model, prepare_fill, train_client
-from regl.mixup import MixupSettings, label_hide_mixup
+from regl.data.datasets import ImageDataset
+from regl.fl.experiment import ExperimentSettings, client_data, new_model, prepare_fill, train_client
+from regl.fill.mixup import MixupSettings, label_hide_mixup
 
 app = ClientApp()
 

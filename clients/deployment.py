@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from regl.errors import ReglError
-from regl.experiment import ExperimentSettings
+from regl.fl.experiment import ExperimentSettings
 
 SUPERLINK_PORT = 9090
 SUPERNODE_PORT = 9100  # + node index: each SuperNode's runtime API

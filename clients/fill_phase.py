@@ -15,9 +15,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from clients.traffic import TrafficLog
-from regl.experiment import ExperimentSettings
-from regl.fill import client_plan
-from regl.mixup import assign_requests
+from regl.fl.experiment import ExperimentSettings
+from regl.fill.client import client_plan
+from regl.fill.mixup import assign_requests
 
 
 def _exchange(grid: Grid, nodes: list[int], action: str, content: Callable[[int], RecordDict],

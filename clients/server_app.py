@@ -11,8 +11,9 @@ from flwr.serverapp import Grid, ServerApp
 from clients.fill_phase import run_fill_phase
 from clients.strategy import RecordingFedAvg
 from clients.traffic import TrafficLog
-from regl.experiment import ExperimentSettings, evaluate_global, new_model
-from regl.run_report import RunReport, write_json_atomically
+from regl.fl.experiment import ExperimentSettings, evaluate_global, new_model
+from regl.atomic import write_json_atomically
+from regl.fl.report import RunReport
 
 
 NODE_WAIT_SECONDS = 120.0

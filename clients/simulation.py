@@ -8,8 +8,8 @@ from flwr.simulation import run_simulation
 from clients.client_app import app as client_app
 from clients.server_app import build_server_app
 from regl.errors import ReglError
-from regl.experiment import ExperimentSettings
-from regl.sandbox import in_sandbox
+from regl.fl.experiment import ExperimentSettings
+from regl.fl.sandbox import in_sandbox
 
 
 def simulate(settings: ExperimentSettings, num_cpus: int) -> dict:
@@ -18,7 +18,7 @@ def simulate(settings: ExperimentSettings, num_cpus: int) -> dict:
     Returns the run's summary.json content.
     """
     if not in_sandbox():
-        raise RuntimeError("Ray must only start inside the loopback-only sandbox (regl.sandbox)")
+        raise RuntimeError("Ray must only start inside the loopback-only sandbox (regl.fl.sandbox)")
     run_simulation(
         server_app=build_server_app(settings),
         client_app=client_app,

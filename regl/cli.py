@@ -47,14 +47,14 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _partition_spec(args: argparse.Namespace):
-    from regl.partitions import PartitionSpec
+    from regl.data.partitions import PartitionSpec
 
     return PartitionSpec(args.partition, args.clients, args.classes_per_client, args.beta,
                          args.imbalance_ratio, args.seed)
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
-    from regl.generator import DEFAULT_BASE, SCHEDULERS
+    from regl.generate.generator import DEFAULT_BASE, SCHEDULERS
 
     parser.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder (default: the shipped base)")
     parser.add_argument("--lora", default="", help="folder with pytorch_lora_weights.safetensors")
@@ -69,8 +69,8 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace, suffix: str = ""):
     from dataclasses import replace
 
-    from regl.experiment import ExperimentSettings
-    from regl.training import TrainSettings
+    from regl.fl.experiment import ExperimentSettings
+    from regl.train.loop import TrainSettings
 
     positive = {"--rounds": args.rounds, "--local-epochs": args.local_epochs, "--batch-size": args.batch_size}
     for flag, value in positive.items():
@@ -96,7 +96,7 @@ def _settings(args: argparse.Namespace, suffix: str = ""):
 
 
 def _fill_settings(args: argparse.Namespace):
-    from regl.fill import FillSettings
+    from regl.fill.client import FillSettings
 
     if not hasattr(args, "fill_supplement"):
         return FillSettings()
@@ -111,14 +111,14 @@ def _fill_settings(args: argparse.Namespace):
     )
     fill.check()
     if "diffusion" in fill.sources:
-        from regl.generator import check_model_folder
+        from regl.generate.generator import check_model_folder
 
         check_model_folder(fill.base_folder())
     return fill
 
 
 def _add_fill_options(p: argparse.ArgumentParser, with_mode: bool = True) -> None:
-    from regl.fill import FillSettings
+    from regl.fill.client import FillSettings
 
     defaults = FillSettings()
     g = p.add_argument_group("synthetic fill", "what each client adds to its real data before round 1")
@@ -148,15 +148,15 @@ def _add_fill_options(p: argparse.ArgumentParser, with_mode: bool = True) -> Non
 
 def _check_data(settings) -> None:
     """Load the data and partition once up front so bad input fails before Ray starts."""
-    from regl.experiment import federation
+    from regl.fl.experiment import federation
 
     federation(settings)
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
-    from regl.datasets import load_split
-    from regl.partitions import partition_labels
-    from regl.skew_stats import format_table, save_heatmap, skew_stats
+    from regl.data.datasets import load_split
+    from regl.data.partitions import partition_labels
+    from regl.data.skew_stats import format_table, save_heatmap, skew_stats
 
     spec = _partition_spec(args)
     private = load_split(args.dataset).private
@@ -171,7 +171,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_fl(args: argparse.Namespace) -> int:
-    from regl.sandbox import in_sandbox, rerun_self_isolated
+    from regl.fl.sandbox import in_sandbox, rerun_self_isolated
 
     settings = _settings(args)
     _check_data(settings)
@@ -190,7 +190,7 @@ def cmd_fl(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from regl.sandbox import in_sandbox, rerun_self_isolated
+    from regl.fl.sandbox import in_sandbox, rerun_self_isolated
 
     settings = _settings(args, suffix="-deploy")
     settings = replace(settings, out_dir=str(Path(settings.out_dir).resolve()))
@@ -220,10 +220,10 @@ def _format_time_split(split: dict, cpus: int) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from regl.arms import run_bench
-    from regl.sandbox import in_sandbox, rerun_self_isolated
+    from regl.fl.bench import run_bench
+    from regl.fl.sandbox import in_sandbox, rerun_self_isolated
 
-    from regl.arms import check_arms
+    from regl.fl.bench import check_arms
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -256,7 +256,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_centralized(args: argparse.Namespace) -> int:
     import torch
 
-    from regl.centralized import run_centralized
+    from regl.fl.centralized import run_centralized
 
     settings = _settings(args, suffix="-centralized")
     _check_data(settings)
@@ -267,7 +267,7 @@ def cmd_centralized(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from regl.sandbox import run_isolated
+    from regl.fl.sandbox import run_isolated
 
     if not args.command:
         raise ReglError("give the command to run, e.g. `regl sandbox flwr run . --stream`")
@@ -277,7 +277,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def cmd_pretrain_base(args: argparse.Namespace) -> int:
     import torch
 
-    from regl.pretrain import PretrainSettings, pretrain_base
+    from regl.generate.pretrain import PretrainSettings, pretrain_base
 
     for flag in ("vae_steps", "unet_steps", "batch_size", "checkpoint_every"):
         if getattr(args, flag) < 1:
@@ -292,8 +292,8 @@ def cmd_pretrain_base(args: argparse.Namespace) -> int:
 
 def _class_list(dataset: str) -> tuple[tuple[str, ...], str]:
     """Class names and prompt template of a dataset, without loading its images when built in."""
-    from regl.datasets import BUILTINS, load_dataset
-    from regl.prompts import template_for
+    from regl.data.datasets import BUILTINS, load_dataset
+    from regl.generate.prompts import template_for
 
     names = BUILTINS[dataset].class_names if dataset in BUILTINS else load_dataset(dataset).class_names
     return names, template_for(dataset)
@@ -302,8 +302,8 @@ def _class_list(dataset: str) -> tuple[tuple[str, ...], str]:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from regl.datasets import class_index
-    from regl.generator import Generator, check_count, save_pngs, to_dataset_format
+    from regl.data.datasets import class_index
+    from regl.generate.generator import Generator, check_count, save_pngs, to_dataset_format
 
     check_count(args.n)
     torch.set_num_threads(args.threads)
@@ -321,7 +321,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _dataset_shape(dataset: str) -> tuple[int, int]:
-    from regl.datasets import BUILTINS, load_dataset
+    from regl.data.datasets import BUILTINS, load_dataset
 
     if dataset in BUILTINS:
         return 28, 1
@@ -332,13 +332,13 @@ def _dataset_shape(dataset: str) -> tuple[int, int]:
 def cmd_finetune(args: argparse.Namespace) -> int:
     import torch
 
-    from regl.datasets import load_dataset
-    from regl.lora import LoraSettings, finetune_lora
-    from regl.prompts import template_for
+    from regl.data.datasets import load_dataset
+    from regl.generate.lora import LoraSettings, finetune_lora
+    from regl.generate.prompts import template_for
 
     torch.set_num_threads(args.threads)
     if args.client >= 0:
-        from regl.experiment import ExperimentSettings, client_data
+        from regl.fl.experiment import ExperimentSettings, client_data
 
         if args.client >= args.clients:
             raise ReglError(f"--client must be below --clients ({args.clients}), got {args.client}")
@@ -362,8 +362,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_eval_generator(args: argparse.Namespace) -> int:
     import torch
 
-    from regl.generator import Generator
-    from regl.generator_eval import evaluate_generator, format_quality
+    from regl.generate.generator import Generator
+    from regl.generate.evaluate import evaluate_generator, format_quality
 
     if args.per_class < 2:
         raise ReglError(f"--per-class must be at least 2, got {args.per_class}")
@@ -378,8 +378,8 @@ def cmd_eval_generator(args: argparse.Namespace) -> int:
     quality, fake = evaluate_generator(generator, args.dataset, args.per_class, args.seed, groups=groups,
                                        steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
     if args.grid:
-        from regl.datasets import load_split
-        from regl.generator_eval import save_grid
+        from regl.data.datasets import load_split
+        from regl.generate.evaluate import save_grid
 
         save_grid(load_split(args.dataset).test, fake, Path(args.grid))
         print(f"grid of real (left) and generated (right) images: {args.grid}")
@@ -392,8 +392,8 @@ def _own_classes(spec: str, names: tuple[str, ...], lora: Path | None) -> list[i
     """Classes given as `a,b,c`, else those the LoRA's client held, else none."""
     import json
 
-    from regl.datasets import class_index
-    from regl.generator import LORA_METADATA
+    from regl.data.datasets import class_index
+    from regl.generate.generator import LORA_METADATA
 
     if spec:
         return sorted({class_index(names, part.strip()) for part in spec.split(",")})
@@ -404,7 +404,7 @@ def _own_classes(spec: str, names: tuple[str, ...], lora: Path | None) -> list[i
 
 
 def cmd_bench_generator(args: argparse.Namespace) -> int:
-    from regl.generator_bench import run_benchmark
+    from regl.generate.bench import run_benchmark
 
     print(run_benchmark(Path(args.base), args.dataset, args.threads, args.flop_per_cycle, args.lora_steps))
     return 0
@@ -414,7 +414,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from regl.generator import check_model_folder
+    from regl.generate.generator import check_model_folder
     from service.app import create_app
     from service.settings import ServiceSettings
 
@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.pretrain/")
     p.set_defaults(func=cmd_pretrain_base)
 
-    from regl.generator import DEFAULT_BASE
+    from regl.generate.generator import DEFAULT_BASE
 
     p = sub.add_parser("generate", help="generate images of one class",
                        description="Generate N images of one class with a local Stable Diffusion folder "

@@ -104,7 +104,7 @@ def register_routes(app: FastAPI, settings: ServiceSettings, auth) -> None:
 
     @app.get("/v1/model", dependencies=[auth], responses=ERRORS, tags=["service"])
     async def model_info(model: ModelDep) -> ModelInfo:
-        from regl.generator import base_fingerprint
+        from regl.generate.generator import base_fingerprint
 
         return ModelInfo(
             base=str(settings.base), base_fingerprint=await asyncio.to_thread(base_fingerprint, settings.base),

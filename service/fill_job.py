@@ -1,6 +1,6 @@
 """The service's background work: a LoRA fine-tune on the client's images, and the client's fill.
 
-Both are the library's own (`regl.lora`, `regl.fill`); this module turns a request into
+Both are the library's own (`regl.generate.lora`, `regl.fill.client`); this module turns a request into
 the work a job runs and reports progress into its record.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from regl.fill import ClientFill, FillSettings, client_plan
+from regl.fill.client import ClientFill, FillSettings, client_plan
 from regl.errors import ReglError
 from service.errors import field_error
 from service.jobs import Job
@@ -22,7 +22,7 @@ from service.settings import ServiceSettings
 
 
 def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSettings) -> Callable[[Job], dict]:
-    from regl.lora import LoraSettings, finetune_lora
+    from regl.generate.lora import LoraSettings, finetune_lora
 
     lora_settings = LoraSettings(rank=body.rank, steps=body.steps, lr=body.lr, batch_size=body.batch_size,
                                  prior_per_class=body.prior_per_class, seed=body.seed)
@@ -80,7 +80,7 @@ def fill_work(body: FillRequest, model: LocalModel, settings: ServiceSettings) -
 
 def fill_images(job: dict, model: LocalModel) -> dict[str, np.ndarray]:
     """A finished fill's images (from the job's record) as arrays: x, y and each image's source."""
-    from regl.synthetic_store import SyntheticStore
+    from regl.fill.store import SyntheticStore
 
     shards = SyntheticStore(Path(job["result"]["store"])).load_shards(job["result"]["key"])
     if shards is None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from regl.datasets import BUILTINS, ImageDataset, class_index, load_dataset
+from regl.data.datasets import BUILTINS, ImageDataset, class_index, load_dataset
 from regl.errors import ReglError
-from regl.generator import Generator, image_seed, to_dataset_format
+from regl.generate.generator import Generator, image_seed, to_dataset_format
 from service.settings import ServiceSettings
 
 
@@ -28,8 +28,8 @@ def load_client_data(settings: ServiceSettings) -> ImageDataset | None:
         raise ReglError(f"client {settings.client} of a partition needs a built-in dataset, got {settings.data!r}")
     if not 0 <= settings.client < settings.clients:
         raise ReglError(f"client must be in [0, {settings.clients}), got {settings.client}")
-    from regl.experiment import ExperimentSettings, client_data
-    from regl.partitions import PartitionSpec
+    from regl.fl.experiment import ExperimentSettings, client_data
+    from regl.data.partitions import PartitionSpec
 
     spec = PartitionSpec(kind=settings.partition, num_clients=settings.clients,
                          classes_per_client=settings.classes_per_client, beta=settings.beta,
@@ -40,7 +40,7 @@ def load_client_data(settings: ServiceSettings) -> ImageDataset | None:
 
 class LocalModel:
     def __init__(self, settings: ServiceSettings) -> None:
-        from regl.prompts import template_for
+        from regl.generate.prompts import template_for
 
         self.settings = settings
         self.data = load_client_data(settings)
@@ -76,13 +76,13 @@ class LocalModel:
         return to_dataset_format(images, self.resolution, self.channels)
 
     def noise(self, n: int, seed: int) -> np.ndarray:
-        from regl.natural_noise import natural_noise
+        from regl.generate.natural_noise import natural_noise
 
         return natural_noise(n, seed, self.resolution, self.channels)
 
     def mixup(self, label: int, n: int, seed: int) -> np.ndarray:
         """DP-LabelHide mixes of this client's own images for `label`."""
-        from regl.mixup import MixupSettings, label_hide_mixup
+        from regl.fill.mixup import MixupSettings, label_hide_mixup
 
         if self.data is None:
             raise ReglError("mixup mixes the client's own images; start the service with --data")

@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from regl.errors import ReglError
-from regl.generator import DEFAULT_BASE
+from regl.generate.generator import DEFAULT_BASE
 
 
 class ServiceSettings(BaseSettings):

@@ -11,8 +11,8 @@ CLASSES = ("cat", "dog", "owl")
 
 
 def build_base(folder: Path) -> Path:
-    from regl.prompts import class_prompts, prompt_words
-    from regl.tiny_sd import TEST_SD, build_pipeline
+    from regl.generate.prompts import class_prompts, prompt_words
+    from regl.generate.tiny_sd import TEST_SD, build_pipeline
 
     pipe = build_pipeline(TEST_SD, prompt_words(class_prompts(CLASSES, "a photo of a {}")), folder / "work", seed=0)
     pipe.save_pretrained(folder / "model")

@@ -1,6 +1,6 @@
 import pytest
 
-from regl.arms import arm_options, check_arms, format_table
+from regl.fl.bench import arm_options, check_arms, format_table
 from regl.errors import ReglError
 
 

@@ -5,7 +5,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from regl.datasets import (
+from regl.data.datasets import (
     ImageDataset,
     convert_npm_package,
     load_dataset,

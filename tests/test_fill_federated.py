@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from regl.experiment import ExperimentSettings, new_model
-from regl.fill import FillSettings
+from regl.fl.experiment import ExperimentSettings, new_model
+from regl.fill.client import FillSettings
 
 
 def _run_fill(tmp_path, fill: list[str]) -> tuple[dict, list[dict]]:
@@ -58,8 +58,8 @@ def test_diffusion_and_noise_fill_sends_nothing_but_weights_and_metrics(tmp_path
 
 
 def test_mixup_fill_routes_mixes_through_the_server_and_counts_them(tmp_path):
-    from regl.experiment import client_data
-    from regl.partitions import PartitionSpec
+    from regl.fl.experiment import client_data
+    from regl.data.partitions import PartitionSpec
 
     summary, traffic = _run_fill(tmp_path, ["--fill", "mixup"])
     fill = summary["fill"]
@@ -102,8 +102,8 @@ def test_bad_fill_settings_name_the_problem(mode, mix):
 
 
 def test_training_data_is_real_plus_the_store(tmp_path):
-    from regl.experiment import client_data, prepare_fill, training_data
-    from regl.partitions import PartitionSpec
+    from regl.fl.experiment import client_data, prepare_fill, training_data
+    from regl.data.partitions import PartitionSpec
 
     settings = ExperimentSettings(dataset="mnist-10k", partition=PartitionSpec(kind="classes", num_clients=10,
                                                                                classes_per_client=1),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from regl.errors import ReglError
-from regl.fill_plan import SOURCES, parse_source_mix, plan_fill, split_exactly
+from regl.fill.plan import SOURCES, parse_source_mix, plan_fill, split_exactly
 
 DIFFUSION = {"diffusion": 1.0}
 

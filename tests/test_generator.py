@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from regl import lora as lora_module
-from regl.datasets import ImageDataset
+from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
-from regl.generator import MAX_IMAGES, Generator, load_pipeline, save_pngs, to_dataset_format
-from regl.lora import LoraSettings, finetune_lora
-from regl.prompts import class_prompts, prompt_words
-from regl.tiny_sd import TEST_SD, build_pipeline
+from regl.generate.generator import MAX_IMAGES, Generator, load_pipeline, save_pngs, to_dataset_format
+from regl.generate.lora import LoraSettings, finetune_lora
+from regl.generate.prompts import class_prompts, prompt_words
+from regl.generate.tiny_sd import TEST_SD, build_pipeline
 
 CLASSES = ("sneaker", "bag", "coat")
 TEMPLATE = "a photo of a {}"

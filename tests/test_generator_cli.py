@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regl.datasets import BUILTINS
-from regl.prompts import class_prompts, prompt_words
-from regl.tiny_sd import TEST_SD, build_pipeline
+from regl.data.datasets import BUILTINS
+from regl.generate.prompts import class_prompts, prompt_words
+from regl.generate.tiny_sd import TEST_SD, build_pipeline
 
 
 @pytest.fixture(scope="module")

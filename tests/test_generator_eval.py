@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from regl.generator_eval import frechet_distance
+from regl.generate.evaluate import frechet_distance
 
 
 def test_frechet_distance_of_gaussians():
@@ -15,11 +15,11 @@ def test_frechet_distance_of_gaussians():
 
 
 def test_evaluate_generator_end_to_end_on_a_tiny_pipeline(tmp_path):
-    from regl.datasets import load_split
-    from regl.generator import Generator
-    from regl.generator_eval import evaluate_generator, format_quality, save_grid
-    from regl.prompts import class_prompts, prompt_words
-    from regl.tiny_sd import TEST_SD, build_pipeline
+    from regl.data.datasets import load_split
+    from regl.generate.generator import Generator
+    from regl.generate.evaluate import evaluate_generator, format_quality, save_grid
+    from regl.generate.prompts import class_prompts, prompt_words
+    from regl.generate.tiny_sd import TEST_SD, build_pipeline
 
     names = load_split("mnist-10k").test.class_names
     words = prompt_words(class_prompts(names, "a handwritten digit {}"))

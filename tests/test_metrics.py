@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from regl import metrics
+from regl.train import metrics
 
 LABELS = np.array([0, 0, 1, 1, 2, 2])
 PROBS = np.array(

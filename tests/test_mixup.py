@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from regl.datasets import ImageDataset
+from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
-from regl.mixup import MixupSettings, assign_requests, label_hide_mixup
+from regl.fill.mixup import MixupSettings, assign_requests, label_hide_mixup
 
 NAMES = ("a", "b", "c", "d")
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from regl.errors import ReglError
-from regl.generator import MAX_IMAGES
-from regl.natural_noise import natural_noise, spectrum_slope
+from regl.generate.generator import MAX_IMAGES
+from regl.generate.natural_noise import natural_noise, spectrum_slope
 
 
 def test_same_seed_same_images_other_seed_other_images():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from regl.errors import ReglError
-from regl.partitions import PartitionSpec, imbalanced_subset, partition_labels
+from regl.data.partitions import PartitionSpec, imbalanced_subset, partition_labels
 
 LABELS = np.repeat(np.arange(10), 300)
 rng = np.random.default_rng(1)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from regl.errors import ReglError
-from regl.experiment import ExperimentSettings, client_data, prepare_fill, training_data
-from regl.fill import FillSettings
-from regl.partitions import PartitionSpec
-from regl.synthetic_store import SyntheticStore
+from regl.fl.experiment import ExperimentSettings, client_data, prepare_fill, training_data
+from regl.fill.client import FillSettings
+from regl.data.partitions import PartitionSpec
+from regl.fill.store import SyntheticStore
 from service.app import create_app
 from service.settings import ServiceSettings
 from service.threaded_server import ThreadedServer

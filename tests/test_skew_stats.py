@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from regl.skew_stats import format_table, save_heatmap, skew_stats
+from regl.data.skew_stats import format_table, save_heatmap, skew_stats
 
 
 def test_statistics_match_hand_computed_values(tmp_path):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from regl import synthetic_store
-from regl.datasets import ImageDataset
-from regl.synthetic_store import MANIFEST, SyntheticStore
+from regl.data.datasets import ImageDataset
+from regl.fill.store import MANIFEST, SyntheticStore
 
 NAMES = ("a", "b", "c")
 KEY = {"plan": {"diffusion": [0, 2, 3]}, "dataset": "mnist-10k", "base": "abc123", "lora": None, "steps": 20}

@@ -1,11 +1,11 @@
 import numpy as np
 import torch
 
-from regl.datasets import load_split
-from regl.experiment import ExperimentSettings
-from regl.models import ResNet18, build_model
-from regl.partitions import PartitionSpec
-from regl.training import TrainSettings, evaluate, train
+from regl.data.datasets import load_split
+from regl.fl.experiment import ExperimentSettings
+from regl.train.models import ResNet18, build_model
+from regl.data.partitions import PartitionSpec
+from regl.train.loop import TrainSettings, evaluate, train
 
 
 def test_model_output_shapes():

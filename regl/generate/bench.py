@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from regl.datasets import load_split
-from regl.generator import Generator, image_seed
+from regl.data.datasets import load_split
+from regl.generate.generator import Generator, image_seed
 
 
 def cpu_clock_ghz() -> float:
@@ -57,10 +57,10 @@ def bench_generation(generator: Generator, batch: int, steps: int, guidance: flo
 
 def bench_lora_finetune(base: Path, dataset: str, steps: int) -> dict:
     """A default per-client fine-tune on client 0 of a one-class-per-client partition."""
-    from regl.experiment import ExperimentSettings, client_data
-    from regl.lora import LoraSettings, finetune_lora
-    from regl.partitions import PartitionSpec
-    from regl.prompts import template_for
+    from regl.fl.experiment import ExperimentSettings, client_data
+    from regl.generate.lora import LoraSettings, finetune_lora
+    from regl.data.partitions import PartitionSpec
+    from regl.generate.prompts import template_for
 
     settings = ExperimentSettings(dataset=dataset, partition=PartitionSpec("classes", 10, classes_per_client=1))
     data = client_data(settings, 0)
@@ -76,7 +76,7 @@ def bench_lora_finetune(base: Path, dataset: str, steps: int) -> dict:
 
 def bench_natural_noise(resolution: int, channels: int, n: int = 512) -> float:
     """Natural-noise images per second (best of two)."""
-    from regl.natural_noise import natural_noise
+    from regl.generate.natural_noise import natural_noise
 
     natural_noise(8, 0, resolution, channels)  # warm-up
     best = float("inf")
@@ -88,7 +88,7 @@ def bench_natural_noise(resolution: int, channels: int, n: int = 512) -> float:
 
 
 def run_benchmark(base: Path, dataset: str, threads: int, flop_per_cycle: int, lora_steps: int) -> str:
-    from regl.prompts import template_for
+    from regl.generate.prompts import template_for
 
     torch.set_num_threads(threads)
     names = load_split(dataset).test.class_names

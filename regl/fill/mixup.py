@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from regl.datasets import ImageDataset
+from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
-from regl.fill_plan import split_exactly
+from regl.fill.plan import split_exactly
 
 
 @dataclass(frozen=True)

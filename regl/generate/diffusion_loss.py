@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from regl.datasets import ImageDataset
-from regl.tiny_sd import RESOLUTION
+from regl.data.datasets import ImageDataset
+from regl.generate.tiny_sd import RESOLUTION
 
 
 def to_pipeline_pixels(data: ImageDataset) -> torch.Tensor:

@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 
-from regl.datasets import ImageDataset
+from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
-from regl.fill import FillSettings, RemoteFill
-from regl.fill_plan import FillPlan
+from regl.fill.client import FillSettings, RemoteFill
+from regl.fill.plan import FillPlan
 
 POLL_SECONDS = 0.5
 
@@ -68,7 +68,7 @@ def _check_same_base(url: str, key: dict, settings: FillSettings) -> None:
     """Images from another base model would be stored under this client's base fingerprint."""
     if "base" not in key:
         return
-    from regl.generator import base_fingerprint
+    from regl.generate.generator import base_fingerprint
 
     ours = base_fingerprint(settings.base_folder())
     if key["base"] != ours:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from regl.datasets import ImageDataset
+from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
-from regl.fill_plan import SOURCES, FillPlan, parse_source_mix, plan_fill
+from regl.fill.plan import SOURCES, FillPlan, parse_source_mix, plan_fill
 
 MODES = ("none", "public")
 RemoteFill = Callable[[FillPlan], tuple[dict[str, ImageDataset], dict]]
@@ -81,7 +81,7 @@ class FillSettings:
             raise ReglError("fill steps and LoRA steps must be ≥ 1 and priors per class ≥ 0")
 
     def base_folder(self) -> Path:
-        from regl.generator import DEFAULT_BASE
+        from regl.generate.generator import DEFAULT_BASE
 
         return Path(self.base) if self.base else DEFAULT_BASE
 
@@ -113,7 +113,7 @@ class ClientFill:
         key = {"dataset": self.dataset, "client": self.client_id, "seed": self.run_seed,
                "plan": plan.to_json(), "settings": asdict(self.settings)}
         if plan.counts.get("diffusion") is not None and plan.counts["diffusion"].sum() > 0:
-            from regl.generator import base_fingerprint
+            from regl.generate.generator import base_fingerprint
 
             key["base"] = base_fingerprint(self.settings.base_folder())
         return key
@@ -122,7 +122,7 @@ class ClientFill:
         return Path(self.settings.store) / f"client-{self.client_id}-{_digest(key)}"
 
     def load(self, plan: FillPlan) -> ImageDataset | None:
-        from regl.synthetic_store import SyntheticStore
+        from regl.fill.store import SyntheticStore
 
         key = self.store_key(plan)
         return SyntheticStore(self.store_folder(key)).load(key)
@@ -134,7 +134,7 @@ class ClientFill:
         `remote` makes the diffusion and noise shards elsewhere (the client's `regl serve`);
         without it they are made in this process, reporting to `on_progress`.
         """
-        from regl.synthetic_store import SyntheticStore
+        from regl.fill.store import SyntheticStore
 
         key = self.store_key(plan)
         store = SyntheticStore(self.store_folder(key))
@@ -165,7 +165,7 @@ class ClientFill:
 
     def _diffusion(self, data: ImageDataset, counts: np.ndarray, timings: dict,
                    on_progress: Progress | None) -> ImageDataset:
-        from regl.generator import Generator, image_seed, to_dataset_format
+        from regl.generate.generator import Generator, image_seed, to_dataset_format
 
         report = on_progress or (lambda message, fraction: None)
         base = self.settings.base_folder()
@@ -188,8 +188,8 @@ class ClientFill:
 
     def _lora_generator(self, data: ImageDataset, base: Path, report: Progress):
         """The client's LoRA: trained once per (client data, settings) and kept beside the store."""
-        from regl.generator import LORA_FILE, Generator
-        from regl.lora import LoraSettings, finetune_lora
+        from regl.generate.generator import LORA_FILE, Generator
+        from regl.generate.lora import LoraSettings, finetune_lora
 
         lora_settings = LoraSettings(steps=self.settings.lora_steps, prior_per_class=self.settings.prior_per_class,
                                      seed=_seed(self.run_seed, self.client_id, "lora") % 2**31)
@@ -205,7 +205,7 @@ class ClientFill:
                              on_step=lambda step: report(f"LoRA step {step}/{steps}", step / steps)).generator
 
     def _noise(self, data: ImageDataset, counts: np.ndarray) -> ImageDataset:
-        from regl.natural_noise import natural_noise
+        from regl.generate.natural_noise import natural_noise
 
         labels = np.asarray([c for c, n in enumerate(counts) for _ in range(int(n))], dtype=np.int64)
         x = natural_noise(len(labels), _seed(self.run_seed, self.client_id, "noise") % 2**31,

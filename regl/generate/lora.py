@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from regl.datasets import ImageDataset
-from regl.diffusion_loss import denoising_loss, encode_latents, encode_prompts, restore_rng, rng_state, to_pipeline_pixels
+from regl.data.datasets import ImageDataset
+from regl.generate.diffusion_loss import denoising_loss, encode_latents, encode_prompts, restore_rng, rng_state, to_pipeline_pixels
 from regl.errors import ReglError
-from regl.generator import ADAPTER, LORA_METADATA, Generator, base_fingerprint, image_seed
+from regl.generate.generator import ADAPTER, LORA_METADATA, Generator, base_fingerprint, image_seed
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 

@@ -17,11 +17,11 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from regl.datasets import load_split
-from regl.diffusion_loss import denoising_loss, encode_latents, encode_prompts, restore_rng, rng_state, to_pipeline_pixels
+from regl.data.datasets import load_split
+from regl.generate.diffusion_loss import denoising_loss, encode_latents, encode_prompts, restore_rng, rng_state, to_pipeline_pixels
 from regl.errors import ReglError
-from regl.prompts import class_prompts, prompt_words, template_for
-from regl.tiny_sd import TEST_SD, TINY_SD, build_pipeline
+from regl.generate.prompts import class_prompts, prompt_words, template_for
+from regl.generate.tiny_sd import TEST_SD, TINY_SD, build_pipeline
 
 SIZES = {"tiny": TINY_SD, "test": TEST_SD}
 PUBLIC_DATASETS = ("fashion-mnist", "mnist-10k")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from regl.datasets import load_split
-from regl.experiment import ExperimentSettings, evaluate_global, federation, new_model
-from regl.run_report import RunReport
-from regl.training import train
+from regl.data.datasets import load_split
+from regl.fl.experiment import ExperimentSettings, evaluate_global, federation, new_model
+from regl.fl.report import RunReport
+from regl.train.loop import train
 
 
 def run_centralized(settings: ExperimentSettings) -> dict:

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from regl.datasets import ImageDataset, load_split
-from regl.fill import ClientFill, FillSettings, client_plan, with_fill
-from regl.metrics import personalized_test_indices
-from regl.models import build_model, default_model_name
-from regl.partitions import Partition, PartitionSpec, partition_labels
-from regl.training import TrainSettings, evaluate, train
+from regl.data.datasets import ImageDataset, load_split
+from regl.fill.client import ClientFill, FillSettings, client_plan, with_fill
+from regl.train.metrics import personalized_test_indices
+from regl.train.models import build_model, default_model_name
+from regl.data.partitions import Partition, PartitionSpec, partition_labels
+from regl.train.loop import TrainSettings, evaluate, train
 
 PERSONALIZED_TEST_SIZE = 1000
 
@@ -100,7 +100,7 @@ def evaluate_global(settings: ExperimentSettings, model: torch.nn.Module) -> dic
 
 
 def client_fill(settings: ExperimentSettings, client_id: int) -> ClientFill:
-    from regl.prompts import template_for
+    from regl.generate.prompts import template_for
 
     return ClientFill(settings.dataset, template_for(settings.dataset), client_id, settings.seed, settings.fill)
 
@@ -112,7 +112,7 @@ def prepare_fill(settings: ExperimentSettings, client_id: int, target: np.ndarra
     plan = client_plan(settings.fill, data.class_counts(), target)
     remote = None
     if settings.fill.service:
-        from regl.service_fill import remote_fill
+        from regl.fill.remote import remote_fill
 
         remote = remote_fill(settings.fill.service, settings.fill, settings.seed, data, target)
     synthetic, timings = client_fill(settings, client_id).make(data, plan, mixed, remote)

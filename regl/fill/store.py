@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from regl.datasets import ImageDataset
-from regl.fill_plan import SOURCES
-from regl.run_report import write_json_atomically
+from regl.data.datasets import ImageDataset
+from regl.fill.plan import SOURCES
+from regl.atomic import write_json_atomically
 
 MANIFEST = "manifest.json"
 

