@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from regl import lora as lora_module
+from regl.generate import lora as lora_module
 from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
 from regl.generate.generator import MAX_IMAGES, Generator, load_pipeline, save_pngs, to_dataset_format

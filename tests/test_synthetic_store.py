@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from regl import synthetic_store
+from regl.fill import store as synthetic_store
 from regl.data.datasets import ImageDataset
 from regl.fill.store import MANIFEST, SyntheticStore
 
