@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test
+.PHONY: install demo test test-fast lint lock
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -17,5 +17,20 @@ demo: $(STAMP)
 	$(VENV)/bin/regl bench --dataset mnist-10k --partition classes --classes-per-client 2 --clients 10 \
 		--rounds 10 --arms none,diffusion --fill-supplement 0.2 --fill-lora-steps 100 --fill-prior-per-class 8
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# Everything but the tests that start Ray, a SuperLink, uvicorn or a browser.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not e2e"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Re-resolve constraints.txt: every dependency, direct or not, at one exact version.
+# Existing pins are kept unless LOCK_FLAGS=--upgrade.
+lock: $(STAMP)
+	$(PY) -m pip install -q pip-tools
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile -q $(LOCK_FLAGS) --extra test --strip-extras \
+		--allow-unsafe --no-emit-index-url --no-emit-find-links -o constraints.txt pyproject.toml

@@ -26,7 +26,7 @@ def test_mnist_10k_is_shipped_with_expected_shape():
 def test_split_is_disjoint_stratified_and_fixed():
     split = load_split("mnist-10k")
     assert (len(split.private), len(split.public), len(split.test)) == (6000, 2000, 2000)
-    rows = lambda d: {r.tobytes() + bytes([l]) for r, l in zip(d.x, d.y)}  # noqa: E731
+    rows = lambda d: {r.tobytes() + bytes([label]) for r, label in zip(d.x, d.y)}  # noqa: E731
     assert not rows(split.public) & rows(split.test)
     full = load_dataset("mnist-10k")
     counts = full.class_counts()

@@ -34,8 +34,11 @@ def test_single_class_client_fills_only_the_other_classes():
     _assert_counts(plan_fill(np.array([30, 0, 0]), 0.2, DIFFUSION), {"diffusion": [0, 3, 3]})
 
 
-@pytest.mark.parametrize("counts, supplement", [([10, 20], 0.0), ([3, 0], 0.1), ([0, 0, 0], 1.0)],
-                         ids=["no-supplement", "rounds-to-zero", "no-images"])
+@pytest.mark.parametrize(
+    "counts, supplement",
+    [([10, 20], 0.0), ([3, 0], 0.1), ([0, 0, 0], 1.0)],
+    ids=["no-supplement", "rounds-to-zero", "no-images"],
+)
 def test_nothing_to_add_gives_an_empty_plan(counts, supplement):
     plan = plan_fill(np.array(counts), supplement, DIFFUSION)
     _assert_counts(plan, {})
@@ -86,15 +89,21 @@ def test_split_exactly():
     assert split_exactly(3, np.array([0.1, 0.2, 0.7])).tolist() == [0, 1, 2]  # 0.3, 0.6, 2.1
 
 
-@pytest.mark.parametrize("target", [[], [1, 1], [1, -1, 1], [0, 0, 0], [1, np.nan, 1]],
-                         ids=["empty", "wrong-length", "negative", "all-zero", "nan"])
+@pytest.mark.parametrize(
+    "target",
+    [[], [1, 1], [1, -1, 1], [0, 0, 0], [1, np.nan, 1]],
+    ids=["empty", "wrong-length", "negative", "all-zero", "nan"],
+)
 def test_bad_target_is_an_error(target):
     with pytest.raises(ReglError, match="target"):
         plan_fill(np.array([1, 2, 3]), 0.5, DIFFUSION, np.array(target, dtype=float))
 
 
-@pytest.mark.parametrize("mix", [{}, {"gan": 1.0}, {"diffusion": -1.0, "noise": 2.0}, {"diffusion": 0.0}],
-                         ids=["empty", "unknown", "negative", "all-zero"])
+@pytest.mark.parametrize(
+    "mix",
+    [{}, {"gan": 1.0}, {"diffusion": -1.0, "noise": 2.0}, {"diffusion": 0.0}],
+    ids=["empty", "unknown", "negative", "all-zero"],
+)
 def test_bad_source_mix_is_an_error(mix):
     with pytest.raises(ReglError, match="source"):
         plan_fill(np.array([1, 2, 3]), 0.5, mix)
@@ -109,19 +118,36 @@ def test_bad_counts_or_supplement_are_errors():
         plan_fill(np.array([], dtype=np.int64), 0.5, DIFFUSION)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("diffusion=3,noise=1", {"diffusion": 3.0, "noise": 1.0, "mixup": 0.0}),
-    (" mixup = 0.5 , diffusion=75 ", {"diffusion": 75.0, "noise": 0.0, "mixup": 0.5}),
-    ("noise=1", {"diffusion": 0.0, "noise": 1.0, "mixup": 0.0}),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("diffusion=3,noise=1", {"diffusion": 3.0, "noise": 1.0, "mixup": 0.0}),
+        (" mixup = 0.5 , diffusion=75 ", {"diffusion": 75.0, "noise": 0.0, "mixup": 0.5}),
+        ("noise=1", {"diffusion": 0.0, "noise": 1.0, "mixup": 0.0}),
+    ],
+)
 def test_parse_source_mix(text, expected):
     assert parse_source_mix(text) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "", "diffusion", "diffusion=", "=3", "diffusion=x", "gan=1", "diffusion=1,diffusion=2",
-    "diffusion=-1", "diffusion=0", "diffusion:noise=3:1", "diffusion=inf", "diffusion=nan", "diffusion=1,",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "diffusion",
+        "diffusion=",
+        "=3",
+        "diffusion=x",
+        "gan=1",
+        "diffusion=1,diffusion=2",
+        "diffusion=-1",
+        "diffusion=0",
+        "diffusion:noise=3:1",
+        "diffusion=inf",
+        "diffusion=nan",
+        "diffusion=1,",
+    ],
+)
 def test_parse_source_mix_rejects(text):
     with pytest.raises(ReglError, match="source mix"):
         parse_source_mix(text)

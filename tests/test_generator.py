@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from regl.generate import lora as lora_module
 from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
+from regl.generate import lora as lora_module
 from regl.generate.generator import MAX_IMAGES, Generator, load_pipeline, save_pngs, to_dataset_format
 from regl.generate.lora import LoraSettings, finetune_lora
 from regl.generate.prompts import class_prompts, prompt_words
@@ -111,14 +111,32 @@ def test_lora_saved_then_stock_loaded_matches_memory_and_differs_from_base(tmp_p
     assert meta["client_class_counts"] == [6, 0, 0]
     in_memory_pipe = result.generator.pipe
     in_memory_pipe.scheduler = load_pipeline(base).scheduler  # generation switched it; compare like with like
-    in_memory = in_memory_pipe("a photo of a bag", num_inference_steps=2, height=32, width=32,
-                                      generator=torch.Generator().manual_seed(3), output_type="np").images
+    in_memory = in_memory_pipe(
+        "a photo of a bag",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).images
     stock = load_pipeline(base)
     stock.load_lora_weights(tmp_path / "lora")  # a plain diffusers call
-    loaded = stock("a photo of a bag", num_inference_steps=2, height=32, width=32,
-                   generator=torch.Generator().manual_seed(3), output_type="np").images
-    plain = load_pipeline(base)("a photo of a bag", num_inference_steps=2, height=32, width=32,
-                                generator=torch.Generator().manual_seed(3), output_type="np").images
+    loaded = stock(
+        "a photo of a bag",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).images
+    plain = load_pipeline(base)(
+        "a photo of a bag",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).images
     np.testing.assert_allclose(loaded, in_memory, atol=1e-5)
     assert np.abs(loaded - plain).max() > 1e-3
 
@@ -146,8 +164,7 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch
 
     calls["n"] = -100
     resumed_steps = []
-    monkeypatch.setattr(lora_module, "denoising_loss",
-                        lambda *a, **k: resumed_steps.append(1) or real_loss(*a, **k))
+    monkeypatch.setattr(lora_module, "denoising_loss", lambda *a, **k: resumed_steps.append(1) or real_loss(*a, **k))
     resumed = finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "cut", LORA, resume=True)
     assert len(resumed_steps) == LORA.steps - 2
     from safetensors.torch import load_file
@@ -176,7 +193,8 @@ def test_lora_from_another_base_is_refused(tmp_path, base):
     bigger = tmp_path / "bigger"
     from dataclasses import replace
 
-    build_pipeline(replace(TEST_SD, unet_channels=(32, 64)), prompt_words(class_prompts(CLASSES, TEMPLATE)),
-                   tmp_path / "w2").save_pretrained(bigger)
+    build_pipeline(
+        replace(TEST_SD, unet_channels=(32, 64)), prompt_words(class_prompts(CLASSES, TEMPLATE)), tmp_path / "w2"
+    ).save_pretrained(bigger)
     with pytest.raises(ReglError, match="does not fit this base model"):
         Generator(bigger, CLASSES, TEMPLATE, lora=tmp_path / "lora")

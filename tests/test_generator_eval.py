@@ -16,8 +16,8 @@ def test_frechet_distance_of_gaussians():
 
 def test_evaluate_generator_end_to_end_on_a_tiny_pipeline(tmp_path):
     from regl.data.datasets import load_split
-    from regl.generate.generator import Generator
     from regl.generate.evaluate import evaluate_generator, format_quality, save_grid
+    from regl.generate.generator import Generator
     from regl.generate.prompts import class_prompts, prompt_words
     from regl.generate.tiny_sd import TEST_SD, build_pipeline
 

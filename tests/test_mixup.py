@@ -84,12 +84,16 @@ def test_empty_request_gives_no_images():
     assert record["weights"].shape == (0, 4)
 
 
-@pytest.mark.parametrize("requests, settings, message", [
-    ({3: 2}, MixupSettings(), "holds no images of class 3"),
-    ({9: 2}, MixupSettings(), "holds no images of class 9"),
-    ({0: -1}, MixupSettings(), "negative"),
-    ({0: 2}, MixupSettings(ways=17), "k=17"),
-], ids=["not-held", "out-of-range", "negative", "too-many-ways"])
+@pytest.mark.parametrize(
+    "requests, settings, message",
+    [
+        ({3: 2}, MixupSettings(), "holds no images of class 3"),
+        ({9: 2}, MixupSettings(), "holds no images of class 9"),
+        ({0: -1}, MixupSettings(), "negative"),
+        ({0: 2}, MixupSettings(ways=17), "k=17"),
+    ],
+    ids=["not-held", "out-of-range", "negative", "too-many-ways"],
+)
 def test_mixup_errors(requests, settings, message):
     with pytest.raises(ReglError, match=message):
         label_hide_mixup(CLIENT, requests, settings, seed=0)

@@ -51,13 +51,16 @@ def test_spectrum_slope_of_white_noise_is_flat():
     assert abs(spectrum_slope(white)) < 0.2
 
 
-@pytest.mark.parametrize("n,resolution,channels,batch_size,word", [
-    (-1, 28, 1, 64, "n must"),
-    (MAX_IMAGES + 1, 28, 1, 64, "n must"),
-    (4, 7, 1, 64, "resolution"),
-    (4, 28, 2, 64, "channels"),
-    (4, 28, 1, 0, "batch_size"),
-])
+@pytest.mark.parametrize(
+    "n,resolution,channels,batch_size,word",
+    [
+        (-1, 28, 1, 64, "n must"),
+        (MAX_IMAGES + 1, 28, 1, 64, "n must"),
+        (4, 7, 1, 64, "resolution"),
+        (4, 28, 2, 64, "channels"),
+        (4, 28, 1, 0, "batch_size"),
+    ],
+)
 def test_bad_arguments_raise(n, resolution, channels, batch_size, word):
     with pytest.raises(ReglError, match=word):
         natural_noise(n, seed=0, resolution=resolution, channels=channels, batch_size=batch_size)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from regl.errors import ReglError
 from regl.data.partitions import PartitionSpec, imbalanced_subset, partition_labels
+from regl.errors import ReglError
 
 LABELS = np.repeat(np.arange(10), 300)
 rng = np.random.default_rng(1)

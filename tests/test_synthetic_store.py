@@ -4,8 +4,8 @@ import shutil
 import numpy as np
 import pytest
 
-from regl.fill import store as synthetic_store
 from regl.data.datasets import ImageDataset
+from regl.fill import store as synthetic_store
 from regl.fill.store import MANIFEST, SyntheticStore
 
 NAMES = ("a", "b", "c")
@@ -39,7 +39,10 @@ def test_round_trip(store):
     _assert_same(store.load(dict(KEY)), written)
     manifest = json.loads((store.folder / MANIFEST).read_text())
     assert [(s["source"], s["counts"], s["seed"]) for s in manifest["shards"]] == [
-        ("diffusion", [0, 2, 3], 11), ("noise", [0, 0, 1], 12), ("mixup", [0, 0, 0], 13)]
+        ("diffusion", [0, 2, 3], 11),
+        ("noise", [0, 0, 1], 12),
+        ("mixup", [0, 0, 0], 13),
+    ]
 
 
 def test_other_key_is_not_reused(store):
@@ -88,8 +91,9 @@ def test_crash_mid_write_keeps_the_previous_store(store, monkeypatch):
     monkeypatch.setattr(synthetic_store, "_save_shard", crash_after_first)
     new_key = {**KEY, "steps": 50}
     with pytest.raises(OSError, match="disk full"):
-        store.write(new_key, {"diffusion": _images([0, 1], 5), "noise": _images([2], 6)},
-                    {"diffusion": 1, "noise": 2}, NAMES)
+        store.write(
+            new_key, {"diffusion": _images([0, 1], 5), "noise": _images([2], 6)}, {"diffusion": 1, "noise": 2}, NAMES
+        )
     assert saved
     _assert_same(store.load(KEY), old)
     assert store.load(new_key) is None
@@ -115,8 +119,9 @@ def test_empty_store_round_trip(store):
 
 
 def test_store_of_empty_shards_keeps_the_image_shape(store):
-    written = store.write(KEY, {"diffusion": _images([], 0), "noise": _images([], 1)}, {"diffusion": 0, "noise": 0},
-                          NAMES)
+    written = store.write(
+        KEY, {"diffusion": _images([], 0), "noise": _images([], 1)}, {"diffusion": 0, "noise": 0}, NAMES
+    )
     assert written.x.shape == (0, 5, 5, 1)
     _assert_same(store.load(KEY), written)
 

@@ -2,10 +2,10 @@ import numpy as np
 import torch
 
 from regl.data.datasets import load_split
-from regl.fl.experiment import ExperimentSettings
-from regl.train.models import ResNet18, build_model
 from regl.data.partitions import PartitionSpec
+from regl.fl.experiment import ExperimentSettings
 from regl.train.loop import TrainSettings, evaluate, train
+from regl.train.models import ResNet18, build_model
 
 
 def test_model_output_shapes():

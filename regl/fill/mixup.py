@@ -69,8 +69,10 @@ def label_hide_mixup(
 
 def _check_requests(data: ImageDataset, requests: dict[int, int], settings: MixupSettings) -> None:
     if settings.ways > len(data):
-        raise ReglError(f"mixup of k={settings.ways} images needs at least {settings.ways} local images, "
-                        f"this client holds {len(data)}")
+        raise ReglError(
+            f"mixup of k={settings.ways} images needs at least {settings.ways} local images, "
+            f"this client holds {len(data)}"
+        )
     held = data.class_counts()
     for label, n in requests.items():
         if n < 0:

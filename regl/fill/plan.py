@@ -65,8 +65,9 @@ def parse_source_mix(text: str) -> dict[str, float]:
     for part in text.split(","):
         name, sep, value = (s.strip() for s in part.partition("="))
         if not sep or not name or not value:
-            raise ReglError(f"source mix {text!r}: write source=weight pairs separated by commas, "
-                            "e.g. diffusion=3,noise=1")
+            raise ReglError(
+                f"source mix {text!r}: write source=weight pairs separated by commas, e.g. diffusion=3,noise=1"
+            )
         if name in mix:
             raise ReglError(f"source mix {text!r} names {name!r} twice")
         try:

@@ -21,17 +21,31 @@ from regl.fill.plan import FillPlan
 POLL_SECONDS = 0.5
 
 
-def remote_fill(url: str, settings: FillSettings, run_seed: int, data: ImageDataset,
-                target: np.ndarray | None, timeout_s: float = 3600.0) -> RemoteFill:
+def remote_fill(
+    url: str,
+    settings: FillSettings,
+    run_seed: int,
+    data: ImageDataset,
+    target: np.ndarray | None,
+    timeout_s: float = 3600.0,
+) -> RemoteFill:
     """The diffusion and noise shards of a plan, from the service at `url` (token from REGL_TOKEN)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {os.environ['REGL_TOKEN']}"} if os.environ.get("REGL_TOKEN") else {}
-    body = {"mode": settings.mode, "supplement": settings.supplement, "mix": settings.mix,
-            "target": None if target is None or settings.target != "global" else target.tolist(),
-            "lora": settings.lora, "lora_steps": settings.lora_steps, "prior_per_class": settings.prior_per_class,
-            "steps": settings.steps, "guidance": settings.guidance, "seed": run_seed,
-            "expect_class_counts": data.class_counts().tolist()}
+    body = {
+        "mode": settings.mode,
+        "supplement": settings.supplement,
+        "mix": settings.mix,
+        "target": None if target is None or settings.target != "global" else target.tolist(),
+        "lora": settings.lora,
+        "lora_steps": settings.lora_steps,
+        "prior_per_class": settings.prior_per_class,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "seed": run_seed,
+        "expect_class_counts": data.class_counts().tolist(),
+    }
 
     def make(plan: FillPlan) -> tuple[dict[str, ImageDataset], dict]:
         try:
@@ -52,8 +66,10 @@ def remote_fill(url: str, settings: FillSettings, run_seed: int, data: ImageData
             if job["status"] == "failed":
                 raise ReglError(f"the fill service at {url} failed: {job['error']}")
             if job["result"]["plan"] != plan.to_json():
-                raise ReglError(f"the fill service at {url} planned {job['result']['plan']['per_class']}, "
-                                f"this client {plan.to_json()['per_class']}")
+                raise ReglError(
+                    f"the fill service at {url} planned {job['result']['plan']['per_class']}, "
+                    f"this client {plan.to_json()['per_class']}"
+                )
             _check_same_base(url, job["result"]["key"], settings)
             response = http.get(f"/v1/jobs/{job['id']}/images", headers={"Accept": "application/x-npz"})
             with np.load(io.BytesIO(_checked(response, "GET images", raw=True))) as arrays:
@@ -72,8 +88,10 @@ def _check_same_base(url: str, key: dict, settings: FillSettings) -> None:
 
     ours = base_fingerprint(settings.base_folder())
     if key["base"] != ours:
-        raise ReglError(f"the fill service at {url} generates with base {key['base']}, this client's fill "
-                        f"names base {ours} ({settings.base_folder()}); start the service with that --base")
+        raise ReglError(
+            f"the fill service at {url} generates with base {key['base']}, this client's fill "
+            f"names base {ours} ({settings.base_folder()}); start the service with that --base"
+        )
 
 
 def _checked(response, what: str, raw: bool = False):
@@ -84,4 +102,3 @@ def _checked(response, what: str, raw: bool = False):
             detail = response.text[:300]
         raise ReglError(f"the fill service answered {what} with {response.status_code}: {detail}")
     return response.content if raw else response.json()
-

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from regl.atomic import write_json_atomically
 from regl.data.datasets import ImageDataset
 from regl.fill.plan import SOURCES
-from regl.atomic import write_json_atomically
 
 MANIFEST = "manifest.json"
 
@@ -80,13 +80,15 @@ class SyntheticStore:
             for source, data in shards.items():
                 path = staging / f"{source}.npz"
                 _save_shard(path, data)
-                entries.append({
-                    "source": source,
-                    "file": path.name,
-                    "counts": data.class_counts().tolist(),
-                    "seed": seeds[source],
-                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                })
+                entries.append(
+                    {
+                        "source": source,
+                        "file": path.name,
+                        "counts": data.class_counts().tolist(),
+                        "seed": seeds[source],
+                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                    }
+                )
             manifest = {"key": key, "class_names": list(class_names), "shards": entries}
             write_json_atomically(staging / MANIFEST, manifest)
             self._swap_in(staging)

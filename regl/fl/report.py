@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from regl import environment
 from regl.atomic import write_json_atomically
 
 
@@ -18,7 +19,7 @@ class RunReport:
         self.config = config
         self.rounds: list[dict[str, Any]] = []
         (self.out_dir / "summary.json").unlink(missing_ok=True)  # a summary only ever describes a finished run
-        write_json_atomically(self.out_dir / "config.json", config)
+        write_json_atomically(self.out_dir / "config.json", {**config, "environment": environment.describe()})
 
     def add_round(self, record: dict[str, Any]) -> None:
         self.rounds.append(record)
@@ -54,8 +55,13 @@ def save_accuracy_plot(rounds: list[dict[str, Any]], path: Path, title: str) -> 
     ax.plot(xs, [100 * r["accuracy"] for r in rounds], marker="o", ms=3, label="global test accuracy")
     personal = [(r["round"], r["personalized_accuracy"]) for r in rounds if r.get("personalized_accuracy") is not None]
     if personal:
-        ax.plot([p[0] for p in personal], [100 * p[1] for p in personal], marker="s", ms=3,
-                label="mean personalized accuracy")
+        ax.plot(
+            [p[0] for p in personal],
+            [100 * p[1] for p in personal],
+            marker="s",
+            ms=3,
+            label="mean personalized accuracy",
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)

@@ -21,8 +21,11 @@ from regl.generate.generator import Generator, image_seed
 def cpu_clock_ghz() -> float:
     """The highest current core clock the kernel reports; 2.5 GHz when unreadable."""
     try:
-        speeds = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("cpu MHz")]
+        speeds = [
+            float(line.split(":")[1])
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("cpu MHz")
+        ]
         return max(speeds) / 1000
     except (OSError, ValueError, IndexError):
         return 2.5
@@ -47,8 +50,9 @@ def bench_generation(generator: Generator, batch: int, steps: int, guidance: flo
     best = float("inf")
     for r in range(repeats):
         started = time.perf_counter()
-        generator.generate(labels, [image_seed(r, i) for i in range(batch)], steps=steps, guidance=guidance,
-                           batch_size=batch)
+        generator.generate(
+            labels, [image_seed(r, i) for i in range(batch)], steps=steps, guidance=guidance, batch_size=batch
+        )
         best = min(best, time.perf_counter() - started)
     unet_batch = batch * (2 if guidance > 1 else 1)
     flops = unet_flops_per_call(generator.pipe, unet_batch) * steps
@@ -57,17 +61,16 @@ def bench_generation(generator: Generator, batch: int, steps: int, guidance: flo
 
 def bench_lora_finetune(base: Path, dataset: str, steps: int) -> dict:
     """A default per-client fine-tune on client 0 of a one-class-per-client partition."""
+    from regl.data.partitions import PartitionSpec
     from regl.fl.experiment import ExperimentSettings, client_data
     from regl.generate.lora import LoraSettings, finetune_lora
-    from regl.data.partitions import PartitionSpec
     from regl.generate.prompts import template_for
 
     settings = ExperimentSettings(dataset=dataset, partition=PartitionSpec("classes", 10, classes_per_client=1))
     data = client_data(settings, 0)
     names = load_split(dataset).test.class_names
     with tempfile.TemporaryDirectory() as out:
-        result = finetune_lora(data, names, template_for(dataset), base, Path(out) / "lora",
-                               LoraSettings(steps=steps))
+        result = finetune_lora(data, names, template_for(dataset), base, Path(out) / "lora", LoraSettings(steps=steps))
     timings = dict(result.timings)
     timings["steps_per_second"] = steps / timings["train_seconds"]
     timings["client_images"] = len(data)
@@ -94,8 +97,10 @@ def run_benchmark(base: Path, dataset: str, threads: int, flop_per_cycle: int, l
     names = load_split(dataset).test.class_names
     generator = Generator(base, names, template_for(dataset))
     peak = threads * flop_per_cycle * cpu_clock_ghz() * 1e9
-    lines = [f"machine: {os.cpu_count()} CPUs, torch threads {threads}, assumed peak "
-             f"{peak / 1e9:.0f} GFLOP/s ({flop_per_cycle} FP32 FLOP/cycle/core at {cpu_clock_ghz():.2f} GHz)"]
+    lines = [
+        f"machine: {os.cpu_count()} CPUs, torch threads {threads}, assumed peak "
+        f"{peak / 1e9:.0f} GFLOP/s ({flop_per_cycle} FP32 FLOP/cycle/core at {cpu_clock_ghz():.2f} GHz)"
+    ]
     for guidance in (3.0, 1.0):
         result = bench_generation(generator, batch=64, steps=20, guidance=guidance)
         lines.append(
@@ -104,8 +109,10 @@ def run_benchmark(base: Path, dataset: str, threads: int, flop_per_cycle: int, l
             f"= {100 * result['unet_flops_per_second'] / peak:.1f}% of peak"
         )
     test = load_split(dataset).test
-    lines.append(f"natural noise {test.resolution}×{test.resolution}×{test.channels}: "
-                 f"{bench_natural_noise(test.resolution, test.channels):.0f} images/s")
+    lines.append(
+        f"natural noise {test.resolution}×{test.resolution}×{test.channels}: "
+        f"{bench_natural_noise(test.resolution, test.channels):.0f} images/s"
+    )
     timings = bench_lora_finetune(base, dataset, lora_steps)
     lines.append(
         f"LoRA fine-tune ({timings['client_images']} client images, {lora_steps} steps, batch 32): "
@@ -114,4 +121,3 @@ def run_benchmark(base: Path, dataset: str, threads: int, flop_per_cycle: int, l
         f"{timings['train_seconds']:.1f}s"
     )
     return "\n".join(lines)
-

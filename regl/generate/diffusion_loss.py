@@ -32,8 +32,9 @@ def encode_latents(vae, pixels: torch.Tensor, batch_size: int = 256) -> torch.Te
 
 @torch.no_grad()
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     return text_encoder(ids)[0]
 
 
@@ -45,8 +46,12 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.T
 
 
 def denoising_loss(
-    unet, scheduler, latents: torch.Tensor, text_embeddings: torch.Tensor,
-    generator: torch.Generator, snr_gamma: float | None,
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    generator: torch.Generator,
+    snr_gamma: float | None,
 ) -> torch.Tensor:
     """ε-prediction MSE at uniformly drawn timesteps, optionally Min-SNR weighted."""
     noise = torch.randn(latents.shape, generator=generator)

@@ -15,8 +15,8 @@ import torch
 
 from regl.data.datasets import ImageDataset, load_split
 from regl.generate.generator import Generator, image_seed, to_dataset_format
-from regl.train.models import SmallCNN
 from regl.train.loop import TrainSettings, evaluate, to_tensor, train
+from regl.train.models import SmallCNN
 
 CLASSIFIER_EPOCHS = 5
 
@@ -63,8 +63,9 @@ class GeneratorQuality:
         return float(np.mean(picked))
 
 
-def generated_set(generator: Generator, classes: list[int], per_class: int, seed: int, like: ImageDataset,
-                  **options) -> tuple[ImageDataset, float]:
+def generated_set(
+    generator: Generator, classes: list[int], per_class: int, seed: int, like: ImageDataset, **options
+) -> tuple[ImageDataset, float]:
     """`per_class` images of each class in the dataset's format, and the generation speed."""
     labels = [c for c in classes for _ in range(per_class)]
     seeds = [image_seed(seed, i) for i in range(len(labels))]
@@ -75,10 +76,15 @@ def generated_set(generator: Generator, classes: list[int], per_class: int, seed
     return ImageDataset(x, np.asarray(labels, dtype=np.int64), like.class_names), speed
 
 
-def evaluate_generator(generator: Generator, dataset: str, per_class: int, seed: int,
-                       classifier: tuple[SmallCNN, float] | None = None,
-                       groups: dict[str, list[int]] | None = None,
-                       **options) -> tuple[GeneratorQuality, ImageDataset]:
+def evaluate_generator(
+    generator: Generator,
+    dataset: str,
+    per_class: int,
+    seed: int,
+    classifier: tuple[SmallCNN, float] | None = None,
+    groups: dict[str, list[int]] | None = None,
+    **options,
+) -> tuple[GeneratorQuality, ImageDataset]:
     """The quality figures and the generated images they were measured on.
 
     `groups` (e.g. a client's own and missing classes) get a Fréchet distance of their own,
@@ -91,7 +97,8 @@ def evaluate_generator(generator: Generator, dataset: str, per_class: int, seed:
     fake_features, test_features = features(model, fake.x), features(model, test.x)
     group_frechet = {
         name: frechet_distance(fake_features[np.isin(fake.y, classes)], test_features[np.isin(test.y, classes)])
-        for name, classes in (groups or {}).items() if classes
+        for name, classes in (groups or {}).items()
+        if classes
     }
     quality = GeneratorQuality(
         per_class_accuracy=[float(a) for a in result["per_class_accuracy"]],
@@ -119,16 +126,21 @@ def save_grid(real: ImageDataset, fake: ImageDataset, path, per_row: int = 8) ->
     image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(path)
 
 
-def format_quality(quality: GeneratorQuality, class_names: tuple[str, ...], title: str,
-                   groups: dict[str, list[int]] | None = None) -> str:
+def format_quality(
+    quality: GeneratorQuality, class_names: tuple[str, ...], title: str, groups: dict[str, list[int]] | None = None
+) -> str:
     lines = [title, f"{'class':>12} accuracy on generated"]
     lines += [f"{name:>12} {100 * acc:6.1f}%" for name, acc in zip(class_names, quality.per_class_accuracy)]
-    lines.append(f"{'mean':>12} {100 * quality.mean_accuracy():6.1f}%   (the classifier scores "
-                 f"{100 * quality.real_test_accuracy:.1f}% on real test images)")
+    lines.append(
+        f"{'mean':>12} {100 * quality.mean_accuracy():6.1f}%   (the classifier scores "
+        f"{100 * quality.real_test_accuracy:.1f}% on real test images)"
+    )
     lines.append(f"Fréchet distance to the real test set (classifier features): {quality.frechet:.2f}")
     for name, classes in (groups or {}).items():
         if classes:
-            lines.append(f"{name} {classes}: accuracy {100 * quality.mean_accuracy(classes):.1f}%, "
-                         f"Fréchet distance {quality.group_frechet[name]:.2f}")
+            lines.append(
+                f"{name} {classes}: accuracy {100 * quality.mean_accuracy(classes):.1f}%, "
+                f"Fréchet distance {quality.group_frechet[name]:.2f}"
+            )
     lines.append(f"generation speed: {quality.images_per_second:.1f} images/s")
     return "\n".join(lines)

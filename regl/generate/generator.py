@@ -16,7 +16,8 @@ from PIL import Image
 
 from regl.errors import ReglError
 
-DEFAULT_BASE = Path(__file__).resolve().parents[1] / "models" / "regl-tiny-sd"
+# models/regl-tiny-sd, reached through the package link regl/weights: the same path installed or editable
+DEFAULT_BASE = Path(__file__).resolve().parents[1] / "weights" / "regl-tiny-sd"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 LORA_METADATA = "regl_lora.json"
 ADAPTER = "client"
@@ -59,8 +60,9 @@ def load_pipeline(base: Path):
 
     check_model_folder(base)
     # diffusers' schedulers build arrays from torch tensors the NumPy-2 way it warns about; harmless
-    warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
-                            category=DeprecationWarning)
+    warnings.filterwarnings(
+        "ignore", message="__array__ implementation doesn't accept a copy keyword", category=DeprecationWarning
+    )
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     try:
@@ -99,8 +101,10 @@ def attach_lora(pipe, lora_dir: Path, base: Path) -> None:
         except (ValueError, KeyError, TypeError) as exc:
             raise ReglError(f"{meta_file} is malformed: {exc}") from exc
         if trained_on != base_fingerprint(base):
-            raise ReglError(f"the LoRA in {lora_dir} was trained on another base model "
-                            f"(fingerprint {trained_on}, {base} is {base_fingerprint(base)})")
+            raise ReglError(
+                f"the LoRA in {lora_dir} was trained on another base model "
+                f"(fingerprint {trained_on}, {base} is {base_fingerprint(base)})"
+            )
     from diffusers.utils import logging as diffusers_logging
 
     verbosity = diffusers_logging.get_verbosity()
@@ -109,7 +113,8 @@ def attach_lora(pipe, lora_dir: Path, base: Path) -> None:
         pipe.load_lora_weights(lora_dir, weight_name=LORA_FILE, adapter_name=ADAPTER)
     except (RuntimeError, ValueError, KeyError) as exc:
         pipe.unload_lora_weights()
-        raise ReglError(f"the LoRA in {lora_dir} does not fit this base model: {str(exc).splitlines()[0][:200]}") from exc
+        first_line = str(exc).splitlines()[0][:200]
+        raise ReglError(f"the LoRA in {lora_dir} does not fit this base model: {first_line}") from exc
     finally:
         diffusers_logging.set_verbosity(verbosity)
 
@@ -125,8 +130,9 @@ def to_dataset_format(images: np.ndarray, resolution: int, channels: int) -> np.
         m = (side - resolution) // 2
         images = images[:, m : m + resolution, m : m + resolution]
     elif resolution != side:
-        images = np.stack([np.asarray(Image.fromarray(i).resize((resolution, resolution), Image.BILINEAR))
-                           for i in images])
+        images = np.stack(
+            [np.asarray(Image.fromarray(i).resize((resolution, resolution), Image.BILINEAR)) for i in images]
+        )
     if channels == 1:
         images = np.rint(images.astype(np.float32).mean(axis=3, keepdims=True)).astype(np.uint8)
     return images
@@ -158,8 +164,14 @@ class Generator:
         return self.template.format(self.class_names[label])
 
     def generate(
-        self, labels: list[int], seeds: list[int], steps: int = 20, guidance: float = 3.0,
-        scheduler: str = "dpm", batch_size: int = 64, on_batch: Callable[[int], None] | None = None,
+        self,
+        labels: list[int],
+        seeds: list[int],
+        steps: int = 20,
+        guidance: float = 3.0,
+        scheduler: str = "dpm",
+        batch_size: int = 64,
+        on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """One image per (label, seed) pair, as uint8 N×H×W×3; each depends only on its pair.
 
@@ -181,8 +193,10 @@ class Generator:
             with torch.no_grad():
                 images = self.pipe(
                     prompt=[self.prompt(labels[i]) for i in chunk],
-                    height=self.resolution, width=self.resolution,
-                    num_inference_steps=steps, guidance_scale=guidance,
+                    height=self.resolution,
+                    width=self.resolution,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
                     generator=[torch.Generator().manual_seed(seeds[i]) for i in chunk],
                     output_type="np",
                 ).images

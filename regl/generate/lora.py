@@ -21,8 +21,15 @@ import torch
 from tqdm import tqdm
 
 from regl.data.datasets import ImageDataset
-from regl.generate.diffusion_loss import denoising_loss, encode_latents, encode_prompts, restore_rng, rng_state, to_pipeline_pixels
 from regl.errors import ReglError
+from regl.generate.diffusion_loss import (
+    denoising_loss,
+    encode_latents,
+    encode_prompts,
+    restore_rng,
+    rng_state,
+    to_pipeline_pixels,
+)
 from regl.generate.generator import ADAPTER, LORA_METADATA, Generator, base_fingerprint, image_seed
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -99,8 +106,14 @@ class FinetuneResult:
 
 
 def finetune_lora(
-    data: ImageDataset, class_names: tuple[str, ...], template: str, base: Path, out: Path,
-    settings: LoraSettings, resume: bool = False, show_progress: bool = True,
+    data: ImageDataset,
+    class_names: tuple[str, ...],
+    template: str,
+    base: Path,
+    out: Path,
+    settings: LoraSettings,
+    resume: bool = False,
+    show_progress: bool = True,
     on_step: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
     """Train a LoRA on `data` and write `out/pytorch_lora_weights.safetensors`.
@@ -129,13 +142,18 @@ def finetune_lora(
 
     cached = time.perf_counter()
     latents = encode_latents(pipe.vae, pixels)
-    embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, [generator.prompt(c) for c in range(len(class_names))])
+    prompts = [generator.prompt(c) for c in range(len(class_names))]
+    embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
     labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     timings["cache_seconds"] = time.perf_counter() - cached
 
     torch.manual_seed(settings.seed)  # the adapter's initial A matrices
-    pipe.unet.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.rank, init_lora_weights="gaussian",
-                                     target_modules=TARGET_MODULES), adapter_name=ADAPTER)
+    pipe.unet.add_adapter(
+        LoraConfig(
+            r=settings.rank, lora_alpha=settings.rank, init_lora_weights="gaussian", target_modules=TARGET_MODULES
+        ),
+        adapter_name=ADAPTER,
+    )
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr)
     start_step, rng = 0, torch.Generator().manual_seed(settings.seed)
@@ -148,12 +166,19 @@ def finetune_lora(
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     trained = time.perf_counter()
     pipe.unet.train()
-    progress = tqdm(range(start_step, settings.steps), initial=start_step, total=settings.steps,
-                    desc="lora", unit="step", disable=not show_progress)
+    progress = tqdm(
+        range(start_step, settings.steps),
+        initial=start_step,
+        total=settings.steps,
+        desc="lora",
+        unit="step",
+        disable=not show_progress,
+    )
     for step in progress:
         rows = torch.multinomial(draw_weights, settings.batch_size, replacement=True, generator=rng)
-        loss = denoising_loss(pipe.unet, noise_scheduler, latents[rows], embeddings[labels_t[rows]], rng,
-                              settings.snr_gamma)
+        loss = denoising_loss(
+            pipe.unet, noise_scheduler, latents[rows], embeddings[labels_t[rows]], rng, settings.snr_gamma
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -161,14 +186,30 @@ def finetune_lora(
         if on_step is not None:
             on_step(step + 1)
         if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
-            _save_checkpoint(pipe, out, {"step": step + 1, "optimizer": optimizer.state_dict(),
-                                         "rng": rng_state(rng), "settings": asdict(settings)})
+            _save_checkpoint(
+                pipe,
+                out,
+                {
+                    "step": step + 1,
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng_state(rng),
+                    "settings": asdict(settings),
+                },
+            )
     pipe.unet.eval()
     timings["train_seconds"] = time.perf_counter() - trained
     timings["total_seconds"] = time.perf_counter() - started
-    _save_lora(pipe, out, {
-        "base": str(base), "base_fingerprint": base_fingerprint(base), "class_names": list(class_names),
-        "template": template, "client_class_counts": np.bincount(data.y, minlength=len(class_names)).tolist(),
-        "settings": asdict(settings), "timings": timings,
-    })
+    _save_lora(
+        pipe,
+        out,
+        {
+            "base": str(base),
+            "base_fingerprint": base_fingerprint(base),
+            "class_names": list(class_names),
+            "template": template,
+            "client_class_counts": np.bincount(data.y, minlength=len(class_names)).tolist(),
+            "settings": asdict(settings),
+            "timings": timings,
+        },
+    )
     return FinetuneResult(generator, timings)

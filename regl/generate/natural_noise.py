@@ -66,16 +66,23 @@ def _draw(gen: torch.Generator, channels: int) -> dict[str, list[tuple[torch.Ten
     p["const"].append((torch.randn(WIDTH, LEVELS[0], LEVELS[0], generator=gen),))
     for level in LEVELS:
         for _ in range(1 if level == LEVELS[0] else 2):
-            p["conv"].append((
-                _conv_weight(gen, WIDTH, WIDTH),
-                _uniform(gen, (WIDTH,), 0.5, 1.5),  # style per input channel
-                _uniform(gen, (WIDTH,), -0.2, 0.2),  # bias
-                torch.randn(level, level, generator=gen),  # white noise, made pink below
-                _uniform(gen, (), 0.5, 1.5),  # spectral exponent alpha of that noise
-                _uniform(gen, (WIDTH,), 0.0, 0.5),  # noise strength per channel
-            ))
-        p["rgb"].append((torch.randn(channels, WIDTH, generator=gen) / math.sqrt(WIDTH),
-                         _uniform(gen, (WIDTH,), 0.5, 1.5), _uniform(gen, (channels,), -0.2, 0.2)))
+            p["conv"].append(
+                (
+                    _conv_weight(gen, WIDTH, WIDTH),
+                    _uniform(gen, (WIDTH,), 0.5, 1.5),  # style per input channel
+                    _uniform(gen, (WIDTH,), -0.2, 0.2),  # bias
+                    torch.randn(level, level, generator=gen),  # white noise, made pink below
+                    _uniform(gen, (), 0.5, 1.5),  # spectral exponent alpha of that noise
+                    _uniform(gen, (WIDTH,), 0.0, 0.5),  # noise strength per channel
+                )
+            )
+        p["rgb"].append(
+            (
+                torch.randn(channels, WIDTH, generator=gen) / math.sqrt(WIDTH),
+                _uniform(gen, (WIDTH,), 0.5, 1.5),
+                _uniform(gen, (channels,), -0.2, 0.2),
+            )
+        )
     # Target pixel statistics per channel: mean in [96, 160], std in [24, 56] (uint8 units),
     # so that few pixels clip at 0 or 255.
     p["target"].append((_uniform(gen, (channels,), 96, 160), _uniform(gen, (channels,), 24, 56)))
@@ -97,13 +104,15 @@ def _modulated_conv(x: torch.Tensor, weight: torch.Tensor, style: torch.Tensor, 
     weight = weight * style[:, None, :, None, None]
     if demodulate:
         weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
-    out = F.conv2d(x.reshape(1, b * i, h, w), weight.reshape(-1, i, *weight.shape[3:]),
-                   padding=weight.shape[-1] // 2, groups=b)
+    out = F.conv2d(
+        x.reshape(1, b * i, h, w), weight.reshape(-1, i, *weight.shape[3:]), padding=weight.shape[-1] // 2, groups=b
+    )
     return out.reshape(b, -1, h, w)
 
 
 def _synthesise(params: list[dict[str, list[tuple[torch.Tensor, ...]]]], resolution: int) -> torch.Tensor:
     """Run the network on a batch of drawn parameters: float B×C×R×R, standardised then rescaled."""
+
     def stacked(key: str, index: int) -> list[torch.Tensor]:
         return [torch.stack(parts) for parts in zip(*(p[key][index] for p in params))]
 
@@ -119,8 +128,9 @@ def _synthesise(params: list[dict[str, list[tuple[torch.Tensor, ...]]]], resolut
             x, conv = F.relu(x), conv + 1
         weight, style, bias = stacked("rgb", n)
         rgb = _modulated_conv(x, weight[..., None, None], style, demodulate=False) + bias[:, :, None, None]
-        image = rgb if image is None else F.interpolate(image, scale_factor=2, mode="bilinear",
-                                                        align_corners=False) + rgb
+        image = (
+            rgb if image is None else F.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False) + rgb
+        )
     margin = SIDE - resolution
     if 0 < margin <= 4 and margin % 2 == 0:  # 28 px: the centre crop, as for padded 28×28 data
         image = image[:, :, margin // 2 : margin // 2 + resolution, margin // 2 : margin // 2 + resolution]
@@ -144,8 +154,10 @@ def natural_noise(n: int, seed: int, resolution: int, channels: int, batch_size:
     out = [np.zeros((0, resolution, resolution, channels), dtype=np.uint8)]
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            params = [_draw(torch.Generator().manual_seed(image_seed(seed, i)), channels)
-                      for i in range(start, min(start + batch_size, n))]
+            params = [
+                _draw(torch.Generator().manual_seed(image_seed(seed, i)), channels)
+                for i in range(start, min(start + batch_size, n))
+            ]
             images = _synthesise(params, resolution).permute(0, 2, 3, 1)
             out.append(images.round().clamp(0, 255).to(torch.uint8).numpy())
     return np.concatenate(out)

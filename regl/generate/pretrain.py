@@ -18,8 +18,15 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from regl.data.datasets import load_split
-from regl.generate.diffusion_loss import denoising_loss, encode_latents, encode_prompts, restore_rng, rng_state, to_pipeline_pixels
 from regl.errors import ReglError
+from regl.generate.diffusion_loss import (
+    denoising_loss,
+    encode_latents,
+    encode_prompts,
+    restore_rng,
+    rng_state,
+    to_pipeline_pixels,
+)
 from regl.generate.prompts import class_prompts, prompt_words, template_for
 from regl.generate.tiny_sd import TEST_SD, TINY_SD, build_pipeline
 
@@ -96,8 +103,13 @@ def _train_vae(pipe, data: PublicTrainingSet, settings: PretrainSettings, state:
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     generator = restore_rng(state["rng"]) if "rng" in state else torch.Generator().manual_seed(settings.seed)
-    progress = tqdm(range(state["step"], settings.vae_steps), initial=state["step"], total=settings.vae_steps,
-                    desc="vae", unit="step")
+    progress = tqdm(
+        range(state["step"], settings.vae_steps),
+        initial=state["step"],
+        total=settings.vae_steps,
+        desc="vae",
+        unit="step",
+    )
     for step in progress:
         batch = data.pixels[torch.randint(0, len(data.pixels), (settings.batch_size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
@@ -108,8 +120,16 @@ def _train_vae(pipe, data: PublicTrainingSet, settings: PretrainSettings, state:
         optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.vae_steps:
-            ckpt.save(pipe, {"stage": "vae", "step": step + 1, "optimizer": optimizer.state_dict(),
-                             "rng": rng_state(generator), "settings": asdict(settings)})
+            ckpt.save(
+                pipe,
+                {
+                    "stage": "vae",
+                    "step": step + 1,
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng_state(generator),
+                    "settings": asdict(settings),
+                },
+            )
     vae.eval()
 
 
@@ -127,22 +147,37 @@ def _train_unet(pipe, data: PublicTrainingSet, settings: PretrainSettings, state
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
     generator = restore_rng(state["rng"]) if "rng" in state else torch.Generator().manual_seed(settings.seed + 1)
-    progress = tqdm(range(state["step"], settings.unet_steps), initial=state["step"], total=settings.unet_steps,
-                    desc="unet", unit="step")
+    progress = tqdm(
+        range(state["step"], settings.unet_steps),
+        initial=state["step"],
+        total=settings.unet_steps,
+        desc="unet",
+        unit="step",
+    )
     for step in progress:
         rows = torch.randint(0, len(latents), (settings.batch_size,), generator=generator)
         prompt = data.prompt_index[rows].clone()
         prompt[torch.rand(len(rows), generator=generator) < settings.cfg_dropout] = empty
-        loss = denoising_loss(unet, pipe.scheduler, latents[rows], prompt_embeddings[prompt], generator,
-                              settings.snr_gamma)
+        loss = denoising_loss(
+            unet, pipe.scheduler, latents[rows], prompt_embeddings[prompt], generator, settings.snr_gamma
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         ema.step(unet.parameters())
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.unet_steps:
-            ckpt.save(pipe, {"stage": "unet", "step": step + 1, "optimizer": optimizer.state_dict(),
-                             "ema": ema.state_dict(), "rng": rng_state(generator), "settings": asdict(settings)})
+            ckpt.save(
+                pipe,
+                {
+                    "stage": "unet",
+                    "step": step + 1,
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema.state_dict(),
+                    "rng": rng_state(generator),
+                    "settings": asdict(settings),
+                },
+            )
     ema.copy_to(unet.parameters())
     unet.eval()
 
@@ -182,8 +217,9 @@ def pretrain_base(out: Path, settings: PretrainSettings, resume: bool) -> dict:
         pipe, state = ckpt.load()
     else:
         torch.manual_seed(settings.seed)
-        pipe = build_pipeline(SIZES[settings.size], prompt_words(data.prompts), ckpt.path.parent / "init",
-                              settings.seed)
+        pipe = build_pipeline(
+            SIZES[settings.size], prompt_words(data.prompts), ckpt.path.parent / "init", settings.seed
+        )
         state = {"stage": "vae", "step": 0}
     for module in (pipe.text_encoder, pipe.vae, pipe.unet):
         module.requires_grad_(False)

@@ -28,12 +28,22 @@ class TinySDConfig:
 
 
 TINY_SD = TinySDConfig(
-    text_hidden=64, text_layers=2, max_tokens=16,
-    vae_channels=(16, 32, 32), unet_channels=(64, 128), unet_layers_per_block=1, attention_head_dim=8,
+    text_hidden=64,
+    text_layers=2,
+    max_tokens=16,
+    vae_channels=(16, 32, 32),
+    unet_channels=(64, 128),
+    unet_layers_per_block=1,
+    attention_head_dim=8,
 )
 TEST_SD = TinySDConfig(
-    text_hidden=32, text_layers=1, max_tokens=16,
-    vae_channels=(8, 16, 16), unet_channels=(16, 32), unet_layers_per_block=1, attention_head_dim=8,
+    text_hidden=32,
+    text_layers=1,
+    max_tokens=16,
+    vae_channels=(8, 16, 16),
+    unet_channels=(16, 32),
+    unet_layers_per_block=1,
+    attention_head_dim=8,
 )
 
 
@@ -83,8 +93,12 @@ def write_tokenizer(folder: Path, words: list[str], max_tokens: int) -> None:
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
     config = {
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": max_tokens,
-        "bos_token": START, "eos_token": END, "unk_token": END, "pad_token": END,
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": max_tokens,
+        "bos_token": START,
+        "eos_token": END,
+        "unk_token": END,
+        "pad_token": END,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
@@ -108,33 +122,58 @@ def build_pipeline(config: TinySDConfig, words: list[str], work_dir: Path, seed:
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=config.text_hidden,
-            intermediate_size=2 * config.text_hidden, num_hidden_layers=config.text_layers,
-            num_attention_heads=4, max_position_embeddings=config.max_tokens,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, projection_dim=config.text_hidden,
+            vocab_size=len(tokenizer),
+            hidden_size=config.text_hidden,
+            intermediate_size=2 * config.text_hidden,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=config.max_tokens,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=config.text_hidden,
         )
     )
     groups = min(config.vae_channels[0], 8)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * len(config.vae_channels),
         up_block_types=("UpDecoderBlock2D",) * len(config.vae_channels),
-        block_out_channels=config.vae_channels, layers_per_block=1,
-        norm_num_groups=groups, sample_size=RESOLUTION,
+        block_out_channels=config.vae_channels,
+        layers_per_block=1,
+        norm_num_groups=groups,
+        sample_size=RESOLUTION,
     )
     latent_size = RESOLUTION // 2 ** (len(config.vae_channels) - 1)
     unet = UNet2DConditionModel(
-        sample_size=latent_size, in_channels=4, out_channels=4,
+        sample_size=latent_size,
+        in_channels=4,
+        out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=config.unet_channels, layers_per_block=config.unet_layers_per_block,
-        cross_attention_dim=config.text_hidden, attention_head_dim=config.attention_head_dim,
+        block_out_channels=config.unet_channels,
+        layers_per_block=config.unet_layers_per_block,
+        cross_attention_dim=config.text_hidden,
+        attention_head_dim=config.attention_head_dim,
         norm_num_groups=min(config.unet_channels[0], 32),
     )
-    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              num_train_timesteps=1000, clip_sample=False, steps_offset=1)
+    scheduler = DDPMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        num_train_timesteps=1000,
+        clip_sample=False,
+        steps_offset=1,
+    )
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )

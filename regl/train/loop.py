@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from regl.train import metrics
 from regl.data.datasets import ImageDataset
+from regl.train import metrics
 
 
 @dataclass(frozen=True)

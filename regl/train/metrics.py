@@ -38,9 +38,7 @@ def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(aucs))
 
 
-def personalized_test_indices(
-    test_labels: np.ndarray, client_counts: np.ndarray, size: int, seed: int
-) -> np.ndarray:
+def personalized_test_indices(test_labels: np.ndarray, client_counts: np.ndarray, size: int, seed: int) -> np.ndarray:
     """A test subset drawn with the client's own label distribution, as ReGL reports it.
 
     Classes the client does not hold get no test samples; each held class gets
