@@ -14,8 +14,8 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from regl.data.datasets import ImageDataset
-from regl.fl.experiment import ExperimentSettings, client_data, new_model, prepare_fill, train_client
 from regl.fill.mixup import MixupSettings, label_hide_mixup
+from regl.fl.experiment import ExperimentSettings, client_data, new_model, prepare_fill, train_client
 
 app = ClientApp()
 

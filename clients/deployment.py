@@ -18,8 +18,10 @@ from pathlib import Path
 
 import httpx
 
+from regl.cli.serving import service_argv
 from regl.errors import ReglError
 from regl.fl.experiment import ExperimentSettings
+from service.settings import ServiceSettings
 
 SUPERLINK_PORT = 9090
 SUPERNODE_PORT = 9100  # + node index: each SuperNode's runtime API
@@ -108,13 +110,13 @@ def _wait_for_port(port: int, processes: Processes, timeout_s: float = 60) -> No
     raise ReglError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g} s")
 
 
-def _service_argv(settings: ExperimentSettings, node: int, store: Path) -> list[str]:
+def node_service_settings(settings: ExperimentSettings, node: int, store: Path) -> ServiceSettings:
+    """Node `node`'s `regl serve`: the client's own share of the run's partition, its port and store."""
     spec = settings.partition
-    return [sys.executable, "-m", "regl.cli", "serve", "--data", settings.dataset, "--client", str(node),
-            "--clients", str(spec.num_clients), "--partition", spec.kind, "-k", str(spec.classes_per_client),
-            "--beta", str(spec.beta), "--imbalance-ratio", str(spec.imbalance_ratio),
-            "--partition-seed", str(settings.seed), "--base", str(settings.fill.base_folder()),
-            "--port", str(SERVICE_PORT + node), "--threads", "1", "--store", str(store)]
+    return ServiceSettings(data=settings.dataset, client=node, clients=spec.num_clients, partition=spec.kind,
+                           classes_per_client=spec.classes_per_client, beta=spec.beta,
+                           imbalance_ratio=spec.imbalance_ratio, partition_seed=settings.seed,
+                           base=settings.fill.base_folder(), port=SERVICE_PORT + node, threads=1, store=store)
 
 
 def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) -> dict:
@@ -138,7 +140,8 @@ def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) ->
         services = {}
         if service_fill:
             for node in range(nodes):
-                processes.start(f"service-{node}", _service_argv(settings, node, out_dir / f"service-{node}"))
+                service = node_service_settings(settings, node, out_dir / f"service-{node}")
+                processes.start(f"service-{node}", [sys.executable, "-m", "regl.cli", *service_argv(service)])
                 services[node] = f"http://127.0.0.1:{SERVICE_PORT + node}"
             for url in services.values():
                 _wait_for_service(url, processes)

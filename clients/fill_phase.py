@@ -3,7 +3,8 @@
 1. class counts, only when the fill needs them (mixup requests or a global target);
 2. mixup: each client's deficient labels are split among the clients that hold them, the
    holders mix their own images (DP-LabelHide) and the server routes the mixes back;
-3. every client plans, fine-tunes its LoRA, generates and stores its fill.
+3. every client plans, fine-tunes its LoRA, generates and stores its fill; a progress line
+   as each one finishes.
 """
 
 import json
@@ -15,28 +16,43 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from clients.traffic import TrafficLog
-from regl.fl.experiment import ExperimentSettings
 from regl.fill.client import client_plan
 from regl.fill.mixup import assign_requests
+from regl.fl.experiment import ExperimentSettings
+from regl.fl.progress import FillProgress, Write
+
+PULL_SECONDS = 0.5
 
 
 def _exchange(grid: Grid, nodes: list[int], action: str, content: Callable[[int], RecordDict],
-              traffic: TrafficLog) -> list[Message]:
+              traffic: TrafficLog, on_reply: Callable[[Message], None] | None = None) -> list[Message]:
+    """Send every node its message and wait for all replies; `on_reply` sees each one as it comes."""
     messages = [Message(content(node), dst_node_id=node, message_type=f"query.{action}") for node in nodes]
-    replies = list(grid.send_and_receive(messages))
-    for reply in replies:
-        if reply.has_error():
-            raise RuntimeError(f"a client failed in the fill phase ({action}): {reply.error.reason}")
-        traffic.add(action, reply)
-    if len(replies) != len(nodes):
-        raise RuntimeError(f"{len(nodes) - len(replies)} clients did not answer the fill phase ({action})")
+    waiting = set(grid.push_messages(messages))
+    replies: list[Message] = []
+    while waiting:
+        for reply in grid.pull_messages(waiting):
+            waiting.discard(reply.metadata.reply_to_message_id)
+            if reply.has_error():
+                raise RuntimeError(f"a client failed in the fill phase ({action}): {reply.error.reason}")
+            traffic.add(action, reply)
+            replies.append(reply)
+            if on_reply is not None:
+                on_reply(reply)
+        if waiting:
+            time.sleep(PULL_SECONDS)
     return replies
 
 
-def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog) -> dict:
-    """Returns what the run summary records about the fill, and the config extras for training."""
+def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog, write: Write) -> dict:
+    """Returns what the run summary records about the fill, and the config extras for training.
+
+    `write` gets one line as the phase starts and one as each client's fill is done.
+    """
     fill = settings.fill
     nodes = sorted(grid.get_node_ids())
+    write(f"fill phase: {fill.mode} on {len(nodes)} clients; a line as each one is done")
+    progress = FillProgress(len(nodes), write)
     config = settings.to_config()
     started = time.perf_counter()
     counts: dict[int, np.ndarray] = {}
@@ -80,7 +96,11 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
             content["mixed-images"] = ArrayRecord({"x": Array(np.concatenate(xs)), "y": Array(np.concatenate(ys))})
         return content
 
-    replies = _exchange(grid, nodes, "fill", fill_content, traffic)
+    def client_done(reply: Message) -> None:
+        metrics = reply.content["metrics"]
+        progress.client_done(int(metrics["client"]), int(metrics["synthetic-images"]))
+
+    replies = _exchange(grid, nodes, "fill", fill_content, traffic, client_done)
     clients = sorted((dict(reply.content["metrics"]) for reply in replies), key=lambda m: m["client"])
     return {
         "summary": {"wall_seconds": time.perf_counter() - started, "clients": clients,

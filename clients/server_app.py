@@ -11,10 +11,10 @@ from flwr.serverapp import Grid, ServerApp
 from clients.fill_phase import run_fill_phase
 from clients.strategy import RecordingFedAvg
 from clients.traffic import TrafficLog
-from regl.fl.experiment import ExperimentSettings, evaluate_global, new_model
 from regl.atomic import write_json_atomically
+from regl.fl.experiment import ExperimentSettings, evaluate_global, new_model
+from regl.fl.progress import RoundProgress, Write, print_line
 from regl.fl.report import RunReport
-
 
 NODE_WAIT_SECONDS = 120.0
 
@@ -31,8 +31,11 @@ def wait_for_nodes(grid: Grid, expected: int) -> None:
         time.sleep(1.0)
 
 
-def run_federation(grid: Grid, settings: ExperimentSettings) -> dict:
-    """Run FedAvg for settings.num_rounds and write the report into settings.out_dir."""
+def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = print_line) -> dict:
+    """Run FedAvg for settings.num_rounds and write the report into settings.out_dir.
+
+    `write` gets the progress lines: the fill's, then one per round.
+    """
     num_clients = settings.partition.num_clients
     wait_for_nodes(grid, num_clients)
     traffic = TrafficLog()
@@ -44,10 +47,9 @@ def run_federation(grid: Grid, settings: ExperimentSettings) -> dict:
     started = time.perf_counter()
     fill, train_extras = None, {}
     if settings.fill.synthetic:
-        print(f"fill phase: {settings.fill.mode} ...", flush=True)
-        phase = run_fill_phase(grid, settings, traffic)
+        phase = run_fill_phase(grid, settings, traffic, write)
         fill, train_extras = phase["summary"], phase["train_config"]
-        print(f"fill phase done in {fill['wall_seconds']:.0f}s", flush=True)
+    progress = RoundProgress(settings.num_rounds, started, write)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         eval_started = time.perf_counter()
@@ -56,7 +58,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings) -> dict:
         record = {"round": server_round, **result, **_round_timing(strategy.last_round, eval_started)}
         strategy.last_round = {}
         report.add_round(record)
-        print(f"round {server_round:3d}: accuracy {100 * result['accuracy']:.2f}%", flush=True)
+        progress.round_done(server_round, result["accuracy"], record.get("failed_clients", 0))
         return MetricRecord({"accuracy": result["accuracy"], "loss": result["loss"]})
 
     strategy.start(
@@ -107,8 +109,8 @@ def _round_timing(last_round: dict, eval_started: float) -> dict:
     }
 
 
-def build_server_app(settings: ExperimentSettings | None = None) -> ServerApp:
-    """`settings` given: `regl fl`; None: `flwr run .`, settings from the run config."""
+def build_server_app(settings: ExperimentSettings | None = None, write: Write = print_line) -> ServerApp:
+    """`settings` given: `regl fl`; None: `flwr run .`, settings from the run config. `write` gets progress lines."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -117,7 +119,7 @@ def build_server_app(settings: ExperimentSettings | None = None) -> ServerApp:
         chosen = settings or ExperimentSettings.from_config(dict(context.run_config))
         if not chosen.out_dir:
             chosen = replace(chosen, out_dir=f"runs/{chosen.name}")
-        run_federation(grid, chosen)
+        run_federation(grid, chosen, write)
 
     return server_app
 

@@ -1,8 +1,21 @@
-"""`regl fl`: the same ClientApp and ServerApp on Flower's simulation engine (Ray)."""
+"""`regl fl`: the same apps on `flwr.simulation.run_simulation` (Ray), quiet unless asked.
+
+What Flower, Ray and the libraries print (per-round INFO logs, actor output, warnings)
+goes to OUT_DIR/flower.log; the terminal gets the run's progress lines. With `verbose`
+Flower's and Ray's output stays on the terminal too.
+"""
 
 import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
+from flwr.common.logger import update_console_handler
 from flwr.simulation import run_simulation
 
 from clients.client_app import app as client_app
@@ -11,24 +24,81 @@ from regl.errors import ReglError
 from regl.fl.experiment import ExperimentSettings
 from regl.fl.sandbox import in_sandbox
 
+LOG_NAME = "flower.log"
 
-def simulate(settings: ExperimentSettings, num_cpus: int) -> dict:
+
+@contextmanager
+def flower_output(log_file: Path, verbose: bool) -> Iterator[TextIO]:
+    """Route this process's output (Ray's daemons and actors inherit it) to `log_file`; yields the terminal.
+
+    Quiet: file descriptors 1 and 2 point at the log, so C++ and subprocess output lands there
+    too. Verbose: nothing is moved; Flower's logger also writes to the log.
+    """
+    flower_logger = logging.getLogger("flwr")
+    if verbose:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s: %(message)s"))
+        flower_logger.addHandler(handler)
+        try:
+            yield sys.stdout
+        finally:
+            flower_logger.removeHandler(handler)
+            handler.close()
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(1), "w", buffering=1)
+    with open(log_file, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    update_console_handler(colored=False)
+    try:
+        yield terminal
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in saved:
+            os.close(descriptor)
+        terminal.close()
+        update_console_handler(colored=True)
+
+
+def simulate(settings: ExperimentSettings, num_cpus: int, verbose: bool = False) -> dict:
     """One Ray actor per CPU, each running one client at a time with one torch thread.
 
-    Returns the run's summary.json content.
+    Returns the run's summary.json content; a failed run raises ReglError naming its log.
     """
     if not in_sandbox():
         raise RuntimeError("Ray must only start inside the loopback-only sandbox (regl.fl.sandbox)")
-    run_simulation(
-        server_app=build_server_app(settings),
-        client_app=client_app,
-        num_supernodes=settings.partition.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": num_cpus, "include_dashboard": False},
-        },
-    )
-    summary = Path(settings.out_dir) / "summary.json"
+    out_dir = Path(settings.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = out_dir / LOG_NAME
+    with flower_output(log_file, verbose) as terminal:
+
+        def write(line: str) -> None:
+            print(line, file=terminal, flush=True)
+
+        write(f"{settings.name}: {settings.num_rounds} rounds on {settings.partition.num_clients} clients; "
+              f"Flower's and Ray's logs in {log_file}")
+        try:
+            run_simulation(
+                server_app=build_server_app(settings, write),
+                client_app=client_app,
+                num_supernodes=settings.partition.num_clients,
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": {"num_cpus": num_cpus, "include_dashboard": False},
+                },
+            )
+        except Exception as exc:
+            with open(log_file, "a") as log:
+                traceback.print_exc(file=log)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ReglError(f"the federated run failed: {reason} (details in {log_file})") from exc
+    summary = out_dir / "summary.json"
     if not summary.exists():
-        raise ReglError(f"the federated run ended without a summary in {settings.out_dir}; see the log above")
+        raise ReglError(f"the federated run ended without a summary in {out_dir}; see {log_file}")
     return json.loads(summary.read_text())

@@ -3,18 +3,30 @@
 import time
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from clients.traffic import TrafficLog
+
+# Client metrics whose weighted mean over the clients means something; the rest (the
+# client's id, its timings) are kept per client in rounds.json instead.
+AVERAGED_METRICS = ("train-loss", "personalized-accuracy")
+
+
+def mean_client_metrics(replies: list[RecordDict], weighting_key: str) -> MetricRecord:
+    """AVERAGED_METRICS, weighted by each client's `weighting_key` (its real image count)."""
+    metrics = [reply["metrics"] for reply in replies]
+    total = sum(float(m[weighting_key]) for m in metrics)
+    return MetricRecord({name: sum(float(m[name]) * float(m[weighting_key]) for m in metrics) / total
+                         for name in AVERAGED_METRICS})
 
 
 class RecordingFedAvg(FedAvg):
     """Plain FedAvg aggregation; `last_round` holds what the run report needs, `traffic` every reply."""
 
     def __init__(self, traffic: TrafficLog, **kwargs) -> None:
-        super().__init__(fraction_evaluate=0.0, **kwargs)
+        super().__init__(fraction_evaluate=0.0, train_metrics_aggr_fn=mean_client_metrics, **kwargs)
         self.last_round: dict = {}
         self.traffic = traffic
 

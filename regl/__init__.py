@@ -1,3 +1,15 @@
-"""ReGL: generative data balancing for federated learning."""
+"""ReGL: generative data balancing for federated learning.
+
+The library, importable without Flower or FastAPI:
+
+- `regl.data`: datasets, the fixed private/public/test split, label-skew partitions;
+- `regl.generate`: the tiny Stable Diffusion base, generation, per-client LoRA, natural noise;
+- `regl.fill`: what a client adds to its data: the plan, the store, its fill, mixup;
+- `regl.train`: classifiers, training and evaluation loops, metrics;
+- `regl.fl`: federated experiments without Flower code: settings, bench arms, sandbox, reports;
+- `regl.cli`: the `regl` command.
+
+The Flower apps live in the top-level `clients/`, the local service in `service/`.
+"""
 
 __version__ = "0.1.0"

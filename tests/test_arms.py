@@ -1,14 +1,20 @@
 import pytest
 
-from regl.fl.bench import arm_options, check_arms, format_table
 from regl.errors import ReglError
+from regl.fill.client import FillSettings
+from regl.fl.bench import arm_settings, check_arms, format_table
+from regl.fl.settings import ExperimentSettings
 
 
-def test_arm_options():
-    assert arm_options("iid", "75:25") == ["--partition", "iid", "--fill", "none"]
-    assert arm_options("diffusion-base", "") == ["--fill", "diffusion", "--fill-no-lora"]
-    assert arm_options("diffusion+noise", "75:25") == ["--fill", "diffusion+noise", "--fill-mix", "75:25"]
-    assert arm_options("diffusion", "75:25") == ["--fill", "diffusion"]  # one source: the mix does not apply
+def test_arm_settings():
+    base = ExperimentSettings(fill=FillSettings(supplement=0.2))
+    iid = arm_settings(base, "iid", "75:25")
+    assert (iid.partition.kind, iid.fill.mode) == ("iid", "none")
+    no_lora = arm_settings(base, "diffusion-base", "")
+    assert (no_lora.fill.mode, no_lora.fill.lora, no_lora.fill.supplement) == ("diffusion", False, 0.2)
+    mixed = arm_settings(base, "diffusion+noise", "75:25")
+    assert (mixed.fill.mode, mixed.fill.mix, mixed.fill.lora) == ("diffusion+noise", "75:25", True)
+    assert arm_settings(base, "diffusion", "75:25").fill.mix == ""  # one source: the mix does not apply
     with pytest.raises(ReglError, match="unknown fill 'sparkle'"):
         check_arms(["none", "sparkle"])
 
@@ -25,3 +31,39 @@ def test_table_is_mean_and_std_over_seeds():
     assert table[2] == "| none | 20.00 ± 10.00 | — | 80.00 ± 10.00 | 100.00 ± 0.00 | 0 | 20 | 0,1 |"
     assert table[3].startswith("| noise | failed: exit code 1 |")
     assert table[4].startswith("| mixup | not run yet |")
+
+
+@pytest.mark.e2e
+def test_bench_children_run_with_every_option_given(tmp_path, monkeypatch, capfd):
+    """A real bench of two arms: each child's config.json holds every option given to `regl bench`."""
+    import json
+    from dataclasses import replace
+
+    from regl.cli import command_parser, main
+    from regl.cli.options import experiment_settings
+
+    out = tmp_path / "bench"
+    argv = ["bench", "--dataset", "mnist-10k", "--partition", "classes", "-k", "5", "--clients", "2", "--beta", "0.3",
+            "--imbalance-ratio", "4", "--rounds", "1", "--local-epochs", "1", "--batch-size", "32", "--lr", "0.02",
+            "--model", "cnn", "--arms", "none,noise", "--seeds", "3", "--fill-supplement", "0.01",
+            "--fill-target", "global", "--fill-no-lora", "--fill-lora-steps", "7", "--fill-prior-per-class", "3",
+            "--fill-steps", "4", "--fill-guidance", "2.5", "--fill-store", str(tmp_path / "store"),
+            "--out-dir", str(out)]
+    monkeypatch.chdir(tmp_path)
+    code = main(argv)
+    terminal = capfd.readouterr()
+    assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
+    settings = experiment_settings(command_parser("bench").parse_args(argv[1:]))
+    for arm in ("none", "noise"):
+        seeded = replace(settings, seed=3, partition=replace(settings.partition, seed=3),
+                         out_dir=str(out / f"{arm}-s3"))
+        expected = arm_settings(seeded, arm, "").to_config()
+        config = json.loads((out / f"{arm}-s3" / "config.json").read_text())
+        assert {key: config[key] for key in expected} == expected
+        assert (config["model"], config["fill-lora"], config["train-lr"]) == ("cnn", False, 0.02)
+    lines = terminal.out.splitlines()
+    assert lines[1].startswith("[1/2] arm none, seed 3: regl fl --clients 2 ")
+    assert sum(line.startswith("round 1/1: accuracy ") for line in lines) == 2
+    assert any(line.startswith("fill: client 1 done") for line in lines)
+    assert [line.split(" | ")[0] for line in lines if line.startswith("| n")] == ["| none", "| noise"]
+    assert "INFO" not in terminal.out + terminal.err

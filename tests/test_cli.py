@@ -1,14 +1,27 @@
-"""The `regl` command's error paths: one line on stderr, exit code 2, no traceback."""
+"""The `regl` command: error paths, option defaults, and the inverse of parsing that starts child runs."""
 
+import random
 import subprocess
 import sys
+import tomllib
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from regl.cli import command_parser, main
+from regl.cli.options import EXPERIMENT_OPTIONS, experiment_settings, settings_to_argv
+from regl.fill.client import FillSettings
+from regl.fl.bench import arm_argv, arm_settings
+from regl.fl.settings import ExperimentSettings
+from regl.generate.generator import DEFAULT_BASE
+from regl.train.settings import TrainSettings
 
-def regl(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "regl.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+PROJECT = Path(__file__).resolve().parents[1]
+# [tool.flwr.app.config] keys that differ from ExperimentSettings() on purpose, and why
+def parse(argv: list[str]) -> ExperimentSettings:
+    """What `regl ARGV` runs with: argv[0] is the command."""
+    return experiment_settings(command_parser(argv[0]).parse_args(argv[1:]))
 
 
 @pytest.mark.parametrize(
@@ -19,9 +32,11 @@ def regl(*args, cwd=None):
         (["partition", "--partition", "dirichlet", "--beta", "0"], "Dirichlet beta must be > 0"),
         (["partition", "--clients", "7000"], "7000 clients but only 6000 samples"),
         (["partition", "--dataset", "/no/such/folder"], "data folder /no/such/folder does not exist"),
+        (["partition", "--partition", "shards"], "invalid choice: 'shards'"),
         (["fl", "--dataset", "/no/such/folder"], "data folder /no/such/folder does not exist"),
         (["fl", "--rounds", "0"], "--rounds must be at least 1"),
         (["fl", "--clients", "1"], "--clients must be at least 2"),
+        (["fl", "--rounds", "two"], "argument --rounds: invalid int value: 'two'"),
         (["centralized", "--partition", "dirichlet", "--beta", "-2"], "Dirichlet beta must be > 0"),
         (["fl", "--fill", "diffusion+sparkle"], "unknown fill 'diffusion+sparkle'"),
         (["fl", "--fill", "diffusion+noise", "--fill-mix", "3:1:1"], "gives 3 weights for the 2 sources"),
@@ -29,31 +44,170 @@ def regl(*args, cwd=None):
         (["fl", "--fill", "diffusion", "--fill-base", "/no/such/model"], "/no/such/model"),
         (["bench", "--arms", "none,sparkle"], "unknown fill 'sparkle'"),
         (["bench", "--seeds", "0,x"], "--seeds must be comma-separated integers"),
+        (["serve", "--threads", "0"], "threads: Input should be greater than or equal to 1"),
+        (["sparkle"], "invalid choice: 'sparkle'"),
+        ([], "the following arguments are required: COMMAND"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, message):
-    done = regl(*args)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("regl: error: ")
-    assert message in done.stderr
-    assert "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("regl: error: ")
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
 
 
-def test_unknown_partition_is_rejected_by_the_parser():
-    done = regl("partition", "--partition", "shards")
-    assert done.returncode == 2
-    assert "invalid choice: 'shards'" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-def test_partition_prints_table_and_saves_heatmap(tmp_path):
+def test_partition_prints_table_and_saves_heatmap(capsys, tmp_path):
     out = tmp_path / "heat.png"
-    done = regl("partition", "--partition", "classes", "-k", "1", "--clients", "10", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    assert main(["partition", "--partition", "classes", "-k", "1", "--clients", "10", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    lines = stdout.splitlines()
     assert lines[0].split()[:3] == ["client", "0", "1"]
     client_rows = [line.split() for line in lines[1:11]]
     assert all(row[-2] == "inf" for row in client_rows)  # one class each: γ_j infinite
-    assert "unassigned samples: 0" in done.stdout
+    assert "unassigned samples: 0" in stdout
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_help_shows_the_settings_defaults(capsys):
+    assert main(["fl", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    fill = FillSettings()
+    assert f"--fill-lora-steps FILL_LORA_STEPS each client's LoRA fine-tuning steps (default: {fill.lora_steps})" \
+        in help_text
+    assert f"(default: {ExperimentSettings().num_rounds})" in help_text
+    assert f"SGD learning rate (default: {TrainSettings().lr})" in help_text
+
+
+def test_help_imports_nothing_heavy():
+    """A fresh interpreter: `regl --help` and `regl partition --help` load neither torch, Flower nor FastAPI."""
+    code = ("import sys\nfrom regl.cli import main\n"
+            "assert main(['--help']) == 0 and main(['partition', '--help']) == 0\n"
+            "print(sorted({'torch', 'flwr', 'fastapi', 'ray'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_serve_options_default_to_the_environment_unless_given(monkeypatch):
+    from regl.cli.serving import service_settings
+
+    monkeypatch.setenv("REGL_MAX_BATCH", "8")
+    parser = command_parser("serve")
+    assert service_settings(parser.parse_args(["--port", "9000"])).max_batch == 8
+    assert service_settings(parser.parse_args(["--max-batch", "16"])).max_batch == 16
+    monkeypatch.delenv("REGL_MAX_BATCH")
+    assert service_settings(parser.parse_args([])).max_batch == 64
+
+
+def _option_values() -> dict[str, list]:
+    """Per `regl fl` option (by config key), values to try; the first is the default."""
+    default = ExperimentSettings().to_config()
+    values = {
+        "dataset": ["fashion-mnist", "/data/my images"],
+        "partition-kind": ["iid", "dirichlet", "imbalance"],
+        "partition-num-clients": [2, 37],
+        "partition-classes-per-client": [1, 5],
+        "partition-beta": [0.05, 1e-3],
+        "partition-imbalance-ratio": [1.0, 2.5],
+        "seed": [3, -7],
+        "num-rounds": [1, 60],
+        "train-epochs": [2, 10],
+        "train-batch-size": [8, 256],
+        "train-lr": [0.1, 1e-4],
+        "model": ["cnn", "resnet18"],
+        "out-dir": ["runs/x", "/tmp/a dir/run"],
+        "fill": ["public", "noise", "diffusion", "mixup+noise", "diffusion+noise+mixup"],
+        "fill-supplement": [0.2, 0.0],
+        "fill-mix": ["weighted"],  # weights for as many sources as the fill has, below
+        "fill-target": ["global"],
+        "fill-lora": [False],
+        "fill-lora-steps": [2, 1000],
+        "fill-prior-per-class": [0, 8],
+        "fill-steps": [3, 50],
+        "fill-guidance": [0.0, 7.5],
+        "fill-base": [str(DEFAULT_BASE.resolve())],
+        "fill-store": ["/tmp/store", "/tmp/other store"],
+    }
+    assert set(values) == set(EXPERIMENT_OPTIONS.values())
+    return {key: [default[key], *choices] for key, choices in values.items()}
+
+
+def _normal(config: dict) -> ExperimentSettings:
+    """Settings as the parser makes them: a mix that fits the fill, an out dir, an absolute store."""
+    sources = config["fill"].split("+") if config["fill"] not in ("none", "public") else []
+    weighted = bool(config["fill-mix"]) and len(sources) > 1
+    config["fill-mix"] = ":".join(str(3 + i) for i in range(len(sources))) if weighted else ""
+    config["out-dir"] = config["out-dir"] or "runs/x"
+    config["fill-store"] = str(Path(config["fill-store"]).resolve())
+    return ExperimentSettings.from_config(config)
+
+
+def test_every_fl_option_survives_settings_to_argv_and_back():
+    values = _option_values()
+    default = {key: options[0] for key, options in values.items()}
+    cases = [_normal({**default, key: value}) for key, options in values.items() for value in options[1:]]
+    rng = random.Random(0)
+    cases += [_normal({key: rng.choice(options) for key, options in values.items()}) for _ in range(100)]
+    for settings in cases:
+        argv = settings_to_argv(settings)
+        assert argv[0] == "fl"
+        assert parse(argv) == settings, argv
+
+
+def test_settings_without_an_option_are_refused():
+    for settings in (replace(ExperimentSettings(), train=TrainSettings(momentum=0.5)),
+                     replace(ExperimentSettings(), fill=FillSettings(service="http://127.0.0.1:8100"))):
+        with pytest.raises(ValueError, match="has no option for"):
+            settings_to_argv(settings)
+    with pytest.raises(ValueError, match="has no option for fill"):
+        settings_to_argv(replace(ExperimentSettings(), fill=FillSettings(mode="noise")), "centralized")
+
+
+def test_every_bench_option_reaches_its_childrens_command_lines():
+    """`regl bench` parsed, each arm's child command line parsed again: the arm's settings exactly."""
+    bench = ["bench", "--dataset", "fashion-mnist", "--partition", "dirichlet", "--clients", "4", "-k", "3",
+             "--beta", "0.1", "--imbalance-ratio", "4", "--seed", "5", "--rounds", "3", "--local-epochs", "2",
+             "--batch-size", "32", "--lr", "0.05", "--model", "resnet18", "--out-dir", "runs/b",
+             "--fill-supplement", "0.2", "--fill-mix", "3:1", "--fill-target", "global", "--fill-no-lora",
+             "--fill-lora-steps", "7", "--fill-prior-per-class", "3", "--fill-steps", "4", "--fill-guidance", "2.5",
+             "--fill-base", str(DEFAULT_BASE), "--fill-store", "/tmp/bench-store", "--cpus", "3", "--verbose"]
+    args = command_parser("bench").parse_args(bench[1:])
+    settings = experiment_settings(args)
+    for arm in ("none", "noise", "mixup", "diffusion", "diffusion-base", "diffusion+noise", "public", "iid",
+                "centralized"):
+        child = arm_settings(settings, arm, args.arm_mix)
+        argv = arm_argv(child, arm, cpus=args.cpus, verbose=args.verbose)
+        child_args = command_parser(argv[0]).parse_args(argv[1:])
+        parsed = experiment_settings(child_args)
+        assert (parsed.model, parsed.train, parsed.num_rounds, parsed.partition.seed) == ("resnet18",
+                                                                                         settings.train, 3, 5)
+        if arm == "centralized":
+            assert argv[0] == "centralized" and parsed.fill.mode == "none"
+            assert replace(parsed, fill=child.fill) == child
+            continue
+        assert parsed == child
+        assert (child_args.cpus, child_args.verbose) == (3, True)
+        assert parsed.fill.lora is False  # --fill-no-lora reaches every arm
+        assert parsed.fill.mix == ("3:1" if arm == "diffusion+noise" else "")
+        assert parsed.partition.kind == ("iid" if arm == "iid" else "dirichlet")
+
+
+def test_main_reruns_its_own_argv_in_the_sandbox(monkeypatch):
+    import regl.cli.federated as federated
+
+    seen = []
+    monkeypatch.setattr(sys, "argv", ["regl", "--something-else"])
+    monkeypatch.setattr(federated, "in_sandbox", lambda: False)
+    monkeypatch.setattr(federated, "rerun_self_isolated", lambda argv, state_dir: seen.append(argv) or 0)
+    argv = ["fl", "--clients", "2", "--rounds", "1"]
+    assert main(argv) == 0
+    assert seen == [argv]
+
+
+def test_flower_run_config_matches_settings_defaults():
+    """`flwr run .` and `regl fl` run the same experiment: Flower needs every key in pyproject, with its value."""
+    config = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    defaults = ExperimentSettings().to_config()
+    assert set(config) == set(defaults)
+    assert config == defaults

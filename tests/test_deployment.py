@@ -1,19 +1,38 @@
 """`regl deploy`: SuperLink, two SuperNodes and their `regl serve`s as separate processes on loopback."""
 
 import json
-import subprocess
-import sys
+from pathlib import Path
+
+import pytest
+
+from regl.cli import command_parser, main
 
 
-def test_deployed_run_gets_each_clients_fill_from_its_own_service(tmp_path):
+def test_node_service_command_line_is_its_settings(monkeypatch):
+    """What `regl deploy` starts as a node's `regl serve` parses back to that node's ServiceSettings."""
+    from clients.deployment import node_service_settings
+    from regl.cli.options import experiment_settings
+    from regl.cli.serving import service_argv, service_settings
+
+    monkeypatch.setenv("REGL_TOKEN", "secret")
+    run = experiment_settings(command_parser("deploy").parse_args(
+        ["--dataset", "mnist-10k", "--partition", "dirichlet", "--beta", "0.05", "--clients", "3", "--seed", "4"]))
+    node = node_service_settings(run, 2, Path("/tmp/service-2"))
+    argv = service_argv(node)
+    assert argv[0] == "serve" and "secret" not in argv  # the token stays in the environment
+    assert service_settings(command_parser("serve").parse_args(argv[1:])) == node
+    assert (node.client, node.partition, node.beta, node.partition_seed, node.port) == (2, "dirichlet", 0.05, 4, 8102)
+
+
+@pytest.mark.e2e
+def test_deployed_run_gets_each_clients_fill_from_its_own_service(tmp_path, monkeypatch, capfd):
     out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "regl.cli", "deploy", "--dataset", "mnist-10k", "--partition", "classes", "-k", "5",
-         "--clients", "2", "--rounds", "1", "--fill", "noise", "--fill-supplement", "0.01",
-         "--fill-store", str(tmp_path / "store"), "--out-dir", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    code = main(["deploy", "--dataset", "mnist-10k", "--partition", "classes", "-k", "5", "--clients", "2",
+                 "--rounds", "1", "--fill", "noise", "--fill-supplement", "0.01",
+                 "--fill-store", str(tmp_path / "store"), "--out-dir", str(out)])
+    terminal = capfd.readouterr()
+    assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     deployment = json.loads((out / "deployment.json").read_text())
     assert (deployment["nodes"], deployment["service_fill"]) == (2, True)

@@ -5,31 +5,35 @@ so these tests read it to check what crossed in each fill mode.
 """
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from regl.fl.experiment import ExperimentSettings, new_model
+from regl.cli import main
 from regl.fill.client import FillSettings
+from regl.fl.experiment import ExperimentSettings, new_model
 
 
-def _run_fill(tmp_path, fill: list[str]) -> tuple[dict, list[dict]]:
+def _run_fill(tmp_path, monkeypatch, capfd, fill: list[str]) -> tuple[dict, list[dict]]:
     out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "regl.cli", "fl", "--dataset", "mnist-10k", "--partition", "classes", "-k", "5",
-         "--clients", "2", "--rounds", "1", "--out-dir", str(out), "--fill-store", str(tmp_path / "store"),
-         "--fill-supplement", "0.01", *fill],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads((out / "summary.json").read_text()), json.loads((out / "traffic.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    code = main(["fl", "--dataset", "mnist-10k", "--partition", "classes", "-k", "5", "--clients", "2",
+                 "--rounds", "1", "--out-dir", str(out), "--fill-store", str(tmp_path / "store"),
+                 "--fill-supplement", "0.01", *fill])
+    terminal = capfd.readouterr()
+    assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    done = [line for line in terminal.out.splitlines() if line.startswith("fill: client ")]
+    assert [line.split(" done ")[1][:5] for line in done] == ["(1/2)", "(2/2)"]  # a line per client's fill
+    assert f"{sum(c['synthetic-images'] for c in summary['fill']['clients'])} images made" in done[-1]
+    return summary, json.loads((out / "traffic.json").read_text())
 
 
-def test_diffusion_and_noise_fill_sends_nothing_but_weights_and_metrics(tmp_path):
-    summary, traffic = _run_fill(tmp_path, ["--fill", "diffusion+noise", "--fill-lora-steps", "2",
-                                            "--fill-prior-per-class", "1", "--fill-steps", "2"])
+@pytest.mark.e2e
+def test_diffusion_and_noise_fill_sends_nothing_but_weights_and_metrics(tmp_path, monkeypatch, capfd):
+    summary, traffic = _run_fill(tmp_path, monkeypatch, capfd, ["--fill", "diffusion+noise", "--fill-lora-steps",
+                                                                "2", "--fill-prior-per-class", "1", "--fill-steps",
+                                                                "2"])
     fill = summary["fill"]["clients"]
     assert [c["client"] for c in fill] == [0, 1]
     for client in fill:
@@ -57,11 +61,12 @@ def test_diffusion_and_noise_fill_sends_nothing_but_weights_and_metrics(tmp_path
     assert len(list((tmp_path / "store").glob("lora-client-*/pytorch_lora_weights.safetensors"))) == 2
 
 
-def test_mixup_fill_routes_mixes_through_the_server_and_counts_them(tmp_path):
-    from regl.fl.experiment import client_data
+@pytest.mark.e2e
+def test_mixup_fill_routes_mixes_through_the_server_and_counts_them(tmp_path, monkeypatch, capfd):
     from regl.data.partitions import PartitionSpec
+    from regl.fl.experiment import client_data
 
-    summary, traffic = _run_fill(tmp_path, ["--fill", "mixup"])
+    summary, traffic = _run_fill(tmp_path, monkeypatch, capfd, ["--fill", "mixup"])
     fill = summary["fill"]
     settings = ExperimentSettings(dataset="mnist-10k", partition=PartitionSpec(kind="classes", num_clients=2,
                                                                                classes_per_client=5))
@@ -102,8 +107,8 @@ def test_bad_fill_settings_name_the_problem(mode, mix):
 
 
 def test_training_data_is_real_plus_the_store(tmp_path):
-    from regl.fl.experiment import client_data, prepare_fill, training_data
     from regl.data.partitions import PartitionSpec
+    from regl.fl.experiment import client_data, prepare_fill, training_data
 
     settings = ExperimentSettings(dataset="mnist-10k", partition=PartitionSpec(kind="classes", num_clients=10,
                                                                                classes_per_client=1),

@@ -1,12 +1,10 @@
 """`regl generate` / `regl finetune` on a tiny random pipeline: outputs and error paths."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
 
+from regl.cli import main
 from regl.data.datasets import BUILTINS
 from regl.generate.prompts import class_prompts, prompt_words
 from regl.generate.tiny_sd import TEST_SD, build_pipeline
@@ -20,34 +18,36 @@ def base(tmp_path_factory):
     return folder / "model"
 
 
-def regl(*args):
-    return subprocess.run([sys.executable, "-m", "regl.cli", *args, "--threads", "1"], capture_output=True,
-                          text=True, timeout=600)
+def regl(capsys, *args) -> tuple[int, str]:
+    """`regl ARGS --threads 1` in this process: its exit code and stderr."""
+    code = main([*args, "--threads", "1"])
+    return code, capsys.readouterr().err
 
 
-def test_generate_writes_dataset_format_pngs(tmp_path, base):
-    done = regl("generate", "--class", "sneaker", "--n", "3", "--steps", "2", "--base", str(base),
-                "--out", str(tmp_path / "out"))
-    assert done.returncode == 0, done.stderr
+def test_generate_writes_dataset_format_pngs(capsys, tmp_path, base):
+    code, err = regl(capsys, "generate", "--class", "sneaker", "--n", "3", "--steps", "2", "--base", str(base),
+                     "--out", str(tmp_path / "out"))
+    assert code == 0, err
     files = sorted((tmp_path / "out").glob("*.png"))
     assert [f.name for f in files] == [f"sneaker_0000{i}.png" for i in range(3)]
     with Image.open(files[0]) as img:
         assert img.size == (28, 28) and img.mode == "L"
 
 
-def test_finetune_then_generate_with_the_lora(tmp_path, base):
+def test_finetune_then_generate_with_the_lora(capsys, tmp_path, base):
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
         (tmp_path / "client" / name).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(tmp_path / "client" / name / f"{i}.png")
-    done = regl("finetune", "--data", str(tmp_path / "client"), "--base", str(base), "--out", str(tmp_path / "lora"),
-                "--steps", "3", "--batch-size", "2", "--prior-per-class", "0")
-    assert done.returncode == 0, done.stderr
+            pixels = rng.integers(0, 255, (28, 28), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "client" / name / f"{i}.png")
+    code, err = regl(capsys, "finetune", "--data", str(tmp_path / "client"), "--base", str(base), "--out",
+                     str(tmp_path / "lora"), "--steps", "3", "--batch-size", "2", "--prior-per-class", "0")
+    assert code == 0, err
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    again = regl("finetune", "--data", str(tmp_path / "client"), "--base", str(base), "--out",
-                 str(tmp_path / "lora"), "--steps", "3", "--resume")
-    assert again.returncode == 2 and "holds no checkpoint" in again.stderr
+    code, err = regl(capsys, "finetune", "--data", str(tmp_path / "client"), "--base", str(base), "--out",
+                     str(tmp_path / "lora"), "--steps", "3", "--resume")
+    assert code == 2 and "holds no checkpoint" in err
 
 
 @pytest.mark.parametrize(
@@ -60,13 +60,13 @@ def test_finetune_then_generate_with_the_lora(tmp_path, base):
         (["finetune", "--data", "/no/client", "--out", "x"], "data folder /no/client does not exist"),
     ],
 )
-def test_bad_input_is_one_line(base, args, message):
-    done = regl(*args, "--base", str(base))
-    assert done.returncode == 2, done.stderr
-    assert message in done.stderr and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+def test_bad_input_is_one_line(capsys, base, args, message):
+    code, err = regl(capsys, *args, "--base", str(base))
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
-def test_missing_base_folder_is_named():
-    done = regl("generate", "--class", "bag", "--out", "x", "--base", "/no/model")
-    assert done.returncode == 2 and "model folder /no/model does not exist" in done.stderr
+def test_missing_base_folder_is_named(capsys):
+    code, err = regl(capsys, "generate", "--class", "bag", "--out", "x", "--base", "/no/model")
+    assert code == 2 and "model folder /no/model does not exist" in err

@@ -20,7 +20,7 @@ PARTITION_KINDS = ("iid", "classes", "dirichlet", "imbalance")
 class PartitionSpec:
     """What the user asked for; `describe()` names it in file names and tables."""
 
-    kind: str = "iid"
+    kind: str = "classes"
     num_clients: int = 10
     classes_per_client: int = 2
     beta: float = 0.5

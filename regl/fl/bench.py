@@ -1,7 +1,8 @@
 """`regl bench`: benchmark arms side by side — same model, rounds and seeds; only the fill changes.
 
 Each arm is one `regl fl` (or `regl centralized`) run in a subprocess, so every arm starts
-from a fresh Ray and a failed arm does not take the others down.
+from a fresh Ray and a failed arm does not take the others down. The child's command line
+is built from its settings by the same parser that reads it (`settings_to_argv`).
 """
 
 from __future__ import annotations
@@ -10,58 +11,63 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from regl.errors import ReglError
 from regl.atomic import write_json_atomically, write_text_atomically
+from regl.cli.options import settings_to_argv
+from regl.errors import ReglError
+from regl.fill.client import FillSettings
+from regl.fl.settings import ExperimentSettings
 
 SPECIAL_ARMS = ("iid", "centralized")
 
 
-def arm_options(arm: str, mix: str) -> list[str]:
-    """`regl fl` options of an arm: a fill mode, `diffusion-base` (no LoRA), or iid FedAvg.
+def arm_settings(settings: ExperimentSettings, arm: str, mix: str) -> ExperimentSettings:
+    """`settings` as one arm runs them: a fill mode, `diffusion-base` (no LoRA), iid FedAvg or centralized.
 
     `mix` goes to the arms with as many sources as it has weights.
     """
     if arm == "iid":
-        return ["--partition", "iid", "--fill", "none"]
+        return replace(settings, partition=replace(settings.partition, kind="iid"),
+                       fill=replace(settings.fill, mode="none", mix=""))
+    if arm == "centralized":  # the pooled data, which `regl centralized` takes without fill options
+        return replace(settings, fill=FillSettings())
     mode = arm.replace("diffusion-base", "diffusion")
-    options = ["--fill", mode]
-    if "diffusion-base" in arm:
-        options.append("--fill-no-lora")
-    if mix and len(mix.split(":")) == len(mode.split("+")) > 1:
-        options += ["--fill-mix", mix]
-    return options
+    sources = len(mode.split("+"))
+    fill = replace(settings.fill, mode=mode, lora=settings.fill.lora and "diffusion-base" not in arm,
+                   mix=mix if mix and len(mix.split(":")) == sources > 1 else "")
+    return replace(settings, fill=fill)
 
 
 def check_arms(arms: list[str]) -> None:
-    from regl.fill.client import FillSettings
-
     if not arms:
         raise ReglError("give at least one arm, e.g. --arms none,diffusion")
     for arm in arms:
         if arm not in SPECIAL_ARMS:
-            FillSettings(mode=arm.replace("diffusion-base", "diffusion")).sources  # raises on unknown ones
+            FillSettings(mode=arm.replace("diffusion-base", "diffusion")).check()  # raises on unknown ones
 
 
-def run_arm(arm: str, seed: int, common: list[str], fill: list[str], out_dir: Path, mix: str = "") -> dict:
-    """Run one arm for one seed; returns its summary, or the error when it failed."""
+def arm_argv(settings: ExperimentSettings, arm: str, cpus: int, verbose: bool) -> list[str]:
+    """The `regl` command line of one arm's run."""
     if arm == "centralized":
-        argv = ["centralized", *common]
-    else:
-        argv = ["fl", *common, *fill, *arm_options(arm, mix)]
-    argv += ["--seed", str(seed), "--out-dir", str(out_dir)]
+        return settings_to_argv(settings, "centralized")
+    return settings_to_argv(settings, "fl", cpus=cpus, verbose=verbose)
+
+
+def run_arm(arm: str, settings: ExperimentSettings, argv: list[str]) -> dict:
+    """Run one arm for one seed; returns its summary, or the error when it failed."""
     started = time.perf_counter()
-    print(f"\n=== {arm} (seed {seed}): regl {' '.join(argv)}", flush=True)
     code = subprocess.call([sys.executable, "-m", "regl.cli", *argv])
-    summary_file = out_dir / "summary.json"
+    summary_file = Path(settings.out_dir) / "summary.json"
     if code != 0 or not summary_file.exists():
-        return {"arm": arm, "seed": seed, "error": f"exit code {code}", "wall_seconds": time.perf_counter() - started}
+        return {"arm": arm, "seed": settings.seed, "error": f"exit code {code}",
+                "wall_seconds": time.perf_counter() - started}
     summary = json.loads(summary_file.read_text())
     return {
-        "arm": arm, "seed": seed,
+        "arm": arm, "seed": settings.seed,
         "accuracy": summary["final_accuracy"],
         "minority_accuracy": summary.get("final_minority_accuracy"),
         "auc": summary.get("final_auc"),
@@ -98,16 +104,21 @@ def format_table(rows: list[dict], arms: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(arms: list[str], seeds: list[int], common: list[str], fill: list[str], out_root: Path,
-              mix: str = "") -> str:
+def run_arms(settings: ExperimentSettings, arms: list[str], seeds: list[int], mix: str, out_root: Path,
+             cpus: int, verbose: bool) -> str:
     """Run every arm for every seed; writes bench.json and table.md after each run; returns the table."""
     if not seeds:
         raise ReglError("give at least one seed")
     check_arms(arms)
+    runs = [(seed, arm) for seed in seeds for arm in arms]
     rows: list[dict] = []
-    for seed in seeds:
-        for arm in arms:
-            rows.append(run_arm(arm, seed, common, fill, out_root / f"{arm}-s{seed}", mix))
-            write_json_atomically(out_root / "bench.json", rows)
-            write_text_atomically(out_root / "table.md", format_table(rows, arms) + "\n")
+    for number, (seed, arm) in enumerate(runs, 1):
+        seeded = replace(settings, seed=seed, partition=replace(settings.partition, seed=seed),
+                         out_dir=str(out_root / f"{arm}-s{seed}"))
+        child = arm_settings(seeded, arm, mix)
+        argv = arm_argv(child, arm, cpus, verbose)
+        print(f"\n[{number}/{len(runs)}] arm {arm}, seed {seed}: regl {' '.join(argv)}", flush=True)
+        rows.append(run_arm(arm, child, argv))
+        write_json_atomically(out_root / "bench.json", rows)
+        write_text_atomically(out_root / "table.md", format_table(rows, arms) + "\n")
     return format_table(rows, arms)

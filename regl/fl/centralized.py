@@ -6,29 +6,31 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from regl.data.datasets import load_split
 from regl.fl.experiment import ExperimentSettings, evaluate_global, federation, new_model
+from regl.fl.progress import RoundProgress, Write, print_line
 from regl.fl.report import RunReport
 from regl.train.loop import train
 
 
-def run_centralized(settings: ExperimentSettings) -> dict:
-    """One 'round' is settings.train.epochs epochs over the pooled private data."""
+def run_centralized(settings: ExperimentSettings, write: Write = print_line) -> dict:
+    """One 'round' is settings.train.epochs epochs over the pooled private data; `write` gets a line per round."""
     pooled = np.sort(np.concatenate(federation(settings).client_indices))
     data = load_split(settings.dataset).private.subset(pooled)
     model = new_model(settings)
     report = RunReport(Path(settings.out_dir), {"name": f"{settings.name}-centralized", "mode": "centralized",
                                                **settings.to_config()})
     started = time.perf_counter()
-    report.add_round({"round": 0, **evaluate_global(settings, model)})
-    progress = tqdm(range(1, settings.num_rounds + 1), desc="centralized", unit="round")
-    for server_round in progress:
+    progress = RoundProgress(settings.num_rounds, started, write)
+    initial = evaluate_global(settings, model)
+    report.add_round({"round": 0, **initial})
+    progress.round_done(0, initial["accuracy"])
+    for server_round in range(1, settings.num_rounds + 1):
         round_started = time.perf_counter()
         loss = train(model, data, settings.train, seed=settings.seed * 100_003 + server_round)
         result = evaluate_global(settings, model)
         report.add_round({"round": server_round, **result, "train_loss": loss,
                           "round_seconds": time.perf_counter() - round_started})
-        progress.set_postfix(accuracy=f"{100 * result['accuracy']:.2f}%")
+        progress.round_done(server_round, result["accuracy"])
     return report.finish({"wall_seconds": time.perf_counter() - started})

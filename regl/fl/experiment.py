@@ -1,4 +1,4 @@
-"""One federated experiment's settings and the per-client work, free of Flower code.
+"""The per-client work of one federated experiment (settings in `regl/fl/settings.py`), free of Flower code.
 
 The Flower apps in `clients/` and the centralized reference both call into this module,
 so every arm uses the same data, model, optimiser and seeds.
@@ -7,7 +7,6 @@ so every arm uses the same data, model, optimiser and seeds.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -15,61 +14,14 @@ import numpy as np
 import torch
 
 from regl.data.datasets import ImageDataset, load_split
-from regl.fill.client import ClientFill, FillSettings, client_plan, with_fill
+from regl.data.partitions import Partition, partition_labels
+from regl.fill.client import ClientFill, client_plan, with_fill
+from regl.fl.settings import ExperimentSettings
+from regl.train.loop import evaluate, train
 from regl.train.metrics import personalized_test_indices
 from regl.train.models import build_model, default_model_name
-from regl.data.partitions import Partition, PartitionSpec, partition_labels
-from regl.train.loop import TrainSettings, evaluate, train
 
 PERSONALIZED_TEST_SIZE = 1000
-
-
-@dataclass(frozen=True)
-class ExperimentSettings:
-    dataset: str = "fashion-mnist"
-    partition: PartitionSpec = field(default_factory=PartitionSpec)
-    model: str = ""  # empty: the default for the data's channel count
-    num_rounds: int = 20
-    train: TrainSettings = field(default_factory=TrainSettings)
-    seed: int = 0
-    out_dir: str = ""
-    fill: FillSettings = field(default_factory=FillSettings)
-
-    def to_config(self) -> dict[str, Any]:
-        """Flat, kebab-case keys: the form of Flower's run config and ConfigRecord."""
-        flat = {k: v for k, v in asdict(self).items() if k not in ("partition", "train", "fill")}
-        flat.update({f"partition-{k}": v for k, v in asdict(self.partition).items() if k != "seed"})
-        flat.update({f"train-{k}": v for k, v in asdict(self.train).items()})
-        flat.update({("fill" if k == "mode" else f"fill-{k}"): v for k, v in asdict(self.fill).items()})
-        return {k.replace("_", "-"): v for k, v in flat.items()}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ExperimentSettings:
-        """Inverse of to_config; keys it does not know are ignored, missing ones default."""
-        flat = {k.replace("-", "_"): v for k, v in config.items()}
-        seed = int(flat.get("seed", 0))
-        partition = PartitionSpec(**_typed(PartitionSpec(), flat, "partition_"), seed=seed)
-        train_settings = TrainSettings(**_typed(TrainSettings(), flat, "train_"))
-        fill = FillSettings(**_typed(FillSettings(), {"fill_mode": flat.get("fill", "none"), **flat}, "fill_"))
-        return cls(**_typed(cls(), flat, ""), partition=partition, train=train_settings, fill=fill)
-
-    @property
-    def name(self) -> str:
-        name = f"{self.dataset.rstrip('/').split('/')[-1]}-{self.partition.describe()}-s{self.seed}"
-        return name if self.fill.mode == "none" else f"{name}-fill-{self.fill.mode}"
-
-
-def _typed(defaults: Any, flat: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Values of `flat` for the fields of `defaults`, cast to each default's type."""
-    out = {}
-    for f in fields(defaults):
-        if prefix + f.name in flat and f.name != "seed" and not is_dataclass(getattr(defaults, f.name)):
-            kind = type(getattr(defaults, f.name))
-            value = flat[prefix + f.name]
-            out[f.name] = value.lower() in ("1", "true", "yes") if kind is bool and isinstance(value, str) else kind(value)
-    if not prefix and "seed" in flat:
-        out["seed"] = int(flat["seed"])
-    return out
 
 
 @lru_cache(maxsize=8)
@@ -162,11 +114,3 @@ def train_client(
         "personalized-accuracy": personal["accuracy"],
         "eval-seconds": time.perf_counter() - started - train_seconds,
     }
-
-
-def state_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-
-
-def load_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> None:
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})

@@ -86,6 +86,6 @@ def run_isolated(argv: list[str], state_dir: Path) -> int:
         return 130
 
 
-def rerun_self_isolated(state_dir: Path) -> int:
-    """Re-run the current `regl` command inside the sandbox."""
-    return run_isolated([sys.executable, "-m", "regl.cli", *sys.argv[1:]], state_dir)
+def rerun_self_isolated(argv: list[str], state_dir: Path) -> int:
+    """Run `regl ARGV` again inside the sandbox (argv without the program name, as `main` got it)."""
+    return run_isolated([sys.executable, "-m", "regl.cli", *argv], state_dir)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
@@ -11,16 +9,7 @@ from torch.nn import functional as F
 
 from regl.data.datasets import ImageDataset
 from regl.train import metrics
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """NIID-Bench's local optimiser: SGD with momentum 0.9, lr 0.01, batch 64."""
-
-    epochs: int = 1
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
+from regl.train.settings import TrainSettings
 
 
 def to_tensor(x: np.ndarray) -> torch.Tensor:

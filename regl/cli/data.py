@@ -1,0 +1,38 @@
+"""`regl partition`: a label-skew partition's statistics and heatmap."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from regl.cli.options import Command, add_data_options, partition_spec
+
+
+def add_partition_command_options(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    parser.add_argument("--out", default="", help="heatmap PNG path; empty: runs/partition-<name>.png")
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from regl.data.datasets import load_split
+    from regl.data.partitions import partition_labels
+    from regl.data.skew_stats import format_table, save_heatmap, skew_stats
+
+    spec = partition_spec(args)
+    private = load_split(args.dataset).private
+    partition = partition_labels(spec, private.y, private.num_classes)
+    stats = skew_stats(partition.client_indices, private.y, private.num_classes)
+    print(format_table(stats, private.class_names))
+    name = f"{Path(args.dataset).name}-{spec.describe()}-s{spec.seed}"
+    out = Path(args.out or f"runs/partition-{name}.png")
+    save_heatmap(stats, private.class_names, out, name)
+    print(f"heatmap: {out}")
+    return 0
+
+
+COMMANDS = (
+    Command("partition", "show a label-skew partition's statistics and save its heatmap",
+            "Partition a dataset's private pool across clients; print per-client class counts, local "
+            "imbalance γ_j, cosine similarity CS_j and global Γ; save a clients × classes heatmap PNG.",
+            add_partition_command_options, cmd_partition),
+)

@@ -1,0 +1,190 @@
+"""`regl fl`, `bench`, `deploy`, `centralized` and `sandbox`: the federated runs.
+
+Flower and Ray only ever start inside the loopback-only sandbox: a command started outside
+it checks its input, then runs itself again inside (regl/fl/sandbox.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from regl.cli.options import (
+    Command,
+    add_data_options,
+    add_fill_options,
+    add_run_options,
+    add_training_options,
+    experiment_settings,
+)
+from regl.errors import ReglError
+from regl.fl.sandbox import in_sandbox, rerun_self_isolated, run_isolated
+
+if TYPE_CHECKING:
+    from regl.fl.settings import ExperimentSettings
+
+FLOWER_STATE_DIR = Path(".flwr")
+DEPLOY_STATE_DIR = Path(".flwr-deploy")
+
+
+def check_data(settings: ExperimentSettings) -> None:
+    """Load the data and partition once up front so bad input fails before Ray starts.
+
+    The partitioner's warnings are left to the run itself, which keeps them in its log.
+    """
+    from regl.fl.experiment import federation
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        federation(settings)
+
+
+def add_fl_options(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    add_training_options(parser)
+    add_run_options(parser)
+    add_fill_options(parser)
+
+
+def cmd_fl(args: argparse.Namespace) -> int:
+    settings = experiment_settings(args)
+    check_data(settings)
+    if not in_sandbox():
+        return rerun_self_isolated(args.argv, FLOWER_STATE_DIR)
+    from clients.simulation import simulate
+
+    summary = simulate(settings, num_cpus=args.cpus, verbose=args.verbose)
+    print(f"final global accuracy {100 * summary['final_accuracy']:.2f}%, mean personalized accuracy "
+          f"{100 * summary['final_personalized_accuracy']:.2f}%, {summary['wall_seconds']:.0f}s; "
+          f"results in {settings.out_dir} (summary.json, rounds.json, accuracy.png, traffic.json, flower.log)")
+    print(format_time_split(summary["time_split"], args.cpus))
+    return 0
+
+
+def add_bench_options(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    add_training_options(parser)
+    parser.add_argument("--arms", default="none,diffusion", help="comma-separated")
+    parser.add_argument("--seeds", default="0", help="comma-separated")
+    add_run_options(parser)
+    add_fill_options(parser, with_mode=False)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from regl.fl.bench import check_arms, run_arms
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ReglError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    check_arms(arms)
+    settings = experiment_settings(args)
+    check_data(settings)
+    if not in_sandbox():
+        return rerun_self_isolated(args.argv, FLOWER_STATE_DIR)
+    name = settings.name.removesuffix(f"-s{args.seed}")
+    out_root = Path(args.out_dir or f"runs/bench-{name}")
+    table = run_arms(settings, arms, seeds, args.arm_mix, out_root, cpus=args.cpus, verbose=args.verbose)
+    print(f"\n{args.dataset}, {settings.partition.describe()}, {args.clients} clients, {args.rounds} rounds × "
+          f"{args.local_epochs} local epochs, seeds {args.seeds}\n{table}\n(table.md and bench.json in {out_root})")
+    return 0
+
+
+def add_deploy_options(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    add_training_options(parser)
+    add_fill_options(parser)
+    parser.add_argument("--in-process-fill", action="store_true",
+                        help="make the fill inside each ClientApp instead of in the node's regl serve")
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    settings = experiment_settings(args, out_suffix="-deploy")
+    settings = replace(settings, out_dir=str(Path(settings.out_dir).resolve()))
+    check_data(settings)
+    service_fill = settings.fill.synthetic and not args.in_process_fill
+    if not in_sandbox():
+        return rerun_self_isolated(args.argv, DEPLOY_STATE_DIR)
+    from clients.deployment import deploy
+
+    summary = deploy(settings, service_fill, DEPLOY_STATE_DIR)
+    done = summary["deployment"]
+    print(f"final global accuracy {100 * summary['final_accuracy']:.2f}%, {done['nodes']} SuperNodes"
+          f"{' each with its regl serve' if service_fill else ''}, set-up {done['setup_seconds']:.0f}s, "
+          f"{done['total_seconds']:.0f}s in all; results and logs in {settings.out_dir}")
+    print(format_time_split(summary["time_split"], settings.partition.num_clients))
+    return 0
+
+
+def format_time_split(split: dict, cpus: int) -> str:
+    """Wall time by phase; communication is what the rounds took beyond the clients' compute on `cpus` workers."""
+    compute = (split["client_train_seconds"] + split["client_eval_seconds"]) / cpus
+    communication = split["rounds_wall_seconds"] - compute - split["server_eval_seconds"]
+    return (f"wall time: fill {split['fill_phase_wall_seconds']:.0f}s (client fine-tune "
+            f"{split['client_finetune_seconds']:.0f}s + generate {split['client_generate_seconds']:.0f}s of compute), "
+            f"rounds {split['rounds_wall_seconds']:.0f}s = train+eval {compute:.0f}s on {cpus} workers + "
+            f"server eval {split['server_eval_seconds']:.0f}s + communication/overhead {communication:.0f}s")
+
+
+def add_centralized_options(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    add_training_options(parser)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+
+def cmd_centralized(args: argparse.Namespace) -> int:
+    import torch
+
+    from regl.fl.centralized import run_centralized
+
+    settings = experiment_settings(args, out_suffix="-centralized")
+    check_data(settings)
+    torch.set_num_threads(args.threads)
+    summary = run_centralized(settings)
+    print(f"final accuracy {100 * summary['final_accuracy']:.2f}%; results in {settings.out_dir}")
+    return 0
+
+
+def add_sandbox_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    if not args.command:
+        raise ReglError("give the command to run, e.g. `regl sandbox flwr run . --stream`")
+    return run_isolated(args.command, FLOWER_STATE_DIR)
+
+
+COMMANDS = (
+    Command("fl", "run federated training (FedAvg on Flower's simulation engine)",
+            "Run the ReGL Flower apps on the simulation engine inside a loopback-only network namespace. "
+            "Prints one line per round; Flower's and Ray's logs go to OUT_DIR/flower.log. Writes "
+            "rounds.json, summary.json and accuracy.png.",
+            add_fl_options, cmd_fl),
+    Command("bench", "benchmark arms side by side: FedAvg with each fill, iid, centralized",
+            "Run `regl fl` once per arm and seed (same data, model, rounds and seeds; only the fill changes) "
+            "and print a table of final accuracy, minority-class accuracy, AUC and personalized accuracy, "
+            "mean ± std over seeds. Arms: none, noise, mixup, diffusion (client LoRA), diffusion-base (no "
+            "LoRA), public, any '+' combination of the sources (e.g. diffusion+noise), iid, centralized. "
+            "--fill-mix applies to the arms with as many sources as it has weights.",
+            add_bench_options, cmd_bench),
+    Command("deploy", "run the federation as separate processes on loopback: SuperLink, SuperNodes, "
+                      "one regl serve per node",
+            "Start a Flower SuperLink, one SuperNode per client with its own data partition (node config "
+            "partition-id), and, when the fill is synthetic, one `regl serve` per node that holds the same "
+            "partition and makes that client's fill; then `flwr run` the app against them. Everything binds "
+            "127.0.0.1 inside the loopback-only sandbox and stops when the run ends. Logs in OUT_DIR/logs.",
+            add_deploy_options, cmd_deploy),
+    Command("centralized", "train the same model on the pooled private data (reference arm)",
+            "Train the federated run's model on the union of the clients' data; one round = --local-epochs "
+            "epochs. Same outputs as `regl fl`.",
+            add_centralized_options, cmd_centralized),
+    Command("sandbox", "run a command (e.g. `flwr run .`) offline in a loopback-only namespace",
+            "Run COMMAND with Flower's offline environment, FLWR_HOME=./.flwr, in new network and PID "
+            "namespaces: only loopback is reachable and every process it starts is stopped when it ends.",
+            add_sandbox_options, cmd_sandbox),
+)

@@ -1,0 +1,238 @@
+"""What the `regl` commands share: the parser and help classes, the experiment's option
+groups, and the inverse of parsing that starts child runs.
+
+Every experiment option takes its default from `ExperimentSettings()` (regl/fl/settings.py),
+through `EXPERIMENT_OPTIONS`; the same table turns parsed options into settings and
+settings back into a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from regl.errors import ReglError
+
+if TYPE_CHECKING:
+    from regl.data.partitions import PartitionSpec
+    from regl.fl.settings import ExperimentSettings
+
+# `regl fl` option (its argparse dest) → its key in ExperimentSettings.to_config()
+EXPERIMENT_OPTIONS = {
+    "dataset": "dataset",
+    "partition": "partition-kind",
+    "clients": "partition-num-clients",
+    "classes_per_client": "partition-classes-per-client",
+    "beta": "partition-beta",
+    "imbalance_ratio": "partition-imbalance-ratio",
+    "seed": "seed",
+    "rounds": "num-rounds",
+    "local_epochs": "train-epochs",
+    "batch_size": "train-batch-size",
+    "lr": "train-lr",
+    "model": "model",
+    "out_dir": "out-dir",
+    "fill": "fill",
+    "fill_supplement": "fill-supplement",
+    "fill_mix": "fill-mix",
+    "fill_target": "fill-target",
+    "fill_lora": "fill-lora",
+    "fill_lora_steps": "fill-lora-steps",
+    "fill_prior_per_class": "fill-prior-per-class",
+    "fill_steps": "fill-steps",
+    "fill_guidance": "fill-guidance",
+    "fill_base": "fill-base",
+    "fill_store": "fill-store",
+}
+CPUS = 2  # Ray workers of `regl fl` and `regl bench`: one client at a time on each
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad input ends in one line, `regl: error: ...`, and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"regl: error: {message}\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default except for flags and unset options (empty, none): their help says what they mean."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0 or str(action.default) in ("", "None"):
+            return action.help
+        return super()._get_help_string(action)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand. Its options are added only when it runs, so `regl --help` imports nothing heavy."""
+
+    name: str
+    help: str
+    description: str
+    add_options: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def experiment_defaults() -> dict[str, Any]:
+    """Option dest → default, from `ExperimentSettings()`."""
+    from regl.fl.settings import ExperimentSettings
+
+    config = ExperimentSettings().to_config()
+    return {dest: config[key] for dest, key in EXPERIMENT_OPTIONS.items()}
+
+
+def add_partition_options(parser: argparse.ArgumentParser) -> None:
+    from regl.data.partitions import PARTITION_KINDS
+
+    default = experiment_defaults()
+    parser.add_argument("--partition", default=default["partition"], choices=PARTITION_KINDS,
+                        help="label skew: iid; k classes per client; Dirichlet(beta); global imbalance ratio then iid")
+    parser.add_argument("--clients", type=int, default=default["clients"], help="number of clients")
+    parser.add_argument("--classes-per-client", "-k", type=int, default=default["classes_per_client"],
+                        help="k for --partition classes")
+    parser.add_argument("--beta", type=float, default=default["beta"],
+                        help="Dirichlet concentration for --partition dirichlet; smaller is more skewed")
+    parser.add_argument("--imbalance-ratio", type=float, default=default["imbalance_ratio"],
+                        help="majority:minority class count ratio Γ for --partition imbalance")
+    parser.add_argument("--seed", type=int, default=default["seed"], help="partition, model and training seed")
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default=experiment_defaults()["dataset"],
+                        help="mnist-10k (shipped), fashion-mnist, or a folder with one subfolder per class")
+    add_partition_options(parser)
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    default = experiment_defaults()
+    parser.add_argument("--rounds", type=int, default=default["rounds"], help="federated rounds")
+    parser.add_argument("--local-epochs", type=int, default=default["local_epochs"], help="local epochs per round")
+    parser.add_argument("--batch-size", type=int, default=default["batch_size"], help="local batch size")
+    parser.add_argument("--lr", type=float, default=default["lr"], help="SGD learning rate")
+    parser.add_argument("--model", default=default["model"], choices=["", "cnn", "resnet18"],
+                        help="classifier; empty: cnn for grayscale, resnet18 for RGB data")
+    parser.add_argument("--out-dir", default=default["out_dir"],
+                        help="where rounds.json, summary.json and accuracy.png go; empty: runs/<run name>")
+
+
+def add_fill_options(parser: argparse.ArgumentParser, with_mode: bool = True) -> None:
+    """Without the mode (`regl bench`: each arm sets it) --fill-mix is kept apart as `arm_mix`."""
+    default = experiment_defaults()
+    group = parser.add_argument_group("synthetic fill", "what each client adds to its real data before round 1")
+    if with_mode:
+        group.add_argument("--fill", default=default["fill"],
+                           help="none, public (the base's public pretraining pool, as real data), or sources "
+                                "joined by '+': diffusion, noise, mixup, e.g. diffusion+noise")
+    group.add_argument("--fill-supplement", type=float, default=default["fill_supplement"],
+                       help="synthetic images as a fraction of each client's real ones")
+    group.add_argument("--fill-mix", dest="fill_mix" if with_mode else "arm_mix", metavar="MIX",
+                       default=default["fill_mix"],
+                       help="weights of the fill's sources in their order, e.g. 75:25; empty: equal")
+    group.add_argument("--fill-target", default=default["fill_target"], choices=["uniform", "global"],
+                       help="class composition to fill towards; global asks every client for its class counts")
+    group.add_argument("--fill-no-lora", dest="fill_lora", action="store_false", default=default["fill_lora"],
+                       help="diffusion from the base as is, without fine-tuning each client's LoRA")
+    group.add_argument("--fill-lora-steps", type=int, default=default["fill_lora_steps"],
+                       help="each client's LoRA fine-tuning steps")
+    group.add_argument("--fill-prior-per-class", type=int, default=default["fill_prior_per_class"],
+                       help="base images per missing class kept in LoRA training")
+    group.add_argument("--fill-steps", type=int, default=default["fill_steps"], help="diffusion sampling steps")
+    group.add_argument("--fill-guidance", type=float, default=default["fill_guidance"],
+                       help="classifier-free guidance scale")
+    group.add_argument("--fill-base", default=default["fill_base"],
+                       help="diffusers SD folder; empty: the shipped base")
+    group.add_argument("--fill-store", default=default["fill_store"],
+                       help="where clients keep their synthetic stores and LoRAs; reused when nothing changed")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """How a simulated run uses the machine and what it prints; not part of the experiment."""
+    parser.add_argument("--cpus", type=int, default=CPUS, help="CPUs Ray may use; one client per CPU")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Flower's and Ray's logs (always kept in OUT_DIR/flower.log)")
+
+
+def partition_spec(args: argparse.Namespace) -> PartitionSpec:
+    from regl.data.partitions import PartitionSpec
+
+    return PartitionSpec(args.partition, args.clients, args.classes_per_client, args.beta,
+                         args.imbalance_ratio, args.seed)
+
+
+def experiment_settings(args: argparse.Namespace, out_suffix: str = "") -> ExperimentSettings:
+    """The settings the parsed options ask for, checked; options a command lacks keep their defaults.
+
+    The fill store and base become absolute paths (child runs may start elsewhere), and an
+    empty --out-dir becomes runs/<run name><out_suffix>.
+    """
+    from regl.fl.settings import ExperimentSettings
+
+    positive = {"--rounds": args.rounds, "--local-epochs": args.local_epochs, "--batch-size": args.batch_size}
+    for flag, value in positive.items():
+        if value < 1:
+            raise ReglError(f"{flag} must be at least 1, got {value}")
+    if not args.lr > 0:
+        raise ReglError(f"--lr must be > 0, got {args.lr}")
+    if args.clients < 2:
+        raise ReglError(f"--clients must be at least 2 for a federation, got {args.clients}")
+    settings = ExperimentSettings.from_config(
+        {key: getattr(args, dest) for dest, key in EXPERIMENT_OPTIONS.items() if hasattr(args, dest)})
+    fill = settings.fill
+    settings = replace(settings, fill=replace(fill, store=str(Path(fill.store).resolve()),
+                                              base=str(Path(fill.base).resolve()) if fill.base else ""))
+    settings.fill.check()
+    if "diffusion" in settings.fill.sources:
+        from regl.generate.generator import check_model_folder
+
+        check_model_folder(settings.fill.base_folder())
+    if not settings.out_dir:
+        settings = replace(settings, out_dir=f"runs/{settings.name}{out_suffix}")
+    return settings
+
+
+def settings_to_argv(settings: ExperimentSettings, command: str = "fl", **run_options: Any) -> list[str]:
+    """`[command, options...]` that parse back to `settings`: how child runs are started.
+
+    Options at their defaults are left out; `run_options` are the command's other options by
+    dest (e.g. cpus=4). Settings the command has no option for raise ValueError.
+    """
+    from regl.cli import command_parser
+    from regl.fl.settings import ExperimentSettings
+
+    if settings.partition.seed != settings.seed:
+        raise ValueError(f"the partition seed ({settings.partition.seed}) is --seed ({settings.seed}) on the "
+                         "command line; they cannot differ")
+    config, default = settings.to_config(), ExperimentSettings().to_config()
+    changed = {key for key in config if config[key] != default[key]}
+    inexpressible = changed - set(EXPERIMENT_OPTIONS.values())
+    if inexpressible:
+        raise ValueError(f"regl {command} has no option for {', '.join(sorted(inexpressible))}")
+    values = {dest: config[key] for dest, key in EXPERIMENT_OPTIONS.items() if key in changed}
+    return [command, *options_to_argv(command_parser(command), {**values, **run_options})]
+
+
+def options_to_argv(parser: argparse.ArgumentParser, values: Mapping[str, Any]) -> list[str]:
+    """The options that make `parser` parse to `values` (by dest), leaving out those at their default.
+
+    A dest the parser has no option for raises ValueError.
+    """
+    actions = {action.dest: action for action in parser._actions if action.option_strings}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise ValueError(f"{parser.prog} has no option for {', '.join(unknown)}")
+    argv: list[str] = []
+    for dest, value in values.items():
+        action = actions[dest]
+        if value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:  # a flag (store_true / store_false) not at its default
+            argv.append(flag)
+        else:
+            text = str(value)
+            argv += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
+    return argv

@@ -1,0 +1,160 @@
+"""`regl serve` and `regl bench-service`: the local generation service.
+
+`regl serve` options are the fields of `ServiceSettings` (service/settings.py), which also
+reads them from REGL_* environment variables; an option given on the command line wins,
+one left out leaves the environment (or the field's default) in charge.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from regl.cli.options import Command, options_to_argv
+from regl.errors import ReglError
+
+if TYPE_CHECKING:
+    from service.settings import ServiceSettings
+
+
+@dataclass(frozen=True)
+class FromEnvironment:
+    """An option not given: REGL_* may still set it. Shown in --help as the field's default."""
+
+    value: Any
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+def service_default(name: str) -> Any:
+    from service.settings import ServiceSettings
+
+    return ServiceSettings.model_fields[name].default
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    from regl.data.partitions import PARTITION_KINDS
+
+    def option(flag: str, text: str, short: tuple[str, ...] = (), **kwargs: Any) -> None:
+        dest = flag.removeprefix("--").replace("-", "_")
+        parser.add_argument(flag, *short, dest=dest, default=FromEnvironment(service_default(dest)), help=text,
+                            **kwargs)
+
+    option("--base", "diffusers SD folder")
+    option("--lora", "LoRA folder to serve with")
+    option("--data", "the client's images: a folder with one subfolder per class, or a built-in dataset "
+                     "(with --client: that client's share); needed for mixup, fine-tune, fill")
+    option("--dataset", "class names, prompt template and image size when there is no --data")
+    option("--client", "with a built-in --data: serve this client of the partition; -1: all of --data", type=int)
+    option("--clients", "number of clients in that partition", type=int)
+    option("--partition", "that partition's label skew", choices=PARTITION_KINDS)
+    option("--classes-per-client", "k for --partition classes", short=("-k",), type=int)
+    option("--beta", "Dirichlet concentration", type=float)
+    option("--imbalance-ratio", "for --partition imbalance", type=float)
+    option("--partition-seed", "the partition's seed, the run's --seed", type=int)
+    option("--host", "bind address; anything but loopback needs a token (REGL_TOKEN)")
+    option("--port", "TCP port", type=int)
+    option("--threads", "torch CPU threads", type=int)
+    option("--max-images-per-request", "largest n of one request", type=int)
+    option("--max-batch", "most images in one pipeline call", type=int)
+    option("--batch-wait-ms", "how long a batch waits for more requests", type=float)
+    option("--max-queue", "waiting requests before 429", type=int)
+    option("--request-timeout-s", "a generate request's limit", type=float)
+    option("--max-finetune-steps", "LoRA steps one fine-tune or fill may ask for", type=int)
+    option("--store", "where LoRAs and fills go")
+
+
+def service_argv(settings: ServiceSettings) -> list[str]:
+    """`["serve", options...]` for the fields set on `settings`: how `regl deploy` starts a node's service.
+
+    The token never goes on a command line, where other users could read it: the child
+    takes REGL_TOKEN from the environment it inherits.
+    """
+    from regl.cli import command_parser
+
+    values = {name: getattr(settings, name) for name in type(settings).model_fields
+              if name in settings.model_fields_set and name != "token"}
+    return ["serve", *options_to_argv(command_parser("serve"), values)]
+
+
+def service_settings(args: argparse.Namespace) -> ServiceSettings:
+    """The options given on the command line over REGL_* over the fields' defaults."""
+    from pydantic import ValidationError
+
+    from service.settings import ServiceSettings
+
+    given = {k: v for k, v in vars(args).items()
+             if k in ServiceSettings.model_fields and not isinstance(v, FromEnvironment)}
+    try:
+        return ServiceSettings(**given)
+    except ValidationError as exc:
+        raise ReglError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from regl.generate.generator import check_model_folder
+    from service.app import create_app
+
+    settings = service_settings(args)
+    settings.check_exposure()
+    check_model_folder(Path(settings.base))
+    if settings.lora is not None and not Path(settings.lora).is_dir():
+        raise ReglError(f"LoRA folder {settings.lora} does not exist")
+    if settings.data:
+        from service.local_model import load_client_data
+
+        load_client_data(settings)  # a missing folder or a corrupt image is named before uvicorn starts
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def add_bench_service_options(parser: argparse.ArgumentParser) -> None:
+    from regl.cli.generation import sampling_defaults
+
+    sampling = sampling_defaults()
+    parser.add_argument("--base", default=str(service_default("base")), help="diffusers SD folder")
+    parser.add_argument("--dataset", default=service_default("dataset"), help="whose classes to ask for")
+    parser.add_argument("--callers", type=int, default=32, help="concurrent callers, 1–4 images each")
+    parser.add_argument("--steps", type=int, default=sampling["steps"], help="denoising steps")
+    parser.add_argument("--guidance", type=float, default=sampling["guidance"], help="classifier-free guidance scale")
+    parser.add_argument("--threads", type=int, default=service_default("threads"), help="torch CPU threads")
+    parser.add_argument("--max-batch", type=int, default=service_default("max_batch"),
+                        help="most images in one pipeline call")
+    parser.add_argument("--batch-wait-ms", type=float, default=service_default("batch_wait_ms"),
+                        help="how long a batch waits for more requests")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the fastest is kept")
+
+
+def cmd_bench_service(args: argparse.Namespace) -> int:
+    from service.bench import run_service_bench
+    from service.settings import ServiceSettings
+
+    if args.callers < 1 or args.repeats < 1:
+        raise ReglError(f"--callers and --repeats must be at least 1, got {args.callers} and {args.repeats}")
+    settings = ServiceSettings(base=Path(args.base), dataset=args.dataset, data="", lora=None, threads=args.threads,
+                               max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, token=None,
+                               max_queue=max(128, args.callers),
+                               max_images_per_request=service_default("max_images_per_request"),
+                               request_timeout_s=3600)
+    run_service_bench(settings, args.callers, args.steps, args.guidance, args.repeats)
+    return 0
+
+
+COMMANDS = (
+    Command("serve", "run the local generation service (FastAPI on uvicorn)",
+            "Serve class samples, LoRA fine-tunes and the synthetic fill over HTTP (OpenAPI docs at /docs). "
+            "Every option also reads from the environment as REGL_<OPTION> (e.g. REGL_TOKEN, REGL_MAX_BATCH); "
+            "an option given here wins.",
+            add_serve_options, cmd_serve),
+    Command("bench-service", "request batching of `regl serve`: concurrent vs sequential vs raw",
+            "Start the service on a free loopback port and send it CALLERS concurrent generate requests of "
+            "1–4 images each, then the same requests one at a time, then time one raw batch-64 pipeline call; "
+            "each is run REPEATS times and the fastest kept. Run it on an idle machine.",
+            add_bench_service_options, cmd_bench_service),
+)

@@ -1,0 +1,65 @@
+"""One federated experiment's settings: the single place their defaults are written.
+
+Torch-free, so the `regl` command reads its option defaults from here without importing
+torch. `to_config()` is the flat kebab-case form of Flower's run config and ConfigRecord;
+`[tool.flwr.app.config]` in pyproject.toml lists the same keys (tests/test_cli.py compares
+the values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
+
+from regl.data.partitions import PartitionSpec
+from regl.fill.client import FillSettings
+from regl.train.settings import TrainSettings
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    dataset: str = "mnist-10k"  # shipped with the package: runs offline out of the box
+    partition: PartitionSpec = field(default_factory=PartitionSpec)
+    model: str = ""  # empty: the default for the data's channel count
+    num_rounds: int = 20
+    train: TrainSettings = field(default_factory=TrainSettings)
+    seed: int = 0
+    out_dir: str = ""
+    fill: FillSettings = field(default_factory=FillSettings)
+
+    def to_config(self) -> dict[str, Any]:
+        """Flat, kebab-case keys: the form of Flower's run config and ConfigRecord."""
+        flat = {k: v for k, v in asdict(self).items() if k not in ("partition", "train", "fill")}
+        flat.update({f"partition-{k}": v for k, v in asdict(self.partition).items() if k != "seed"})
+        flat.update({f"train-{k}": v for k, v in asdict(self.train).items()})
+        flat.update({("fill" if k == "mode" else f"fill-{k}"): v for k, v in asdict(self.fill).items()})
+        return {k.replace("_", "-"): v for k, v in flat.items()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ExperimentSettings:
+        """Inverse of to_config; keys it does not know are ignored, missing ones default."""
+        flat = {k.replace("-", "_"): v for k, v in config.items()}
+        seed = int(flat.get("seed", 0))
+        partition = PartitionSpec(**_typed(PartitionSpec(), flat, "partition_"), seed=seed)
+        train_settings = TrainSettings(**_typed(TrainSettings(), flat, "train_"))
+        fill = FillSettings(**_typed(FillSettings(), {"fill_mode": flat.get("fill", "none"), **flat}, "fill_"))
+        return cls(**_typed(cls(), flat, ""), partition=partition, train=train_settings, fill=fill)
+
+    @property
+    def name(self) -> str:
+        name = f"{self.dataset.rstrip('/').split('/')[-1]}-{self.partition.describe()}-s{self.seed}"
+        return name if self.fill.mode == "none" else f"{name}-fill-{self.fill.mode}"
+
+
+def _typed(defaults: Any, flat: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Values of `flat` for the fields of `defaults`, cast to each default's type."""
+    out = {}
+    for f in fields(defaults):
+        if prefix + f.name in flat and f.name != "seed" and not is_dataclass(getattr(defaults, f.name)):
+            kind = type(getattr(defaults, f.name))
+            value = flat[prefix + f.name]
+            is_text_flag = kind is bool and isinstance(value, str)
+            out[f.name] = value.lower() in ("1", "true", "yes") if is_text_flag else kind(value)
+    if not prefix and "seed" in flat:
+        out["seed"] = int(flat["seed"])
+    return out
