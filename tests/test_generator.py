@@ -11,8 +11,9 @@ from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
 from regl.generate import lora as lora_module
 from regl.generate.generator import MAX_IMAGES, Generator, load_pipeline, save_pngs, to_dataset_format
-from regl.generate.lora import LoraSettings, finetune_lora
+from regl.generate.lora import finetune_lora
 from regl.generate.prompts import class_prompts, prompt_words
+from regl.generate.settings import LoraSettings
 from regl.generate.tiny_sd import TEST_SD, build_pipeline
 
 CLASSES = ("sneaker", "bag", "coat")

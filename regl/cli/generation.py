@@ -1,13 +1,13 @@
 """`regl generate`, `finetune`, `eval-generator`, `bench-generator` and `pretrain-base`: the generator.
 
-Their defaults come from `LoraSettings`, `PretrainSettings` and `Generator.generate`.
+Their defaults come from `LoraSettings`, `SamplingSettings` and `PretrainSettings`.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,10 @@ TORCH_THREADS = 2
 
 
 def sampling_defaults() -> dict[str, Any]:
-    """steps, guidance, scheduler and batch_size, as `Generator.generate` defines them."""
-    from regl.generate.generator import Generator
+    """steps, guidance, scheduler and batch_size of `SamplingSettings`."""
+    from regl.generate.settings import SamplingSettings
 
-    parameters = inspect.signature(Generator.generate).parameters.values()
-    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    return asdict(SamplingSettings())
 
 
 def add_base_option(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +102,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def add_finetune_options(parser: argparse.ArgumentParser) -> None:
-    from regl.generate.lora import LoraSettings
+    from regl.generate.settings import LoraSettings
 
     default = LoraSettings()
     parser.add_argument("--data", required=True, help="client image folder (one subfolder per class), or a dataset "
@@ -132,8 +131,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     import torch
 
     from regl.data.datasets import load_dataset
-    from regl.generate.lora import LoraSettings, finetune_lora
+    from regl.generate.lora import finetune_lora
     from regl.generate.prompts import template_for
+    from regl.generate.settings import LoraSettings
 
     torch.set_num_threads(args.threads)
     if args.client >= 0:
@@ -212,7 +212,7 @@ def own_classes(spec: str, names: tuple[str, ...], lora: Path | None) -> list[in
 
 
 def add_bench_generator_options(parser: argparse.ArgumentParser) -> None:
-    from regl.generate.lora import LoraSettings
+    from regl.generate.settings import LoraSettings
 
     add_base_option(parser)
     parser.add_argument("--dataset", default=CLASSES_OF, help="whose classes and client images to use")

@@ -20,6 +20,7 @@ import numpy as np
 from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
 from regl.fill.plan import SOURCES, FillPlan, parse_source_mix, plan_fill
+from regl.generate.settings import LoraSettings, SamplingSettings
 
 MODES = ("none", "public")
 RemoteFill = Callable[[FillPlan], tuple[dict[str, ImageDataset], dict]]
@@ -36,10 +37,10 @@ class FillSettings:
     mix: str = ""  # weights of the mode's sources, e.g. "75:25"; empty: equal
     target: str = "uniform"  # or "global": the federation's class composition
     lora: bool = True  # diffusion: fine-tune the client's LoRA first (ReGL) or use the base as is
-    lora_steps: int = 300
-    prior_per_class: int = 32
-    steps: int = 20  # diffusion sampling steps
-    guidance: float = 3.0
+    lora_steps: int = LoraSettings().steps
+    prior_per_class: int = LoraSettings().prior_per_class
+    steps: int = SamplingSettings().steps  # diffusion sampling steps
+    guidance: float = SamplingSettings().guidance
     base: str = ""  # empty: the shipped base
     store: str = ".regl-cache/fill"
     service: str = ""  # URL of the client's `regl serve`: it makes the diffusion and noise images
@@ -189,7 +190,7 @@ class ClientFill:
     def _lora_generator(self, data: ImageDataset, base: Path, report: Progress):
         """The client's LoRA: trained once per (client data, settings) and kept beside the store."""
         from regl.generate.generator import LORA_FILE, Generator
-        from regl.generate.lora import LoraSettings, finetune_lora
+        from regl.generate.lora import finetune_lora
 
         lora_settings = LoraSettings(steps=self.settings.lora_steps, prior_per_class=self.settings.prior_per_class,
                                      seed=_seed(self.run_seed, self.client_id, "lora") % 2**31)

@@ -63,8 +63,9 @@ def bench_lora_finetune(base: Path, dataset: str, steps: int) -> dict:
     """A default per-client fine-tune on client 0 of a one-class-per-client partition."""
     from regl.data.partitions import PartitionSpec
     from regl.fl.experiment import ExperimentSettings, client_data
-    from regl.generate.lora import LoraSettings, finetune_lora
+    from regl.generate.lora import finetune_lora
     from regl.generate.prompts import template_for
+    from regl.generate.settings import LoraSettings
 
     settings = ExperimentSettings(dataset=dataset, partition=PartitionSpec("classes", 10, classes_per_client=1))
     data = client_data(settings, 0)

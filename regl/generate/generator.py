@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from regl.errors import ReglError
+from regl.generate.settings import SamplingSettings
 
 # models/regl-tiny-sd, reached through the package link regl/weights: the same path installed or editable
 DEFAULT_BASE = Path(__file__).resolve().parents[1] / "weights" / "regl-tiny-sd"
@@ -29,6 +30,7 @@ SCHEDULERS = {
     "ddpm": "DDPMScheduler",
 }
 REQUIRED_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SAMPLING = SamplingSettings()
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -167,10 +169,10 @@ class Generator:
         self,
         labels: list[int],
         seeds: list[int],
-        steps: int = 20,
-        guidance: float = 3.0,
-        scheduler: str = "dpm",
-        batch_size: int = 64,
+        steps: int = SAMPLING.steps,
+        guidance: float = SAMPLING.guidance,
+        scheduler: str = SAMPLING.scheduler,
+        batch_size: int = SAMPLING.batch_size,
         on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """One image per (label, seed) pair, as uint8 N×H×W×3; each depends only on its pair.

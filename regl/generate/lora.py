@@ -31,20 +31,9 @@ from regl.generate.diffusion_loss import (
     to_pipeline_pixels,
 )
 from regl.generate.generator import ADAPTER, LORA_METADATA, Generator, base_fingerprint, image_seed
+from regl.generate.settings import LoraSettings
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    rank: int = 4
-    steps: int = 300
-    lr: float = 1e-3
-    batch_size: int = 32
-    snr_gamma: float | None = 5.0
-    prior_per_class: int = 32  # base images per missing class; 0 turns prior preservation off
-    checkpoint_every: int = 100
-    seed: int = 0
 
 
 def _training_set(
