@@ -5,16 +5,17 @@ import json
 import numpy as np
 import pytest
 
-from regl.errors import ReglError
-from regl.fl.experiment import ExperimentSettings, client_data, prepare_fill, training_data
-from regl.fill.client import FillSettings
 from regl.data.partitions import PartitionSpec
+from regl.errors import ReglError
+from regl.fill.client import FillSettings
 from regl.fill.store import SyntheticStore
+from regl.fl.experiment import ExperimentSettings, client_data, prepare_fill, training_data
 from service.app import create_app
 from service.settings import ServiceSettings
 from service.threaded_server import ThreadedServer
 
 PARTITION = PartitionSpec(kind="classes", num_clients=2, classes_per_client=5)
+pytestmark = pytest.mark.e2e  # each test serves uvicorn on loopback
 
 
 def _service(tmp_path, client: int) -> ThreadedServer:
@@ -51,9 +52,8 @@ def test_client_fill_comes_from_its_service_and_lands_in_its_store(tmp_path):
 
 
 def test_a_service_holding_another_clients_data_is_refused(tmp_path):
-    with _service(tmp_path, client=1) as server:
-        with pytest.raises(ReglError, match="other data"):
-            prepare_fill(_settings(tmp_path, server.url), 0, target=None, mixed=None)
+    with _service(tmp_path, client=1) as server, pytest.raises(ReglError, match="other data"):
+        prepare_fill(_settings(tmp_path, server.url), 0, target=None, mixed=None)
 
 
 def test_an_unreachable_service_is_named(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from regl import environment
 from regl.atomic import write_json_atomically, write_text_atomically
 from regl.cli.options import settings_to_argv
 from regl.errors import ReglError
@@ -106,12 +107,17 @@ def format_table(rows: list[dict], arms: list[str]) -> str:
 
 def run_arms(settings: ExperimentSettings, arms: list[str], seeds: list[int], mix: str, out_root: Path,
              cpus: int, verbose: bool) -> str:
-    """Run every arm for every seed; writes bench.json and table.md after each run; returns the table."""
+    """Run every arm for every seed; writes bench.json and table.md after each run; returns the table.
+
+    bench.json holds this machine's environment (`regl.environment`) beside the runs: the
+    same command gives the same figures only where that record matches.
+    """
     if not seeds:
         raise ReglError("give at least one seed")
     check_arms(arms)
     runs = [(seed, arm) for seed in seeds for arm in arms]
     rows: list[dict] = []
+    machine = environment.describe()
     for number, (seed, arm) in enumerate(runs, 1):
         seeded = replace(settings, seed=seed, partition=replace(settings.partition, seed=seed),
                          out_dir=str(out_root / f"{arm}-s{seed}"))
@@ -119,6 +125,6 @@ def run_arms(settings: ExperimentSettings, arms: list[str], seeds: list[int], mi
         argv = arm_argv(child, arm, cpus, verbose)
         print(f"\n[{number}/{len(runs)}] arm {arm}, seed {seed}: regl {' '.join(argv)}", flush=True)
         rows.append(run_arm(arm, child, argv))
-        write_json_atomically(out_root / "bench.json", rows)
+        write_json_atomically(out_root / "bench.json", {"environment": machine, "runs": rows})
         write_text_atomically(out_root / "table.md", format_table(rows, arms) + "\n")
     return format_table(rows, arms)
