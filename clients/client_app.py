@@ -29,8 +29,7 @@ def _settings(msg: Message, context: Context) -> tuple[ExperimentSettings, int]:
     num_nodes = int(context.node_config["num-partitions"])
     if num_nodes != settings.partition.num_clients:
         raise ValueError(
-            f"the run config asks for {settings.partition.num_clients} clients "
-            f"but the federation has {num_nodes} nodes"
+            f"the run config asks for {settings.partition.num_clients} clients but the federation has {num_nodes} nodes"
         )
     return settings, int(context.node_config["partition-id"])
 
@@ -44,8 +43,9 @@ def _target(msg: Message) -> np.ndarray | None:
 def class_counts(msg: Message, context: Context) -> Message:
     settings, client_id = _settings(msg, context)
     counts = client_data(settings, client_id).class_counts()
-    return Message(RecordDict({"class-counts": MetricRecord({"client": client_id, "counts": counts.tolist()})}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({"class-counts": MetricRecord({"client": client_id, "counts": counts.tolist()})}), reply_to=msg
+    )
 
 
 @app.query("produce_mixup")
@@ -56,8 +56,12 @@ def produce_mixup(msg: Message, context: Context) -> Message:
     data = client_data(settings, client_id)
     arrays = {}
     for requester, requests in orders.items():
-        mixed, _ = label_hide_mixup(data, {int(c): int(n) for c, n in requests.items()}, MixupSettings(),
-                                    seed=settings.seed * 1009 + client_id * 31 + int(requester))
+        mixed, _ = label_hide_mixup(
+            data,
+            {int(c): int(n) for c, n in requests.items()},
+            MixupSettings(),
+            seed=settings.seed * 1009 + client_id * 31 + int(requester),
+        )
         arrays[f"x-{requester}"], arrays[f"y-{requester}"] = Array(mixed.x), Array(mixed.y)
     return Message(RecordDict({"mixed-images": ArrayRecord(arrays)}), reply_to=msg)
 

@@ -113,10 +113,20 @@ def _wait_for_port(port: int, processes: Processes, timeout_s: float = 60) -> No
 def node_service_settings(settings: ExperimentSettings, node: int, store: Path) -> ServiceSettings:
     """Node `node`'s `regl serve`: the client's own share of the run's partition, its port and store."""
     spec = settings.partition
-    return ServiceSettings(data=settings.dataset, client=node, clients=spec.num_clients, partition=spec.kind,
-                           classes_per_client=spec.classes_per_client, beta=spec.beta,
-                           imbalance_ratio=spec.imbalance_ratio, partition_seed=settings.seed,
-                           base=settings.fill.base_folder(), port=SERVICE_PORT + node, threads=1, store=store)
+    return ServiceSettings(
+        data=settings.dataset,
+        client=node,
+        clients=spec.num_clients,
+        partition=spec.kind,
+        classes_per_client=spec.classes_per_client,
+        beta=spec.beta,
+        imbalance_ratio=spec.imbalance_ratio,
+        partition_seed=settings.seed,
+        base=settings.fill.base_folder(),
+        port=SERVICE_PORT + node,
+        threads=1,
+        store=store,
+    )
 
 
 def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) -> dict:
@@ -134,8 +144,10 @@ def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) ->
         raise ReglError(f"{', '.join(missing)} missing beside {sys.executable}; is flwr installed in this environment?")
     started = time.perf_counter()
     with Processes(out_dir / "logs", bin_dir) as processes:
-        processes.start("superlink", [str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                                      "--port", str(SUPERLINK_PORT)])
+        processes.start(
+            "superlink",
+            [str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(SUPERLINK_PORT)],
+        )
         _wait_for_port(SUPERLINK_PORT, processes)
         services = {}
         if service_fill:
@@ -149,22 +161,47 @@ def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) ->
             config = f"partition-id={node} num-partitions={nodes}"
             if node in services:
                 config += f" fill-service={json.dumps(services[node])}"
-            processes.start(f"supernode-{node}", [
-                str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{SUPERLINK_PORT}",
-                "--port", str(SUPERNODE_PORT + node), "--node-config", config])
+            processes.start(
+                f"supernode-{node}",
+                [
+                    str(bin_dir / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{SUPERLINK_PORT}",
+                    "--port",
+                    str(SUPERNODE_PORT + node),
+                    "--node-config",
+                    config,
+                ],
+            )
         time.sleep(2)  # the SuperNodes register with the SuperLink
         processes.check_alive()
         setup_seconds = time.perf_counter() - started
         project = Path(__file__).resolve().parents[1]
-        code = subprocess.call([str(bin_dir / "flwr"), "run", str(project), "deployment", "--stream",
-                                "--run-config", run_config_text(settings)], cwd=project, env=processes.env)
+        code = subprocess.call(
+            [
+                str(bin_dir / "flwr"),
+                "run",
+                str(project),
+                "deployment",
+                "--stream",
+                "--run-config",
+                run_config_text(settings),
+            ],
+            cwd=project,
+            env=processes.env,
+        )
         if code != 0:
             raise ReglError(f"flwr run exited with code {code}; logs in {out_dir / 'logs'}")
     summary_file = out_dir / "summary.json"
     if not summary_file.exists():
         raise ReglError(f"the deployed run ended without a summary in {out_dir}; logs in {out_dir / 'logs'}")
     summary = json.loads(summary_file.read_text())
-    summary["deployment"] = {"nodes": nodes, "service_fill": service_fill, "setup_seconds": setup_seconds,
-                             "total_seconds": time.perf_counter() - started}
+    summary["deployment"] = {
+        "nodes": nodes,
+        "service_fill": service_fill,
+        "setup_seconds": setup_seconds,
+        "total_seconds": time.perf_counter() - started,
+    }
     (out_dir / "deployment.json").write_text(json.dumps(summary["deployment"], indent=2))
     return summary

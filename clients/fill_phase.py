@@ -24,8 +24,14 @@ from regl.fl.progress import FillProgress, Write
 PULL_SECONDS = 0.5
 
 
-def _exchange(grid: Grid, nodes: list[int], action: str, content: Callable[[int], RecordDict],
-              traffic: TrafficLog, on_reply: Callable[[Message], None] | None = None) -> list[Message]:
+def _exchange(
+    grid: Grid,
+    nodes: list[int],
+    action: str,
+    content: Callable[[int], RecordDict],
+    traffic: TrafficLog,
+    on_reply: Callable[[Message], None] | None = None,
+) -> list[Message]:
     """Send every node its message and wait for all replies; `on_reply` sees each one as it comes."""
     messages = [Message(content(node), dst_node_id=node, message_type=f"query.{action}") for node in nodes]
     waiting = set(grid.push_messages(messages))
@@ -58,8 +64,9 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
     counts: dict[int, np.ndarray] = {}
     node_of: dict[int, int] = {}
     if "mixup" in fill.sources or fill.target == "global":
-        for reply in _exchange(grid, nodes, "class_counts", lambda _: RecordDict({"config": ConfigRecord(config)}),
-                               traffic):
+        for reply in _exchange(
+            grid, nodes, "class_counts", lambda _: RecordDict({"config": ConfigRecord(config)}), traffic
+        ):
             record = reply.content["class-counts"]
             counts[int(record["client"])] = np.asarray(record["counts"], dtype=np.int64)
             node_of[int(record["client"])] = reply.metadata.src_node_id
@@ -73,8 +80,10 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
     mixed: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     unserved: dict = {}
     if "mixup" in fill.sources:
-        requests = {client: {c: int(n) for c, n in enumerate(client_plan(fill, held, target).counts["mixup"]) if n}
-                    for client, held in counts.items()}
+        requests = {
+            client: {c: int(n) for c, n in enumerate(client_plan(fill, held, target).counts["mixup"]) if n}
+            for client, held in counts.items()
+        }
         assignments, unserved = assign_requests(requests, counts)
 
         def orders(node: int) -> RecordDict:
@@ -103,8 +112,11 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
     replies = _exchange(grid, nodes, "fill", fill_content, traffic, client_done)
     clients = sorted((dict(reply.content["metrics"]) for reply in replies), key=lambda m: m["client"])
     return {
-        "summary": {"wall_seconds": time.perf_counter() - started, "clients": clients,
-                    "unserved_mixup_requests": unserved,
-                    "target": "uniform" if target is None else target.tolist()},
+        "summary": {
+            "wall_seconds": time.perf_counter() - started,
+            "clients": clients,
+            "unserved_mixup_requests": unserved,
+            "target": "uniform" if target is None else target.tolist(),
+        },
         "train_config": {k: v for k, v in config.items() if k == "fill-target-composition"},
     }

@@ -69,12 +69,14 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
         evaluate_fn=evaluate_fn,
     )
     write_json_atomically(Path(settings.out_dir) / "traffic.json", traffic.messages())
-    return report.finish({
-        "wall_seconds": time.perf_counter() - started,
-        "fill": fill,
-        "time_split": _time_split(fill, report.rounds),
-        "bytes_sent_per_client": traffic.bytes_per_client(),
-    })
+    return report.finish(
+        {
+            "wall_seconds": time.perf_counter() - started,
+            "fill": fill,
+            "time_split": _time_split(fill, report.rounds),
+            "bytes_sent_per_client": traffic.bytes_per_client(),
+        }
+    )
 
 
 def _time_split(fill: dict | None, rounds: list[dict]) -> dict:

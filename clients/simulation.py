@@ -81,8 +81,10 @@ def simulate(settings: ExperimentSettings, num_cpus: int, verbose: bool = False)
         def write(line: str) -> None:
             print(line, file=terminal, flush=True)
 
-        write(f"{settings.name}: {settings.num_rounds} rounds on {settings.partition.num_clients} clients; "
-              f"Flower's and Ray's logs in {log_file}")
+        write(
+            f"{settings.name}: {settings.num_rounds} rounds on {settings.partition.num_clients} clients; "
+            f"Flower's and Ray's logs in {log_file}"
+        )
         try:
             run_simulation(
                 server_app=build_server_app(settings, write),

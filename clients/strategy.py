@@ -18,8 +18,9 @@ def mean_client_metrics(replies: list[RecordDict], weighting_key: str) -> Metric
     """AVERAGED_METRICS, weighted by each client's `weighting_key` (its real image count)."""
     metrics = [reply["metrics"] for reply in replies]
     total = sum(float(m[weighting_key]) for m in metrics)
-    return MetricRecord({name: sum(float(m[name]) * float(m[weighting_key]) for m in metrics) / total
-                         for name in AVERAGED_METRICS})
+    return MetricRecord(
+        {name: sum(float(m[name]) * float(m[weighting_key]) for m in metrics) / total for name in AVERAGED_METRICS}
+    )
 
 
 class RecordingFedAvg(FedAvg):

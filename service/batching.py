@@ -126,7 +126,8 @@ class Batcher:
         started = time.perf_counter()
         try:
             images = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.run_batch, labels, seeds, batch[0].steps, batch[0].guidance)
+                self.executor, self.run_batch, labels, seeds, batch[0].steps, batch[0].guidance
+            )
         except Exception as exc:
             for request in batch:
                 if not request.future.done():

@@ -19,14 +19,17 @@ from service.threaded_server import ThreadedServer
 
 
 def _requests(callers: int, num_classes: int, steps: int, guidance: float) -> list[dict]:
-    return [{"class": (7 * i) % num_classes, "n": 1 + i % 4, "seed": i, "steps": steps, "guidance": guidance}
-            for i in range(callers)]
+    return [
+        {"class": (7 * i) % num_classes, "n": 1 + i % 4, "seed": i, "steps": steps, "guidance": guidance}
+        for i in range(callers)
+    ]
 
 
 async def _concurrent(url: str, asks: list[dict]) -> tuple[float, list[float]]:
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=len(asks))) as http:
+
         async def one(ask: dict) -> float:
             started = time.perf_counter()
             response = await http.post("/v1/generate", json=ask, headers={"Accept": "application/x-npz"})
@@ -78,16 +81,27 @@ def run_service_bench(settings: ServiceSettings, callers: int, steps: int, guida
         raw_seconds = min(_raw_call(model, steps, guidance) for _ in range(repeats))
     print(f"fastest of {repeats} runs each")
     print(_line("one request at a time", images, seq_seconds, seq_latencies))
-    print(_line(f"{callers} concurrent callers", images, con_seconds, con_latencies)
-          + f"   ({calls:g} pipeline calls a run)")
+    print(
+        _line(f"{callers} concurrent callers", images, con_seconds, con_latencies)
+        + f"   ({calls:g} pipeline calls a run)"
+    )
     print(_line("raw batch-64 pipeline call", 64, raw_seconds))
     speedup = (images / con_seconds) / (images / seq_seconds)
     of_raw = (images / con_seconds) / (64 / raw_seconds)
-    print(f"batching: {speedup:.2f}× the sequential throughput (target ≥ 5×), "
-          f"{100 * of_raw:.0f}% of the raw batch-64 call (target ≥ 80%)")
-    return {"images": images, "sequential_seconds": seq_seconds, "concurrent_seconds": con_seconds,
-            "raw64_seconds": raw_seconds, "speedup": speedup, "fraction_of_raw": of_raw, "pipeline_calls": calls,
-            "concurrent_p50": float(np.percentile(con_latencies, 50)),
-            "concurrent_p95": float(np.percentile(con_latencies, 95)),
-            "sequential_p50": float(np.percentile(seq_latencies, 50)),
-            "sequential_p95": float(np.percentile(seq_latencies, 95))}
+    print(
+        f"batching: {speedup:.2f}× the sequential throughput (target ≥ 5×), "
+        f"{100 * of_raw:.0f}% of the raw batch-64 call (target ≥ 80%)"
+    )
+    return {
+        "images": images,
+        "sequential_seconds": seq_seconds,
+        "concurrent_seconds": con_seconds,
+        "raw64_seconds": raw_seconds,
+        "speedup": speedup,
+        "fraction_of_raw": of_raw,
+        "pipeline_calls": calls,
+        "concurrent_p50": float(np.percentile(con_latencies, 50)),
+        "concurrent_p95": float(np.percentile(con_latencies, 95)),
+        "sequential_p50": float(np.percentile(seq_latencies, 50)),
+        "sequential_p95": float(np.percentile(seq_latencies, 95)),
+    }

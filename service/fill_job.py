@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from regl.fill.client import ClientFill, FillSettings, client_plan
 from regl.errors import ReglError
+from regl.fill.client import ClientFill, FillSettings, client_plan
 from service.errors import field_error
 from service.jobs import Job
 from service.local_model import LocalModel
@@ -22,10 +22,17 @@ from service.settings import ServiceSettings
 
 
 def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSettings) -> Callable[[Job], dict]:
-    from regl.generate.lora import LoraSettings, finetune_lora
+    from regl.generate.lora import finetune_lora
+    from regl.generate.settings import LoraSettings
 
-    lora_settings = LoraSettings(rank=body.rank, steps=body.steps, lr=body.lr, batch_size=body.batch_size,
-                                 prior_per_class=body.prior_per_class, seed=body.seed)
+    lora_settings = LoraSettings(
+        rank=body.rank,
+        steps=body.steps,
+        lr=body.lr,
+        batch_size=body.batch_size,
+        prior_per_class=body.prior_per_class,
+        seed=body.seed,
+    )
 
     def work(job: Job) -> dict[str, Any]:
         out = Path(settings.store) / "lora" / job.id
@@ -33,8 +40,16 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
         def on_step(step: int) -> None:
             job.report(f"step {step}/{body.steps}", step / body.steps)
 
-        result = finetune_lora(model.data, model.class_names, model.template, settings.base, out, lora_settings,
-                               show_progress=False, on_step=on_step)
+        result = finetune_lora(
+            model.data,
+            model.class_names,
+            model.template,
+            settings.base,
+            out,
+            lora_settings,
+            show_progress=False,
+            on_step=on_step,
+        )
         if body.activate:
             job.message = "loading the new LoRA"
             model.use_lora(out)
@@ -46,16 +61,26 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
 def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tuple[ClientFill, np.ndarray | None]:
     """The client's fill for this request; a bad mode or mix is a 422 naming the field."""
     fill_settings = FillSettings(
-        mode=body.mode, supplement=body.supplement, mix=body.mix, target="uniform" if body.target is None else "global",
-        lora=body.lora, lora_steps=body.lora_steps, prior_per_class=body.prior_per_class, steps=body.steps,
-        guidance=body.guidance, base=str(settings.base), store=str(Path(settings.store) / "fill"))
+        mode=body.mode,
+        supplement=body.supplement,
+        mix=body.mix,
+        target="uniform" if body.target is None else "global",
+        lora=body.lora,
+        lora_steps=body.lora_steps,
+        prior_per_class=body.prior_per_class,
+        steps=body.steps,
+        guidance=body.guidance,
+        base=str(settings.base),
+        store=str(Path(settings.store) / "fill"),
+    )
     try:
         sources = fill_settings.sources
     except ReglError as exc:
         raise field_error("mode", str(exc)) from exc
     if not sources:
-        raise field_error("mode", f"fill mode {body.mode!r} makes no images; name at least one of "
-                                  "diffusion, noise, mixup")
+        raise field_error(
+            "mode", f"fill mode {body.mode!r} makes no images; name at least one of diffusion, noise, mixup"
+        )
     try:
         fill_settings.check()
     except ReglError as exc:
@@ -72,8 +97,13 @@ def fill_work(body: FillRequest, model: LocalModel, settings: ServiceSettings) -
         job.message = f"making {plan.total()} images"
         synthetic, timings = client.make(model.data, plan, mixed=None, on_progress=job.report)
         key = client.store_key(plan)
-        return {"store": str(client.store_folder(key)), "key": key, "images": len(synthetic),
-                "plan": plan.to_json(), "timings": timings}
+        return {
+            "store": str(client.store_folder(key)),
+            "key": key,
+            "images": len(synthetic),
+            "plan": plan.to_json(),
+            "timings": timings,
+        }
 
     return work
 
@@ -88,5 +118,8 @@ def fill_images(job: dict, model: LocalModel) -> dict[str, np.ndarray]:
     if not shards:
         shape = (0, model.resolution, model.resolution, model.channels)
         return {"x": np.empty(shape, np.uint8), "y": np.empty(0, np.int64), "source": np.empty(0, "<U9")}
-    return {"x": np.concatenate([s.x for s in shards.values()]), "y": np.concatenate([s.y for s in shards.values()]),
-            "source": np.concatenate([np.full(len(s), name, "<U9") for name, s in shards.items()])}
+    return {
+        "x": np.concatenate([s.x for s in shards.values()]),
+        "y": np.concatenate([s.y for s in shards.values()]),
+        "source": np.concatenate([np.full(len(s), name, "<U9") for name, s in shards.items()]),
+    }

@@ -71,6 +71,11 @@ class JobRunner:
             job = self.jobs.get(job_id)
             return None if job is None else job.public()
 
+    def all(self) -> list[dict[str, Any]]:
+        """Snapshots of the kept jobs, newest first."""
+        with self.lock:
+            return [job.public() for job in sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)]
+
     def submit(self, kind: str, work: Callable[[Job], dict[str, Any]]) -> dict[str, Any]:
         """Queue `work(job)`; it may set job.progress and job.message (under no lock) and returns the result."""
         with self.lock:

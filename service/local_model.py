@@ -17,7 +17,6 @@ from regl.generate.generator import Generator, image_seed, to_dataset_format
 from service.settings import ServiceSettings
 
 
-
 def load_client_data(settings: ServiceSettings) -> ImageDataset | None:
     """The client's own images: a folder, a built-in dataset, or one client's share of it."""
     if not settings.data:
@@ -28,14 +27,20 @@ def load_client_data(settings: ServiceSettings) -> ImageDataset | None:
         raise ReglError(f"client {settings.client} of a partition needs a built-in dataset, got {settings.data!r}")
     if not 0 <= settings.client < settings.clients:
         raise ReglError(f"client must be in [0, {settings.clients}), got {settings.client}")
-    from regl.fl.experiment import ExperimentSettings, client_data
     from regl.data.partitions import PartitionSpec
+    from regl.fl.experiment import ExperimentSettings, client_data
 
-    spec = PartitionSpec(kind=settings.partition, num_clients=settings.clients,
-                         classes_per_client=settings.classes_per_client, beta=settings.beta,
-                         imbalance_ratio=settings.imbalance_ratio, seed=settings.partition_seed)
-    return client_data(ExperimentSettings(dataset=settings.data, partition=spec, seed=settings.partition_seed),
-                       settings.client)
+    spec = PartitionSpec(
+        kind=settings.partition,
+        num_clients=settings.clients,
+        classes_per_client=settings.classes_per_client,
+        beta=settings.beta,
+        imbalance_ratio=settings.imbalance_ratio,
+        seed=settings.partition_seed,
+    )
+    return client_data(
+        ExperimentSettings(dataset=settings.data, partition=spec, seed=settings.partition_seed), settings.client
+    )
 
 
 class LocalModel:
@@ -71,8 +76,9 @@ class LocalModel:
         float arithmetic may move.
         """
         with self.lock:
-            images = self.generator.generate(labels, seeds, steps=steps, guidance=guidance,
-                                             batch_size=self.settings.max_batch)
+            images = self.generator.generate(
+                labels, seeds, steps=steps, guidance=guidance, batch_size=self.settings.max_batch
+            )
         return to_dataset_format(images, self.resolution, self.channels)
 
     def noise(self, n: int, seed: int) -> np.ndarray:

@@ -1,25 +1,51 @@
-"""Request and response bodies of the service's routes."""
+"""Request and response bodies of the service's routes.
+
+Numbers are typed the way JSON Schema reads them: `true` is not a number and "7" is not an
+integer, but 7.0 is one. Limits that depend on the running service (the caps on n and on
+fine-tune steps, the served classes, the client's class count) are checked by the routes
+and written into the OpenAPI document by service/openapi.py.
+"""
 
 from __future__ import annotations
 
+from itertools import permutations
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, StrictStr
 
+from regl.fill.client import FillSettings
+from regl.fill.plan import SOURCES
+from regl.generate.settings import LoraSettings, SamplingSettings
 
 MAX_SEED = 2**63 - 1
+SAMPLING, LORA, FILL = SamplingSettings(), LoraSettings(), FillSettings()
+DEFAULT_LORA_STEPS = LORA.steps  # lowered to the service's max_finetune_steps when that is smaller
+MAX_TARGET_WEIGHT = 1e12  # keeps a target's sum finite
+
+
+def _integral_float_to_int(value: object) -> object:
+    """JSON Schema counts 7.0 as an integer; pydantic's strict int does not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, Strict(), BeforeValidator(_integral_float_to_int)]
+JsonFloat = Annotated[float, Strict()]  # strict refuses booleans and strings, and still takes integers
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
-        "examples": [{"class": "sneaker", "n": 4, "seed": 7}, {"class": 3, "n": 2, "source": "noise"}]})
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={"examples": [{"class": 0, "n": 1, "seed": 7}, {"class": 0, "n": 1, "source": "noise"}]},
+    )
 
-    class_: StrictInt | Annotated[StrictStr, Field(max_length=200)] = Field(alias="class",
-                                                                             description="class name or index")
-    n: int = Field(1, ge=1, description="number of images; at most the service's max_images_per_request")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="image i depends only on (class, seed, i)")
-    steps: int = Field(20, ge=1, le=200, description="diffusion denoising steps")
-    guidance: float = Field(3.0, ge=0.0, le=30.0, description="classifier-free guidance scale")
+    class_: JsonInt | Annotated[StrictStr, Field(max_length=200)] = Field(
+        alias="class", description="class name, or index (an integer or a decimal string)"
+    )
+    n: JsonInt = Field(1, ge=1, description="number of images; at most the service's max_images_per_request")
+    seed: JsonInt = Field(0, ge=0, le=MAX_SEED, description="image i depends only on (class, seed, i)")
+    steps: JsonInt = Field(SAMPLING.steps, ge=1, le=200, description="diffusion denoising steps")
+    guidance: JsonFloat = Field(SAMPLING.guidance, ge=0.0, le=30.0, description="classifier-free guidance scale")
     source: Literal["diffusion", "noise", "mixup"] = "diffusion"
 
 
@@ -51,36 +77,88 @@ class ModelInfo(BaseModel):
 
 
 class FinetuneRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"steps": 300, "rank": 4}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"rank": 4, "lr": 0.001}]})
 
-    steps: int = Field(300, ge=1, le=100_000)
-    rank: int = Field(4, ge=1, le=128)
-    lr: float = Field(1e-3, gt=0, le=1.0)
-    batch_size: int = Field(32, ge=1, le=1024)
-    prior_per_class: int = Field(32, ge=0, le=1000, description="base images per missing class (prior preservation)")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    activate: bool = Field(True, description="serve with the new LoRA once it is trained")
+    steps: JsonInt = Field(DEFAULT_LORA_STEPS, ge=1, description="at most the service's max_finetune_steps")
+    rank: JsonInt = Field(LORA.rank, ge=1, le=128)
+    lr: JsonFloat = Field(LORA.lr, gt=0, le=1.0)
+    batch_size: JsonInt = Field(LORA.batch_size, ge=1, le=1024)
+    prior_per_class: JsonInt = Field(
+        LORA.prior_per_class, ge=0, le=1000, description="base images per missing class (prior preservation)"
+    )
+    seed: JsonInt = Field(0, ge=0, le=2**31 - 1)
+    activate: StrictBool = Field(True, description="serve with the new LoRA once it is trained")
+
+
+# A fill's mode names distinct sources joined by '+'; its mix gives one weight per source, at least one
+# positive. The fill checks both (service/fill_job.py, with the library's messages); the document says the same.
+FILL_MODES = tuple("+".join(p) for k in range(1, len(SOURCES) + 1) for p in permutations(SOURCES, k))
+DEFAULT_FILL_MODE = "diffusion"
+_WEIGHT = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_ZERO = r"(?:0+(?:\.0*)?|\.0+)"
+_POSITIVE = r"(?:[0-9]*[1-9][0-9]*(?:\.[0-9]*)?|[0-9]*\.[0-9]*[1-9][0-9]*)"
+MIX_PATTERN = rf"^(?:{_WEIGHT}(?::{_WEIGHT})*)?$"  # plain decimals: no signs, exponents, spaces, inf or nan
+
+
+def _mix_pattern(weights: int) -> str:
+    """Empty, or `weights` colon-separated weights of which at least one is positive."""
+    first_positive = [":".join([_ZERO] * i + [_POSITIVE] + [_WEIGHT] * (weights - 1 - i)) for i in range(weights)]
+    return f"^(?:|{'|'.join(first_positive)})$"
+
+
+def _mix_fits_mode() -> list[dict]:
+    """The mode–mix rule in JSON Schema: one alternative per number of sources, mode required but by default."""
+    rule = []
+    for count in range(1, len(SOURCES) + 1):
+        modes = [mode for mode in FILL_MODES if mode.count("+") == count - 1]
+        rule.append(
+            {
+                "properties": {"mode": {"enum": modes}, "mix": {"pattern": _mix_pattern(count)}},
+                **({} if DEFAULT_FILL_MODE in modes else {"required": ["mode"]}),
+            }
+        )
+    return rule
 
 
 class FillRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"mode": "diffusion+noise", "mix": "75:25", "supplement": 0.2, "seed": 0}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": _mix_fits_mode(),
+            "examples": [{"mode": "diffusion+noise", "mix": "75:25", "supplement": 0.2, "seed": 0}],
+        },
+    )
 
-    mode: str = Field("diffusion", max_length=64,
-                      description="sources joined by '+': diffusion, noise, mixup; mixup images come from other "
-                                  "clients through the Flower server and are not made here")
-    supplement: float = Field(1.0, ge=0.0, le=10.0, description="synthetic images per real image")
-    mix: str = Field("", max_length=64, description="weights of the mode's sources in order, e.g. 75:25")
-    target: list[float] | None = Field(None, max_length=10_000,
-                                       description="class composition to fill towards; null: uniform")
-    lora: bool = Field(True, description="fine-tune a LoRA on the client's images first")
-    lora_steps: int = Field(300, ge=1, le=100_000)
-    prior_per_class: int = Field(32, ge=0, le=1000)
-    steps: int = Field(20, ge=1, le=200)
-    guidance: float = Field(3.0, ge=0.0, le=30.0)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    expect_class_counts: list[int] | None = Field(
-        None, max_length=10_000, description="the caller's class counts; refused (409) when the service holds other data")
+    mode: StrictStr = Field(
+        DEFAULT_FILL_MODE,
+        max_length=64,
+        json_schema_extra={"enum": list(FILL_MODES)},
+        description="sources joined by '+': diffusion, noise, mixup; mixup images come from "
+        "other clients through the Flower server and are not made here",
+    )
+    supplement: JsonFloat = Field(FILL.supplement, ge=0.0, le=10.0, description="synthetic images per real image")
+    mix: StrictStr = Field(
+        "",
+        max_length=64,
+        pattern=MIX_PATTERN,
+        description="weights of the mode's sources in order, e.g. 75:25, at least one positive; empty: equal weights",
+    )
+    target: list[Annotated[JsonFloat, Field(ge=0.0, le=MAX_TARGET_WEIGHT)]] | None = Field(
+        None,
+        max_length=10_000,
+        description="class composition to fill towards, one weight per class, at least one positive; null: uniform",
+    )
+    lora: StrictBool = Field(FILL.lora, description="fine-tune a LoRA on the client's images first")
+    lora_steps: JsonInt = Field(DEFAULT_LORA_STEPS, ge=1, description="at most the service's max_finetune_steps")
+    prior_per_class: JsonInt = Field(FILL.prior_per_class, ge=0, le=1000)
+    steps: JsonInt = Field(FILL.steps, ge=1, le=200)
+    guidance: JsonFloat = Field(FILL.guidance, ge=0.0, le=30.0)
+    seed: JsonInt = Field(0, ge=0, le=MAX_SEED)
+    expect_class_counts: list[JsonInt] | None = Field(
+        None,
+        max_length=10_000,
+        description="the caller's class counts; refused (409) when the service holds other data",
+    )
 
 
 class JobInfo(BaseModel):

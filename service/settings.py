@@ -8,8 +8,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from regl.data.partitions import PartitionSpec
 from regl.errors import ReglError
 from regl.generate.generator import DEFAULT_BASE
+from regl.generate.settings import CLASSES_OF, TORCH_THREADS
+
+PARTITION = PartitionSpec()  # a simulated client's share is cut as `regl fl` cuts it
 
 
 class ServiceSettings(BaseSettings):
@@ -18,18 +22,18 @@ class ServiceSettings(BaseSettings):
     base: Path = DEFAULT_BASE
     lora: Path | None = None
     data: str = ""  # the client's images: a folder (one subfolder per class) or a built-in dataset
-    dataset: str = "fashion-mnist"  # class names, prompt template and image shape when there is no data
+    dataset: str = CLASSES_OF  # class names, prompt template and image shape when there is no data
     client: int = -1  # with a built-in `data`: this client's share of the partition below
-    clients: int = 10
-    partition: str = "classes"
-    classes_per_client: int = 2
-    beta: float = 0.5
-    imbalance_ratio: float = 10.0
-    partition_seed: int = 0
+    clients: int = PARTITION.num_clients
+    partition: str = PARTITION.kind
+    classes_per_client: int = PARTITION.classes_per_client
+    beta: float = PARTITION.beta
+    imbalance_ratio: float = PARTITION.imbalance_ratio
+    partition_seed: int = PARTITION.seed
     host: str = "127.0.0.1"
     port: int = 8000
     token: SecretStr | None = None
-    threads: int = Field(2, ge=1)
+    threads: int = Field(TORCH_THREADS, ge=1)
     max_images_per_request: int = Field(64, ge=1)
     max_batch: int = Field(64, ge=1)
     batch_wait_ms: float = Field(20.0, ge=0)
@@ -47,8 +51,7 @@ class ServiceSettings(BaseSettings):
     def check_exposure(self) -> None:
         """A service that answers beyond this machine must ask for a token."""
         if not self.token and not is_loopback(self.host):
-            raise ReglError(f"refusing to listen on {self.host} without a token: set REGL_TOKEN, "
-                            "or bind 127.0.0.1")
+            raise ReglError(f"refusing to listen on {self.host} without a token: set REGL_TOKEN, or bind 127.0.0.1")
 
 
 def is_loopback(host: str) -> bool:

@@ -21,10 +21,26 @@ def test_arm_settings():
 
 def test_table_is_mean_and_std_over_seeds():
     rows = [
-        {"arm": "none", "seed": 0, "accuracy": 0.1, "minority_accuracy": None, "auc": 0.7,
-         "personalized_accuracy": 1.0, "fill_seconds": 0.0, "wall_seconds": 10.0},
-        {"arm": "none", "seed": 1, "accuracy": 0.3, "minority_accuracy": None, "auc": 0.9,
-         "personalized_accuracy": 1.0, "fill_seconds": 0.0, "wall_seconds": 30.0},
+        {
+            "arm": "none",
+            "seed": 0,
+            "accuracy": 0.1,
+            "minority_accuracy": None,
+            "auc": 0.7,
+            "personalized_accuracy": 1.0,
+            "fill_seconds": 0.0,
+            "wall_seconds": 10.0,
+        },
+        {
+            "arm": "none",
+            "seed": 1,
+            "accuracy": 0.3,
+            "minority_accuracy": None,
+            "auc": 0.9,
+            "personalized_accuracy": 1.0,
+            "fill_seconds": 0.0,
+            "wall_seconds": 30.0,
+        },
         {"arm": "noise", "seed": 0, "error": "exit code 1", "wall_seconds": 1.0},
     ]
     table = format_table(rows, ["none", "noise", "mixup"]).splitlines()
@@ -43,20 +59,61 @@ def test_bench_children_run_with_every_option_given(tmp_path, monkeypatch, capfd
     from regl.cli.options import experiment_settings
 
     out = tmp_path / "bench"
-    argv = ["bench", "--dataset", "mnist-10k", "--partition", "classes", "-k", "5", "--clients", "2", "--beta", "0.3",
-            "--imbalance-ratio", "4", "--rounds", "1", "--local-epochs", "1", "--batch-size", "32", "--lr", "0.02",
-            "--model", "cnn", "--arms", "none,noise", "--seeds", "3", "--fill-supplement", "0.01",
-            "--fill-target", "global", "--fill-no-lora", "--fill-lora-steps", "7", "--fill-prior-per-class", "3",
-            "--fill-steps", "4", "--fill-guidance", "2.5", "--fill-store", str(tmp_path / "store"),
-            "--out-dir", str(out)]
+    argv = [
+        "bench",
+        "--dataset",
+        "mnist-10k",
+        "--partition",
+        "classes",
+        "-k",
+        "5",
+        "--clients",
+        "2",
+        "--beta",
+        "0.3",
+        "--imbalance-ratio",
+        "4",
+        "--rounds",
+        "1",
+        "--local-epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.02",
+        "--model",
+        "cnn",
+        "--arms",
+        "none,noise",
+        "--seeds",
+        "3",
+        "--fill-supplement",
+        "0.01",
+        "--fill-target",
+        "global",
+        "--fill-no-lora",
+        "--fill-lora-steps",
+        "7",
+        "--fill-prior-per-class",
+        "3",
+        "--fill-steps",
+        "4",
+        "--fill-guidance",
+        "2.5",
+        "--fill-store",
+        str(tmp_path / "store"),
+        "--out-dir",
+        str(out),
+    ]
     monkeypatch.chdir(tmp_path)
     code = main(argv)
     terminal = capfd.readouterr()
     assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
     settings = experiment_settings(command_parser("bench").parse_args(argv[1:]))
     for arm in ("none", "noise"):
-        seeded = replace(settings, seed=3, partition=replace(settings.partition, seed=3),
-                         out_dir=str(out / f"{arm}-s3"))
+        seeded = replace(
+            settings, seed=3, partition=replace(settings.partition, seed=3), out_dir=str(out / f"{arm}-s3")
+        )
         expected = arm_settings(seeded, arm, "").to_config()
         config = json.loads((out / f"{arm}-s3" / "config.json").read_text())
         assert {key: config[key] for key in expected} == expected

@@ -18,6 +18,8 @@ from regl.generate.generator import DEFAULT_BASE
 from regl.train.settings import TrainSettings
 
 PROJECT = Path(__file__).resolve().parents[1]
+
+
 # [tool.flwr.app.config] keys that differ from ExperimentSettings() on purpose, and why
 def parse(argv: list[str]) -> ExperimentSettings:
     """What `regl ARGV` runs with: argv[0] is the command."""
@@ -73,17 +75,21 @@ def test_help_shows_the_settings_defaults(capsys):
     assert main(["fl", "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
     fill = FillSettings()
-    assert f"--fill-lora-steps FILL_LORA_STEPS each client's LoRA fine-tuning steps (default: {fill.lora_steps})" \
+    assert (
+        f"--fill-lora-steps FILL_LORA_STEPS each client's LoRA fine-tuning steps (default: {fill.lora_steps})"
         in help_text
+    )
     assert f"(default: {ExperimentSettings().num_rounds})" in help_text
     assert f"SGD learning rate (default: {TrainSettings().lr})" in help_text
 
 
 def test_help_imports_nothing_heavy():
     """A fresh interpreter: `regl --help` and `regl partition --help` load neither torch, Flower nor FastAPI."""
-    code = ("import sys\nfrom regl.cli import main\n"
-            "assert main(['--help']) == 0 and main(['partition', '--help']) == 0\n"
-            "print(sorted({'torch', 'flwr', 'fastapi', 'ray'} & set(sys.modules)))")
+    code = (
+        "import sys\nfrom regl.cli import main\n"
+        "assert main(['--help']) == 0 and main(['partition', '--help']) == 0\n"
+        "print(sorted({'torch', 'flwr', 'fastapi', 'ray'} & set(sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
@@ -156,8 +162,10 @@ def test_every_fl_option_survives_settings_to_argv_and_back():
 
 
 def test_settings_without_an_option_are_refused():
-    for settings in (replace(ExperimentSettings(), train=TrainSettings(momentum=0.5)),
-                     replace(ExperimentSettings(), fill=FillSettings(service="http://127.0.0.1:8100"))):
+    for settings in (
+        replace(ExperimentSettings(), train=TrainSettings(momentum=0.5)),
+        replace(ExperimentSettings(), fill=FillSettings(service="http://127.0.0.1:8100")),
+    ):
         with pytest.raises(ValueError, match="has no option for"):
             settings_to_argv(settings)
     with pytest.raises(ValueError, match="has no option for fill"):
@@ -166,22 +174,80 @@ def test_settings_without_an_option_are_refused():
 
 def test_every_bench_option_reaches_its_childrens_command_lines():
     """`regl bench` parsed, each arm's child command line parsed again: the arm's settings exactly."""
-    bench = ["bench", "--dataset", "fashion-mnist", "--partition", "dirichlet", "--clients", "4", "-k", "3",
-             "--beta", "0.1", "--imbalance-ratio", "4", "--seed", "5", "--rounds", "3", "--local-epochs", "2",
-             "--batch-size", "32", "--lr", "0.05", "--model", "resnet18", "--out-dir", "runs/b",
-             "--fill-supplement", "0.2", "--fill-mix", "3:1", "--fill-target", "global", "--fill-no-lora",
-             "--fill-lora-steps", "7", "--fill-prior-per-class", "3", "--fill-steps", "4", "--fill-guidance", "2.5",
-             "--fill-base", str(DEFAULT_BASE), "--fill-store", "/tmp/bench-store", "--cpus", "3", "--verbose"]
+    bench = [
+        "bench",
+        "--dataset",
+        "fashion-mnist",
+        "--partition",
+        "dirichlet",
+        "--clients",
+        "4",
+        "-k",
+        "3",
+        "--beta",
+        "0.1",
+        "--imbalance-ratio",
+        "4",
+        "--seed",
+        "5",
+        "--rounds",
+        "3",
+        "--local-epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--model",
+        "resnet18",
+        "--out-dir",
+        "runs/b",
+        "--fill-supplement",
+        "0.2",
+        "--fill-mix",
+        "3:1",
+        "--fill-target",
+        "global",
+        "--fill-no-lora",
+        "--fill-lora-steps",
+        "7",
+        "--fill-prior-per-class",
+        "3",
+        "--fill-steps",
+        "4",
+        "--fill-guidance",
+        "2.5",
+        "--fill-base",
+        str(DEFAULT_BASE),
+        "--fill-store",
+        "/tmp/bench-store",
+        "--cpus",
+        "3",
+        "--verbose",
+    ]
     args = command_parser("bench").parse_args(bench[1:])
     settings = experiment_settings(args)
-    for arm in ("none", "noise", "mixup", "diffusion", "diffusion-base", "diffusion+noise", "public", "iid",
-                "centralized"):
+    for arm in (
+        "none",
+        "noise",
+        "mixup",
+        "diffusion",
+        "diffusion-base",
+        "diffusion+noise",
+        "public",
+        "iid",
+        "centralized",
+    ):
         child = arm_settings(settings, arm, args.arm_mix)
         argv = arm_argv(child, arm, cpus=args.cpus, verbose=args.verbose)
         child_args = command_parser(argv[0]).parse_args(argv[1:])
         parsed = experiment_settings(child_args)
-        assert (parsed.model, parsed.train, parsed.num_rounds, parsed.partition.seed) == ("resnet18",
-                                                                                         settings.train, 3, 5)
+        assert (parsed.model, parsed.train, parsed.num_rounds, parsed.partition.seed) == (
+            "resnet18",
+            settings.train,
+            3,
+            5,
+        )
         if arm == "centralized":
             assert argv[0] == "centralized" and parsed.fill.mode == "none"
             assert replace(parsed, fill=child.fill) == child

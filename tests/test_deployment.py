@@ -15,8 +15,11 @@ def test_node_service_command_line_is_its_settings(monkeypatch):
     from regl.cli.serving import service_argv, service_settings
 
     monkeypatch.setenv("REGL_TOKEN", "secret")
-    run = experiment_settings(command_parser("deploy").parse_args(
-        ["--dataset", "mnist-10k", "--partition", "dirichlet", "--beta", "0.05", "--clients", "3", "--seed", "4"]))
+    run = experiment_settings(
+        command_parser("deploy").parse_args(
+            ["--dataset", "mnist-10k", "--partition", "dirichlet", "--beta", "0.05", "--clients", "3", "--seed", "4"]
+        )
+    )
     node = node_service_settings(run, 2, Path("/tmp/service-2"))
     argv = service_argv(node)
     assert argv[0] == "serve" and "secret" not in argv  # the token stays in the environment
@@ -28,9 +31,29 @@ def test_node_service_command_line_is_its_settings(monkeypatch):
 def test_deployed_run_gets_each_clients_fill_from_its_own_service(tmp_path, monkeypatch, capfd):
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
-    code = main(["deploy", "--dataset", "mnist-10k", "--partition", "classes", "-k", "5", "--clients", "2",
-                 "--rounds", "1", "--fill", "noise", "--fill-supplement", "0.01",
-                 "--fill-store", str(tmp_path / "store"), "--out-dir", str(out)])
+    code = main(
+        [
+            "deploy",
+            "--dataset",
+            "mnist-10k",
+            "--partition",
+            "classes",
+            "-k",
+            "5",
+            "--clients",
+            "2",
+            "--rounds",
+            "1",
+            "--fill",
+            "noise",
+            "--fill-supplement",
+            "0.01",
+            "--fill-store",
+            str(tmp_path / "store"),
+            "--out-dir",
+            str(out),
+        ]
+    )
     terminal = capfd.readouterr()
     assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -44,5 +67,8 @@ def test_deployed_run_gets_each_clients_fill_from_its_own_service(tmp_path, monk
         log = (out / "logs" / f"service-{node}.log").read_text()
         assert log.count("POST /v1/fill") == 1 and "127.0.0.1" in log
     traffic = json.loads((out / "traffic.json").read_text())
-    assert {(m["action"], m["record"]) for m in traffic} == {("fill", "metrics"), ("train", "arrays"),
-                                                             ("train", "metrics")}
+    assert {(m["action"], m["record"]) for m in traffic} == {
+        ("fill", "metrics"),
+        ("train", "arrays"),
+        ("train", "metrics"),
+    }

@@ -17,9 +17,28 @@ from regl.fl.experiment import ExperimentSettings, new_model
 def _run_fill(tmp_path, monkeypatch, capfd, fill: list[str]) -> tuple[dict, list[dict]]:
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
-    code = main(["fl", "--dataset", "mnist-10k", "--partition", "classes", "-k", "5", "--clients", "2",
-                 "--rounds", "1", "--out-dir", str(out), "--fill-store", str(tmp_path / "store"),
-                 "--fill-supplement", "0.01", *fill])
+    code = main(
+        [
+            "fl",
+            "--dataset",
+            "mnist-10k",
+            "--partition",
+            "classes",
+            "-k",
+            "5",
+            "--clients",
+            "2",
+            "--rounds",
+            "1",
+            "--out-dir",
+            str(out),
+            "--fill-store",
+            str(tmp_path / "store"),
+            "--fill-supplement",
+            "0.01",
+            *fill,
+        ]
+    )
     terminal = capfd.readouterr()
     assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -31,9 +50,12 @@ def _run_fill(tmp_path, monkeypatch, capfd, fill: list[str]) -> tuple[dict, list
 
 @pytest.mark.e2e
 def test_diffusion_and_noise_fill_sends_nothing_but_weights_and_metrics(tmp_path, monkeypatch, capfd):
-    summary, traffic = _run_fill(tmp_path, monkeypatch, capfd, ["--fill", "diffusion+noise", "--fill-lora-steps",
-                                                                "2", "--fill-prior-per-class", "1", "--fill-steps",
-                                                                "2"])
+    summary, traffic = _run_fill(
+        tmp_path,
+        monkeypatch,
+        capfd,
+        ["--fill", "diffusion+noise", "--fill-lora-steps", "2", "--fill-prior-per-class", "1", "--fill-steps", "2"],
+    )
     fill = summary["fill"]["clients"]
     assert [c["client"] for c in fill] == [0, 1]
     for client in fill:
@@ -42,8 +64,11 @@ def test_diffusion_and_noise_fill_sends_nothing_but_weights_and_metrics(tmp_path
         assert client["real-images"] > 0 and client["finetune-seconds"] > 0
     state = new_model(ExperimentSettings(dataset="mnist-10k")).state_dict()
     assert {m["client"] for m in traffic} == {0, 1}
-    assert {(m["action"], m["record"]) for m in traffic} == {("fill", "metrics"), ("train", "arrays"),
-                                                             ("train", "metrics")}
+    assert {(m["action"], m["record"]) for m in traffic} == {
+        ("fill", "metrics"),
+        ("train", "arrays"),
+        ("train", "metrics"),
+    }
     for message in traffic:
         if message["record"] == "arrays":  # exactly the model's tensors, nothing image-shaped
             assert {a[0] for a in message["arrays"]} == set(state)
@@ -68,8 +93,9 @@ def test_mixup_fill_routes_mixes_through_the_server_and_counts_them(tmp_path, mo
 
     summary, traffic = _run_fill(tmp_path, monkeypatch, capfd, ["--fill", "mixup"])
     fill = summary["fill"]
-    settings = ExperimentSettings(dataset="mnist-10k", partition=PartitionSpec(kind="classes", num_clients=2,
-                                                                               classes_per_client=5))
+    settings = ExperimentSettings(
+        dataset="mnist-10k", partition=PartitionSpec(kind="classes", num_clients=2, classes_per_client=5)
+    )
     held = [set(np.flatnonzero(client_data(settings, c).class_counts())) for c in (0, 1)]
     nobody = {str(c) for c in range(10) if c not in held[0] | held[1]}
     for client in fill["clients"]:
@@ -89,8 +115,9 @@ def test_mixup_fill_routes_mixes_through_the_server_and_counts_them(tmp_path, mo
 
 
 def test_fill_settings_survive_the_flower_run_config():
-    settings = ExperimentSettings(fill=FillSettings(mode="diffusion+noise", supplement=0.2, mix="3:1", lora=False,
-                                                    steps=7, target="global"))
+    settings = ExperimentSettings(
+        fill=FillSettings(mode="diffusion+noise", supplement=0.2, mix="3:1", lora=False, steps=7, target="global")
+    )
     config = settings.to_config()
     assert config["fill"] == "diffusion+noise" and config["fill-lora"] is False
     assert ExperimentSettings.from_config(config) == settings
@@ -110,9 +137,11 @@ def test_training_data_is_real_plus_the_store(tmp_path):
     from regl.data.partitions import PartitionSpec
     from regl.fl.experiment import client_data, prepare_fill, training_data
 
-    settings = ExperimentSettings(dataset="mnist-10k", partition=PartitionSpec(kind="classes", num_clients=10,
-                                                                               classes_per_client=1),
-                                  fill=FillSettings(mode="noise", supplement=0.1, store=str(tmp_path)))
+    settings = ExperimentSettings(
+        dataset="mnist-10k",
+        partition=PartitionSpec(kind="classes", num_clients=10, classes_per_client=1),
+        fill=FillSettings(mode="noise", supplement=0.1, store=str(tmp_path)),
+    )
     with pytest.raises(RuntimeError, match="no complete synthetic store"):
         training_data(settings, 3, None)
     first = prepare_fill(settings, 3, None, None)

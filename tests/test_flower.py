@@ -17,8 +17,9 @@ def test_two_clients_two_rounds(tmp_path, monkeypatch, capfd):
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["regl", "--not-these"])  # main's own argv goes to the sandboxed run
-    code = main(["fl", "--dataset", "mnist-10k", "--partition", "iid", "--clients", "2", "--rounds", "2",
-                 "--out-dir", str(out)])
+    code = main(
+        ["fl", "--dataset", "mnist-10k", "--partition", "iid", "--clients", "2", "--rounds", "2", "--out-dir", str(out)]
+    )
     terminal = capfd.readouterr()
     assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
     rounds = json.loads((out / "rounds.json").read_text())
@@ -54,7 +55,8 @@ def test_progress_lines():
     rounds.round_done(1, 0.5, failed_clients=2)
     assert lines[0] == "round 0/3: accuracy 10.00% (the initial model)"
     assert lines[1].startswith("round 1/3: accuracy 50.00%, ") and lines[1].endswith(
-        "left; 2 clients failed (see the run's log)")
+        "left; 2 clients failed (see the run's log)"
+    )
     fill = FillProgress(2, lines.append)
     fill.client_done(1, 120)
     fill.client_done(0, 80)
@@ -74,6 +76,8 @@ def test_a_failed_run_is_one_line_that_names_its_log(tmp_path, monkeypatch):
     log = tmp_path / "flower.log"
     with pytest.raises(ReglError) as failed:
         simulation.simulate(ExperimentSettings(out_dir=str(tmp_path)), num_cpus=1)
-    assert str(failed.value) == f"the federated run failed: a client failed in the fill phase (fill): boom " \
-                                f"(details in {log})"
+    assert (
+        str(failed.value) == f"the federated run failed: a client failed in the fill phase (fill): boom "
+        f"(details in {log})"
+    )
     assert "Traceback" in log.read_text() and "and more" in log.read_text()

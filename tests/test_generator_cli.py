@@ -25,8 +25,20 @@ def regl(capsys, *args) -> tuple[int, str]:
 
 
 def test_generate_writes_dataset_format_pngs(capsys, tmp_path, base):
-    code, err = regl(capsys, "generate", "--class", "sneaker", "--n", "3", "--steps", "2", "--base", str(base),
-                     "--out", str(tmp_path / "out"))
+    code, err = regl(
+        capsys,
+        "generate",
+        "--class",
+        "sneaker",
+        "--n",
+        "3",
+        "--steps",
+        "2",
+        "--base",
+        str(base),
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert code == 0, err
     files = sorted((tmp_path / "out").glob("*.png"))
     assert [f.name for f in files] == [f"sneaker_0000{i}.png" for i in range(3)]
@@ -41,12 +53,37 @@ def test_finetune_then_generate_with_the_lora(capsys, tmp_path, base):
         for i in range(3):
             pixels = rng.integers(0, 255, (28, 28), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / "client" / name / f"{i}.png")
-    code, err = regl(capsys, "finetune", "--data", str(tmp_path / "client"), "--base", str(base), "--out",
-                     str(tmp_path / "lora"), "--steps", "3", "--batch-size", "2", "--prior-per-class", "0")
+    code, err = regl(
+        capsys,
+        "finetune",
+        "--data",
+        str(tmp_path / "client"),
+        "--base",
+        str(base),
+        "--out",
+        str(tmp_path / "lora"),
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--prior-per-class",
+        "0",
+    )
     assert code == 0, err
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    code, err = regl(capsys, "finetune", "--data", str(tmp_path / "client"), "--base", str(base), "--out",
-                     str(tmp_path / "lora"), "--steps", "3", "--resume")
+    code, err = regl(
+        capsys,
+        "finetune",
+        "--data",
+        str(tmp_path / "client"),
+        "--base",
+        str(base),
+        "--out",
+        str(tmp_path / "lora"),
+        "--steps",
+        "3",
+        "--resume",
+    )
     assert code == 2 and "holds no checkpoint" in err
 
 

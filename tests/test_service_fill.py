@@ -19,14 +19,31 @@ pytestmark = pytest.mark.e2e  # each test serves uvicorn on loopback
 
 
 def _service(tmp_path, client: int) -> ThreadedServer:
-    return ThreadedServer(create_app(ServiceSettings(
-        data="mnist-10k", client=client, clients=2, partition="classes", classes_per_client=5, threads=1,
-        store=tmp_path / "service-store")))
+    return ThreadedServer(
+        create_app(
+            ServiceSettings(
+                data="mnist-10k",
+                client=client,
+                clients=2,
+                partition="classes",
+                classes_per_client=5,
+                threads=1,
+                store=tmp_path / "service-store",
+            )
+        )
+    )
 
 
 def _settings(tmp_path, url: str) -> ExperimentSettings:
-    fill = FillSettings(mode="diffusion+noise", supplement=0.01, lora_steps=2, prior_per_class=1, steps=2,
-                        store=str(tmp_path / "client-store"), service=url)
+    fill = FillSettings(
+        mode="diffusion+noise",
+        supplement=0.01,
+        lora_steps=2,
+        prior_per_class=1,
+        steps=2,
+        store=str(tmp_path / "client-store"),
+        service=url,
+    )
     return ExperimentSettings(dataset="mnist-10k", partition=PARTITION, fill=fill)
 
 
@@ -46,7 +63,7 @@ def test_client_fill_comes_from_its_service_and_lands_in_its_store(tmp_path):
     made = SyntheticStore(service_manifests[0].parent).load_shards(key)
     stored = training_data(settings, 0, None)
     made_x = np.concatenate([made["diffusion"].x, made["noise"].x])
-    assert np.array_equal(stored.x[len(real):], made_x)
+    assert np.array_equal(stored.x[len(real) :], made_x)
     missing = set(range(10)) - set(real.y.tolist())
     assert set(made["diffusion"].y.tolist()) <= missing  # only the classes the client lacks
 

@@ -3,7 +3,8 @@
 - options.py: what the commands share (experiment options, the inverse of parsing)
 - data.py: partition
 - federated.py: fl, bench, deploy, centralized, sandbox
-- generation.py: pretrain-base, generate, finetune, eval-generator, bench-generator
+- generation.py: generate, eval-generator, bench-generator
+- training.py: finetune, pretrain-base
 - serving.py: serve, bench-service
 
 Only the options of the command being run are added, and heavy imports (torch, Flower,
@@ -16,24 +17,26 @@ import argparse
 import os
 import sys
 
-from regl.cli import data, federated, generation, serving
+from regl.cli import data, federated, generation, serving, training
 from regl.cli.options import Command, HelpFormatter, Parser
 from regl.errors import ReglError
 
-COMMANDS: dict[str, Command] = {
-    command.name: command
-    for command in (*data.COMMANDS, *federated.COMMANDS, *generation.COMMANDS, *serving.COMMANDS)
-}
+GROUPS = (data, federated, generation, training, serving)
+COMMANDS: dict[str, Command] = {command.name: command for group in GROUPS for command in group.COMMANDS}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `regl` parser with the options of `command` alone; the others list their name and help only."""
-    parser = Parser(prog="regl", formatter_class=HelpFormatter,
-                    description="ReGL: recover the global label distribution on skewed federated clients.")
+    parser = Parser(
+        prog="regl",
+        formatter_class=HelpFormatter,
+        description="ReGL: recover the global label distribution on skewed federated clients.",
+    )
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
     for spec in COMMANDS.values():
-        subparser = sub.add_parser(spec.name, help=spec.help, description=spec.description,
-                                   formatter_class=HelpFormatter)
+        subparser = sub.add_parser(
+            spec.name, help=spec.help, description=spec.description, formatter_class=HelpFormatter
+        )
         if spec.name == command:
             spec.add_options(subparser)
             subparser.set_defaults(run=spec.run)

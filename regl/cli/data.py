@@ -31,8 +31,12 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 
 COMMANDS = (
-    Command("partition", "show a label-skew partition's statistics and save its heatmap",
-            "Partition a dataset's private pool across clients; print per-client class counts, local "
-            "imbalance γ_j, cosine similarity CS_j and global Γ; save a clients × classes heatmap PNG.",
-            add_partition_command_options, cmd_partition),
+    Command(
+        "partition",
+        "show a label-skew partition's statistics and save its heatmap",
+        "Partition a dataset's private pool across clients; print per-client class counts, local "
+        "imbalance γ_j, cosine similarity CS_j and global Γ; save a clients × classes heatmap PNG.",
+        add_partition_command_options,
+        cmd_partition,
+    ),
 )

@@ -57,9 +57,11 @@ def cmd_fl(args: argparse.Namespace) -> int:
     from clients.simulation import simulate
 
     summary = simulate(settings, num_cpus=args.cpus, verbose=args.verbose)
-    print(f"final global accuracy {100 * summary['final_accuracy']:.2f}%, mean personalized accuracy "
-          f"{100 * summary['final_personalized_accuracy']:.2f}%, {summary['wall_seconds']:.0f}s; "
-          f"results in {settings.out_dir} (summary.json, rounds.json, accuracy.png, traffic.json, flower.log)")
+    print(
+        f"final global accuracy {100 * summary['final_accuracy']:.2f}%, mean personalized accuracy "
+        f"{100 * summary['final_personalized_accuracy']:.2f}%, {summary['wall_seconds']:.0f}s; "
+        f"results in {settings.out_dir} (summary.json, rounds.json, accuracy.png, traffic.json, flower.log)"
+    )
     print(format_time_split(summary["time_split"], args.cpus))
     return 0
 
@@ -89,8 +91,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     name = settings.name.removesuffix(f"-s{args.seed}")
     out_root = Path(args.out_dir or f"runs/bench-{name}")
     table = run_arms(settings, arms, seeds, args.arm_mix, out_root, cpus=args.cpus, verbose=args.verbose)
-    print(f"\n{args.dataset}, {settings.partition.describe()}, {args.clients} clients, {args.rounds} rounds × "
-          f"{args.local_epochs} local epochs, seeds {args.seeds}\n{table}\n(table.md and bench.json in {out_root})")
+    print(
+        f"\n{args.dataset}, {settings.partition.describe()}, {args.clients} clients, {args.rounds} rounds × "
+        f"{args.local_epochs} local epochs, seeds {args.seeds}\n{table}\n(table.md and bench.json in {out_root})"
+    )
     return 0
 
 
@@ -98,8 +102,11 @@ def add_deploy_options(parser: argparse.ArgumentParser) -> None:
     add_data_options(parser)
     add_training_options(parser)
     add_fill_options(parser)
-    parser.add_argument("--in-process-fill", action="store_true",
-                        help="make the fill inside each ClientApp instead of in the node's regl serve")
+    parser.add_argument(
+        "--in-process-fill",
+        action="store_true",
+        help="make the fill inside each ClientApp instead of in the node's regl serve",
+    )
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -113,9 +120,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     summary = deploy(settings, service_fill, DEPLOY_STATE_DIR)
     done = summary["deployment"]
-    print(f"final global accuracy {100 * summary['final_accuracy']:.2f}%, {done['nodes']} SuperNodes"
-          f"{' each with its regl serve' if service_fill else ''}, set-up {done['setup_seconds']:.0f}s, "
-          f"{done['total_seconds']:.0f}s in all; results and logs in {settings.out_dir}")
+    print(
+        f"final global accuracy {100 * summary['final_accuracy']:.2f}%, {done['nodes']} SuperNodes"
+        f"{' each with its regl serve' if service_fill else ''}, set-up {done['setup_seconds']:.0f}s, "
+        f"{done['total_seconds']:.0f}s in all; results and logs in {settings.out_dir}"
+    )
     print(format_time_split(summary["time_split"], settings.partition.num_clients))
     return 0
 
@@ -124,10 +133,12 @@ def format_time_split(split: dict, cpus: int) -> str:
     """Wall time by phase; communication is what the rounds took beyond the clients' compute on `cpus` workers."""
     compute = (split["client_train_seconds"] + split["client_eval_seconds"]) / cpus
     communication = split["rounds_wall_seconds"] - compute - split["server_eval_seconds"]
-    return (f"wall time: fill {split['fill_phase_wall_seconds']:.0f}s (client fine-tune "
-            f"{split['client_finetune_seconds']:.0f}s + generate {split['client_generate_seconds']:.0f}s of compute), "
-            f"rounds {split['rounds_wall_seconds']:.0f}s = train+eval {compute:.0f}s on {cpus} workers + "
-            f"server eval {split['server_eval_seconds']:.0f}s + communication/overhead {communication:.0f}s")
+    return (
+        f"wall time: fill {split['fill_phase_wall_seconds']:.0f}s (client fine-tune "
+        f"{split['client_finetune_seconds']:.0f}s + generate {split['client_generate_seconds']:.0f}s of compute), "
+        f"rounds {split['rounds_wall_seconds']:.0f}s = train+eval {compute:.0f}s on {cpus} workers + "
+        f"server eval {split['server_eval_seconds']:.0f}s + communication/overhead {communication:.0f}s"
+    )
 
 
 def add_centralized_options(parser: argparse.ArgumentParser) -> None:
@@ -160,31 +171,50 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 COMMANDS = (
-    Command("fl", "run federated training (FedAvg on Flower's simulation engine)",
-            "Run the ReGL Flower apps on the simulation engine inside a loopback-only network namespace. "
-            "Prints one line per round; Flower's and Ray's logs go to OUT_DIR/flower.log. Writes "
-            "rounds.json, summary.json and accuracy.png.",
-            add_fl_options, cmd_fl),
-    Command("bench", "benchmark arms side by side: FedAvg with each fill, iid, centralized",
-            "Run `regl fl` once per arm and seed (same data, model, rounds and seeds; only the fill changes) "
-            "and print a table of final accuracy, minority-class accuracy, AUC and personalized accuracy, "
-            "mean ± std over seeds. Arms: none, noise, mixup, diffusion (client LoRA), diffusion-base (no "
-            "LoRA), public, any '+' combination of the sources (e.g. diffusion+noise), iid, centralized. "
-            "--fill-mix applies to the arms with as many sources as it has weights.",
-            add_bench_options, cmd_bench),
-    Command("deploy", "run the federation as separate processes on loopback: SuperLink, SuperNodes, "
-                      "one regl serve per node",
-            "Start a Flower SuperLink, one SuperNode per client with its own data partition (node config "
-            "partition-id), and, when the fill is synthetic, one `regl serve` per node that holds the same "
-            "partition and makes that client's fill; then `flwr run` the app against them. Everything binds "
-            "127.0.0.1 inside the loopback-only sandbox and stops when the run ends. Logs in OUT_DIR/logs.",
-            add_deploy_options, cmd_deploy),
-    Command("centralized", "train the same model on the pooled private data (reference arm)",
-            "Train the federated run's model on the union of the clients' data; one round = --local-epochs "
-            "epochs. Same outputs as `regl fl`.",
-            add_centralized_options, cmd_centralized),
-    Command("sandbox", "run a command (e.g. `flwr run .`) offline in a loopback-only namespace",
-            "Run COMMAND with Flower's offline environment, FLWR_HOME=./.flwr, in new network and PID "
-            "namespaces: only loopback is reachable and every process it starts is stopped when it ends.",
-            add_sandbox_options, cmd_sandbox),
+    Command(
+        "fl",
+        "run federated training (FedAvg on Flower's simulation engine)",
+        "Run the ReGL Flower apps on the simulation engine inside a loopback-only network namespace. "
+        "Prints one line per round; Flower's and Ray's logs go to OUT_DIR/flower.log. Writes "
+        "rounds.json, summary.json and accuracy.png.",
+        add_fl_options,
+        cmd_fl,
+    ),
+    Command(
+        "bench",
+        "benchmark arms side by side: FedAvg with each fill, iid, centralized",
+        "Run `regl fl` once per arm and seed (same data, model, rounds and seeds; only the fill changes) "
+        "and print a table of final accuracy, minority-class accuracy, AUC and personalized accuracy, "
+        "mean ± std over seeds. Arms: none, noise, mixup, diffusion (client LoRA), diffusion-base (no "
+        "LoRA), public, any '+' combination of the sources (e.g. diffusion+noise), iid, centralized. "
+        "--fill-mix applies to the arms with as many sources as it has weights.",
+        add_bench_options,
+        cmd_bench,
+    ),
+    Command(
+        "deploy",
+        "run the federation as separate processes on loopback: SuperLink, SuperNodes, one regl serve per node",
+        "Start a Flower SuperLink, one SuperNode per client with its own data partition (node config "
+        "partition-id), and, when the fill is synthetic, one `regl serve` per node that holds the same "
+        "partition and makes that client's fill; then `flwr run` the app against them. Everything binds "
+        "127.0.0.1 inside the loopback-only sandbox and stops when the run ends. Logs in OUT_DIR/logs.",
+        add_deploy_options,
+        cmd_deploy,
+    ),
+    Command(
+        "centralized",
+        "train the same model on the pooled private data (reference arm)",
+        "Train the federated run's model on the union of the clients' data; one round = --local-epochs "
+        "epochs. Same outputs as `regl fl`.",
+        add_centralized_options,
+        cmd_centralized,
+    ),
+    Command(
+        "sandbox",
+        "run a command (e.g. `flwr run .`) offline in a loopback-only namespace",
+        "Run COMMAND with Flower's offline environment, FLWR_HOME=./.flwr, in new network and PID "
+        "namespaces: only loopback is reachable and every process it starts is stopped when it ends.",
+        add_sandbox_options,
+        cmd_sandbox,
+    ),
 )

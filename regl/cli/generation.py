@@ -1,6 +1,6 @@
-"""`regl generate`, `finetune`, `eval-generator`, `bench-generator` and `pretrain-base`: the generator.
+"""`regl generate`, `eval-generator` and `bench-generator`: images from a base (and a LoRA), and their measures.
 
-Their defaults come from `LoraSettings`, `SamplingSettings` and `PretrainSettings`.
+Sampling defaults come from `SamplingSettings`; the helpers here are shared with `training.py`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from regl.cli.options import Command, add_partition_options, partition_spec
+from regl.cli.options import Command
 from regl.errors import ReglError
-
-CLASSES_OF = "fashion-mnist"  # whose class names, prompt template and image format, unless --dataset says
-TORCH_THREADS = 2
+from regl.generate.settings import CLASSES_OF, TORCH_THREADS
 
 
 def sampling_defaults() -> dict[str, Any]:
@@ -71,13 +69,16 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class", dest="class_name", required=True, help="class name or index, e.g. sneaker or 7")
     parser.add_argument("--n", type=int, default=16, help="number of images")
     parser.add_argument("--out", required=True, help="folder for the PNGs")
-    parser.add_argument("--dataset", default=CLASSES_OF, help="whose class names, prompt template and image "
-                                                              "format to use")
+    parser.add_argument(
+        "--dataset", default=CLASSES_OF, help="whose class names, prompt template and image format to use"
+    )
     add_sampling_options(parser)
-    parser.add_argument("--template", default="", help="prompt template with {} for the class name; empty: "
-                                                        "the dataset's")
-    parser.add_argument("--batch-size", type=int, default=sampling_defaults()["batch_size"],
-                        help="images per pipeline call")
+    parser.add_argument(
+        "--template", default="", help="prompt template with {} for the class name; empty: the dataset's"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=sampling_defaults()["batch_size"], help="images per pipeline call"
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -92,69 +93,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     template = args.template or template
     label = class_index(names, args.class_name)
     generator = Generator(Path(args.base), names, template, lora=Path(args.lora) if args.lora else None)
-    images = generator.generate_class(label, args.n, args.seed, steps=args.steps, guidance=args.guidance,
-                                      scheduler=args.scheduler, batch_size=args.batch_size)
+    images = generator.generate_class(
+        label,
+        args.n,
+        args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        scheduler=args.scheduler,
+        batch_size=args.batch_size,
+    )
     resolution, channels = dataset_shape(args.dataset)
-    paths = save_pngs(to_dataset_format(images, resolution, channels), Path(args.out),
-                      names[label].replace(" ", "-").replace("/", "-"))
+    paths = save_pngs(
+        to_dataset_format(images, resolution, channels),
+        Path(args.out),
+        names[label].replace(" ", "-").replace("/", "-"),
+    )
     print(f"{len(paths)} images of {names[label]!r} in {args.out}")
-    return 0
-
-
-def add_finetune_options(parser: argparse.ArgumentParser) -> None:
-    from regl.generate.settings import LoraSettings
-
-    default = LoraSettings()
-    parser.add_argument("--data", required=True, help="client image folder (one subfolder per class), or a dataset "
-                                                       "name with --client to take one simulated client's share")
-    parser.add_argument("--client", type=int, default=-1, help="with a dataset name: fine-tune on this client of "
-                                                               "the partition below; -1: the whole --data")
-    add_partition_options(parser)
-    parser.add_argument("--out", required=True, help="LoRA output folder")
-    add_base_option(parser)
-    parser.add_argument("--classes-like", default="", help="take class names and template from this built-in "
-                                                           "dataset")
-    parser.add_argument("--template", default="", help="prompt template with {} for the class name")
-    parser.add_argument("--rank", type=int, default=default.rank, help="LoRA rank")
-    parser.add_argument("--steps", type=int, default=default.steps, help="optimiser steps")
-    parser.add_argument("--lr", type=float, default=default.lr, help="AdamW learning rate")
-    parser.add_argument("--batch-size", type=int, default=default.batch_size, help="images per step")
-    parser.add_argument("--snr-gamma", type=float, default=default.snr_gamma, help="Min-SNR γ; 0 turns it off")
-    parser.add_argument("--prior-per-class", type=int, default=default.prior_per_class,
-                        help="base images per missing class kept in training; 0 turns prior preservation off")
-    parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="steps")
-    add_threads_option(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
-    import torch
-
-    from regl.data.datasets import load_dataset
-    from regl.generate.lora import finetune_lora
-    from regl.generate.prompts import template_for
-    from regl.generate.settings import LoraSettings
-
-    torch.set_num_threads(args.threads)
-    if args.client >= 0:
-        from regl.fl.experiment import ExperimentSettings, client_data
-
-        if args.client >= args.clients:
-            raise ReglError(f"--client must be below --clients ({args.clients}), got {args.client}")
-        data = client_data(ExperimentSettings(dataset=args.data, partition=partition_spec(args)), args.client)
-    else:
-        data = load_dataset(args.data)
-    names, template = data.class_names, args.template or template_for(args.data)
-    if args.classes_like:
-        names, template = class_list(args.classes_like)
-        template = args.template or template
-        if len(names) != data.num_classes:
-            raise ReglError(f"{args.data} has {data.num_classes} classes but {args.classes_like} has {len(names)}")
-    settings = LoraSettings(rank=args.rank, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                            snr_gamma=args.snr_gamma or None, prior_per_class=args.prior_per_class,
-                            checkpoint_every=args.checkpoint_every, seed=args.seed)
-    result = finetune_lora(data, names, template, Path(args.base), Path(args.out), settings, resume=args.resume)
-    print(f"LoRA written to {args.out} ({result.timings['total_seconds']:.0f}s)")
     return 0
 
 
@@ -164,9 +118,12 @@ def add_eval_generator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-scale", type=float, default=1.0, help="weight of the LoRA")
     parser.add_argument("--per-class", type=int, default=100, help="generated images per class")
     parser.add_argument("--grid", default="", help="also save a PNG: per class, 8 real then 8 generated images")
-    parser.add_argument("--own-classes", default="",
-                        help="comma-separated classes a client holds: their accuracy and Fréchet distance are "
-                             "reported apart from the other (missing) classes; empty: the LoRA's client's")
+    parser.add_argument(
+        "--own-classes",
+        default="",
+        help="comma-separated classes a client holds: their accuracy and Fréchet distance are "
+        "reported apart from the other (missing) classes; empty: the LoRA's client's",
+    )
 
 
 def cmd_eval_generator(args: argparse.Namespace) -> int:
@@ -185,8 +142,16 @@ def cmd_eval_generator(args: argparse.Namespace) -> int:
     groups = groups if own else None
     generator = Generator(Path(args.base), names, template, lora=lora)
     generator.set_lora_scale(args.lora_scale)
-    quality, fake = evaluate_generator(generator, args.dataset, args.per_class, args.seed, groups=groups,
-                                       steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
+    quality, fake = evaluate_generator(
+        generator,
+        args.dataset,
+        args.per_class,
+        args.seed,
+        groups=groups,
+        steps=args.steps,
+        guidance=args.guidance,
+        scheduler=args.scheduler,
+    )
     if args.grid:
         from regl.data.datasets import load_split
         from regl.generate.evaluate import save_grid
@@ -217,8 +182,12 @@ def add_bench_generator_options(parser: argparse.ArgumentParser) -> None:
     add_base_option(parser)
     parser.add_argument("--dataset", default=CLASSES_OF, help="whose classes and client images to use")
     add_threads_option(parser)
-    parser.add_argument("--flop-per-cycle", type=int, default=32,
-                        help="FP32 FLOP/cycle/core for the peak (32: AVX-512 on two 256-bit FMA pipes)")
+    parser.add_argument(
+        "--flop-per-cycle",
+        type=int,
+        default=32,
+        help="FP32 FLOP/cycle/core for the peak (32: AVX-512 on two 256-bit FMA pipes)",
+    )
     parser.add_argument("--lora-steps", type=int, default=LoraSettings().steps, help="steps of the timed fine-tune")
 
 
@@ -229,62 +198,31 @@ def cmd_bench_generator(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_pretrain_options(parser: argparse.ArgumentParser) -> None:
-    from regl.generate.pretrain import SIZES, PretrainSettings
-
-    default = PretrainSettings()
-    parser.add_argument("--out", default="models/regl-tiny-sd", help="pipeline folder to write")
-    parser.add_argument("--vae-steps", type=int, default=default.vae_steps, help="autoencoder training steps")
-    parser.add_argument("--unet-steps", type=int, default=default.unet_steps, help="UNet training steps")
-    parser.add_argument("--batch-size", type=int, default=default.batch_size, help="images per step")
-    parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="steps")
-    parser.add_argument("--size", default=default.size, choices=sorted(SIZES),
-                        help="tiny: the shipped base; test: a far smaller model for smoke runs")
-    parser.add_argument("--seed", type=int, default=default.seed, help="initialisation and data order")
-    add_threads_option(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.pretrain/")
-
-
-def cmd_pretrain_base(args: argparse.Namespace) -> int:
-    import torch
-
-    from regl.generate.pretrain import PretrainSettings, pretrain_base
-
-    for flag in ("vae_steps", "unet_steps", "batch_size", "checkpoint_every"):
-        if getattr(args, flag) < 1:
-            raise ReglError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    torch.set_num_threads(args.threads)
-    settings = PretrainSettings(vae_steps=args.vae_steps, unet_steps=args.unet_steps, batch_size=args.batch_size,
-                                checkpoint_every=args.checkpoint_every, size=args.size, seed=args.seed)
-    result = pretrain_base(Path(args.out), settings, resume=args.resume)
-    print(f"base model written to {args.out} ({result['seconds_this_call']:.0f}s in this call)")
-    return 0
-
-
 COMMANDS = (
-    Command("pretrain-base", "train the tiny Stable Diffusion base on the public pools",
-            "Train the embedded default base (tiny SD: CLIP text encoder, AutoencoderKL, UNet2DConditionModel) "
-            "on the public pools of fashion-mnist and mnist-10k only. Checkpoints every --checkpoint-every "
-            "steps into OUT.pretrain/; --resume continues from there, also to extend a finished run to more "
-            "steps.",
-            add_pretrain_options, cmd_pretrain_base),
-    Command("generate", "generate images of one class",
-            "Generate N images of one class with a local Stable Diffusion folder (optionally with a client "
-            "LoRA) and write them as PNGs at the dataset's resolution and channels.",
-            add_generate_options, cmd_generate),
-    Command("finetune", "fine-tune a LoRA on one client's images",
-            "LoRA on the UNet attention projections (to_q, to_k, to_v, to_out.0) over cached latents; classes "
-            "the client lacks are kept by prior preservation (base-generated images with their prompts). "
-            "Writes OUT/pytorch_lora_weights.safetensors, loadable with pipe.load_lora_weights.",
-            add_finetune_options, cmd_finetune),
-    Command("eval-generator", "accuracy and Fréchet distance of generated images",
-            "Train the small CNN on the dataset's real private pool, then report its accuracy per class on "
-            "generated images and the Fréchet distance between generated and real test images in its "
-            "feature space.",
-            add_eval_generator_options, cmd_eval_generator),
-    Command("bench-generator", "generation images/s, LoRA steps/s and fine-tune wall time",
-            "Print generation throughput at batch 64 (20 steps, with and without guidance) with the UNet's "
-            "FLOP/s as a fraction of the CPU's peak, and the speed and wall time of a default LoRA fine-tune "
-            "on a one-class client. Run it on an otherwise idle machine.",
-            add_bench_generator_options, cmd_bench_generator),
+    Command(
+        "generate",
+        "generate images of one class",
+        "Generate N images of one class with a local Stable Diffusion folder (optionally with a client "
+        "LoRA) and write them as PNGs at the dataset's resolution and channels.",
+        add_generate_options,
+        cmd_generate,
+    ),
+    Command(
+        "eval-generator",
+        "accuracy and Fréchet distance of generated images",
+        "Train the small CNN on the dataset's real private pool, then report its accuracy per class on "
+        "generated images and the Fréchet distance between generated and real test images in its "
+        "feature space.",
+        add_eval_generator_options,
+        cmd_eval_generator,
+    ),
+    Command(
+        "bench-generator",
+        "generation images/s, LoRA steps/s and fine-tune wall time",
+        "Print generation throughput at batch 64 (20 steps, with and without guidance) with the UNet's "
+        "FLOP/s as a fraction of the CPU's peak, and the speed and wall time of a default LoRA fine-tune "
+        "on a one-class client. Run it on an otherwise idle machine.",
+        add_bench_generator_options,
+        cmd_bench_generator,
+    ),
 )

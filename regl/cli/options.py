@@ -89,21 +89,37 @@ def add_partition_options(parser: argparse.ArgumentParser) -> None:
     from regl.data.partitions import PARTITION_KINDS
 
     default = experiment_defaults()
-    parser.add_argument("--partition", default=default["partition"], choices=PARTITION_KINDS,
-                        help="label skew: iid; k classes per client; Dirichlet(beta); global imbalance ratio then iid")
+    parser.add_argument(
+        "--partition",
+        default=default["partition"],
+        choices=PARTITION_KINDS,
+        help="label skew: iid; k classes per client; Dirichlet(beta); global imbalance ratio then iid",
+    )
     parser.add_argument("--clients", type=int, default=default["clients"], help="number of clients")
-    parser.add_argument("--classes-per-client", "-k", type=int, default=default["classes_per_client"],
-                        help="k for --partition classes")
-    parser.add_argument("--beta", type=float, default=default["beta"],
-                        help="Dirichlet concentration for --partition dirichlet; smaller is more skewed")
-    parser.add_argument("--imbalance-ratio", type=float, default=default["imbalance_ratio"],
-                        help="majority:minority class count ratio Γ for --partition imbalance")
+    parser.add_argument(
+        "--classes-per-client", "-k", type=int, default=default["classes_per_client"], help="k for --partition classes"
+    )
+    parser.add_argument(
+        "--beta",
+        type=float,
+        default=default["beta"],
+        help="Dirichlet concentration for --partition dirichlet; smaller is more skewed",
+    )
+    parser.add_argument(
+        "--imbalance-ratio",
+        type=float,
+        default=default["imbalance_ratio"],
+        help="majority:minority class count ratio Γ for --partition imbalance",
+    )
     parser.add_argument("--seed", type=int, default=default["seed"], help="partition, model and training seed")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default=experiment_defaults()["dataset"],
-                        help="mnist-10k (shipped), fashion-mnist, or a folder with one subfolder per class")
+    parser.add_argument(
+        "--dataset",
+        default=experiment_defaults()["dataset"],
+        help="mnist-10k (shipped), fashion-mnist, or a folder with one subfolder per class",
+    )
     add_partition_options(parser)
 
 
@@ -113,10 +129,17 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-epochs", type=int, default=default["local_epochs"], help="local epochs per round")
     parser.add_argument("--batch-size", type=int, default=default["batch_size"], help="local batch size")
     parser.add_argument("--lr", type=float, default=default["lr"], help="SGD learning rate")
-    parser.add_argument("--model", default=default["model"], choices=["", "cnn", "resnet18"],
-                        help="classifier; empty: cnn for grayscale, resnet18 for RGB data")
-    parser.add_argument("--out-dir", default=default["out_dir"],
-                        help="where rounds.json, summary.json and accuracy.png go; empty: runs/<run name>")
+    parser.add_argument(
+        "--model",
+        default=default["model"],
+        choices=["", "cnn", "resnet18"],
+        help="classifier; empty: cnn for grayscale, resnet18 for RGB data",
+    )
+    parser.add_argument(
+        "--out-dir",
+        default=default["out_dir"],
+        help="where rounds.json, summary.json and accuracy.png go; empty: runs/<run name>",
+    )
 
 
 def add_fill_options(parser: argparse.ArgumentParser, with_mode: bool = True) -> None:
@@ -124,43 +147,73 @@ def add_fill_options(parser: argparse.ArgumentParser, with_mode: bool = True) ->
     default = experiment_defaults()
     group = parser.add_argument_group("synthetic fill", "what each client adds to its real data before round 1")
     if with_mode:
-        group.add_argument("--fill", default=default["fill"],
-                           help="none, public (the base's public pretraining pool, as real data), or sources "
-                                "joined by '+': diffusion, noise, mixup, e.g. diffusion+noise")
-    group.add_argument("--fill-supplement", type=float, default=default["fill_supplement"],
-                       help="synthetic images as a fraction of each client's real ones")
-    group.add_argument("--fill-mix", dest="fill_mix" if with_mode else "arm_mix", metavar="MIX",
-                       default=default["fill_mix"],
-                       help="weights of the fill's sources in their order, e.g. 75:25; empty: equal")
-    group.add_argument("--fill-target", default=default["fill_target"], choices=["uniform", "global"],
-                       help="class composition to fill towards; global asks every client for its class counts")
-    group.add_argument("--fill-no-lora", dest="fill_lora", action="store_false", default=default["fill_lora"],
-                       help="diffusion from the base as is, without fine-tuning each client's LoRA")
-    group.add_argument("--fill-lora-steps", type=int, default=default["fill_lora_steps"],
-                       help="each client's LoRA fine-tuning steps")
-    group.add_argument("--fill-prior-per-class", type=int, default=default["fill_prior_per_class"],
-                       help="base images per missing class kept in LoRA training")
+        group.add_argument(
+            "--fill",
+            default=default["fill"],
+            help="none, public (the base's public pretraining pool, as real data), or sources "
+            "joined by '+': diffusion, noise, mixup, e.g. diffusion+noise",
+        )
+    group.add_argument(
+        "--fill-supplement",
+        type=float,
+        default=default["fill_supplement"],
+        help="synthetic images as a fraction of each client's real ones",
+    )
+    group.add_argument(
+        "--fill-mix",
+        dest="fill_mix" if with_mode else "arm_mix",
+        metavar="MIX",
+        default=default["fill_mix"],
+        help="weights of the fill's sources in their order, e.g. 75:25; empty: equal",
+    )
+    group.add_argument(
+        "--fill-target",
+        default=default["fill_target"],
+        choices=["uniform", "global"],
+        help="class composition to fill towards; global asks every client for its class counts",
+    )
+    group.add_argument(
+        "--fill-no-lora",
+        dest="fill_lora",
+        action="store_false",
+        default=default["fill_lora"],
+        help="diffusion from the base as is, without fine-tuning each client's LoRA",
+    )
+    group.add_argument(
+        "--fill-lora-steps", type=int, default=default["fill_lora_steps"], help="each client's LoRA fine-tuning steps"
+    )
+    group.add_argument(
+        "--fill-prior-per-class",
+        type=int,
+        default=default["fill_prior_per_class"],
+        help="base images per missing class kept in LoRA training",
+    )
     group.add_argument("--fill-steps", type=int, default=default["fill_steps"], help="diffusion sampling steps")
-    group.add_argument("--fill-guidance", type=float, default=default["fill_guidance"],
-                       help="classifier-free guidance scale")
-    group.add_argument("--fill-base", default=default["fill_base"],
-                       help="diffusers SD folder; empty: the shipped base")
-    group.add_argument("--fill-store", default=default["fill_store"],
-                       help="where clients keep their synthetic stores and LoRAs; reused when nothing changed")
+    group.add_argument(
+        "--fill-guidance", type=float, default=default["fill_guidance"], help="classifier-free guidance scale"
+    )
+    group.add_argument("--fill-base", default=default["fill_base"], help="diffusers SD folder; empty: the shipped base")
+    group.add_argument(
+        "--fill-store",
+        default=default["fill_store"],
+        help="where clients keep their synthetic stores and LoRAs; reused when nothing changed",
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """How a simulated run uses the machine and what it prints; not part of the experiment."""
     parser.add_argument("--cpus", type=int, default=CPUS, help="CPUs Ray may use; one client per CPU")
-    parser.add_argument("--verbose", action="store_true",
-                        help="also show Flower's and Ray's logs (always kept in OUT_DIR/flower.log)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show Flower's and Ray's logs (always kept in OUT_DIR/flower.log)"
+    )
 
 
 def partition_spec(args: argparse.Namespace) -> PartitionSpec:
     from regl.data.partitions import PartitionSpec
 
-    return PartitionSpec(args.partition, args.clients, args.classes_per_client, args.beta,
-                         args.imbalance_ratio, args.seed)
+    return PartitionSpec(
+        args.partition, args.clients, args.classes_per_client, args.beta, args.imbalance_ratio, args.seed
+    )
 
 
 def experiment_settings(args: argparse.Namespace, out_suffix: str = "") -> ExperimentSettings:
@@ -180,10 +233,15 @@ def experiment_settings(args: argparse.Namespace, out_suffix: str = "") -> Exper
     if args.clients < 2:
         raise ReglError(f"--clients must be at least 2 for a federation, got {args.clients}")
     settings = ExperimentSettings.from_config(
-        {key: getattr(args, dest) for dest, key in EXPERIMENT_OPTIONS.items() if hasattr(args, dest)})
+        {key: getattr(args, dest) for dest, key in EXPERIMENT_OPTIONS.items() if hasattr(args, dest)}
+    )
     fill = settings.fill
-    settings = replace(settings, fill=replace(fill, store=str(Path(fill.store).resolve()),
-                                              base=str(Path(fill.base).resolve()) if fill.base else ""))
+    settings = replace(
+        settings,
+        fill=replace(
+            fill, store=str(Path(fill.store).resolve()), base=str(Path(fill.base).resolve()) if fill.base else ""
+        ),
+    )
     settings.fill.check()
     if "diffusion" in settings.fill.sources:
         from regl.generate.generator import check_model_folder
@@ -204,8 +262,10 @@ def settings_to_argv(settings: ExperimentSettings, command: str = "fl", **run_op
     from regl.fl.settings import ExperimentSettings
 
     if settings.partition.seed != settings.seed:
-        raise ValueError(f"the partition seed ({settings.partition.seed}) is --seed ({settings.seed}) on the "
-                         "command line; they cannot differ")
+        raise ValueError(
+            f"the partition seed ({settings.partition.seed}) is --seed ({settings.seed}) on the "
+            "command line; they cannot differ"
+        )
     config, default = settings.to_config(), ExperimentSettings().to_config()
     changed = {key for key in config if config[key] != default[key]}
     inexpressible = changed - set(EXPERIMENT_OPTIONS.values())

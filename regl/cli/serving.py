@@ -40,13 +40,17 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
 
     def option(flag: str, text: str, short: tuple[str, ...] = (), **kwargs: Any) -> None:
         dest = flag.removeprefix("--").replace("-", "_")
-        parser.add_argument(flag, *short, dest=dest, default=FromEnvironment(service_default(dest)), help=text,
-                            **kwargs)
+        parser.add_argument(
+            flag, *short, dest=dest, default=FromEnvironment(service_default(dest)), help=text, **kwargs
+        )
 
     option("--base", "diffusers SD folder")
     option("--lora", "LoRA folder to serve with")
-    option("--data", "the client's images: a folder with one subfolder per class, or a built-in dataset "
-                     "(with --client: that client's share); needed for mixup, fine-tune, fill")
+    option(
+        "--data",
+        "the client's images: a folder with one subfolder per class, or a built-in dataset "
+        "(with --client: that client's share); needed for mixup, fine-tune, fill",
+    )
     option("--dataset", "class names, prompt template and image size when there is no --data")
     option("--client", "with a built-in --data: serve this client of the partition; -1: all of --data", type=int)
     option("--clients", "number of clients in that partition", type=int)
@@ -75,8 +79,11 @@ def service_argv(settings: ServiceSettings) -> list[str]:
     """
     from regl.cli import command_parser
 
-    values = {name: getattr(settings, name) for name in type(settings).model_fields
-              if name in settings.model_fields_set and name != "token"}
+    values = {
+        name: getattr(settings, name)
+        for name in type(settings).model_fields
+        if name in settings.model_fields_set and name != "token"
+    }
     return ["serve", *options_to_argv(command_parser("serve"), values)]
 
 
@@ -86,8 +93,9 @@ def service_settings(args: argparse.Namespace) -> ServiceSettings:
 
     from service.settings import ServiceSettings
 
-    given = {k: v for k, v in vars(args).items()
-             if k in ServiceSettings.model_fields and not isinstance(v, FromEnvironment)}
+    given = {
+        k: v for k, v in vars(args).items() if k in ServiceSettings.model_fields and not isinstance(v, FromEnvironment)
+    }
     try:
         return ServiceSettings(**given)
     except ValidationError as exc:
@@ -109,8 +117,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from service.local_model import load_client_data
 
         load_client_data(settings)  # a missing folder or a corrupt image is named before uvicorn starts
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10
+    )
     return 0
 
 
@@ -124,10 +133,15 @@ def add_bench_service_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=sampling["steps"], help="denoising steps")
     parser.add_argument("--guidance", type=float, default=sampling["guidance"], help="classifier-free guidance scale")
     parser.add_argument("--threads", type=int, default=service_default("threads"), help="torch CPU threads")
-    parser.add_argument("--max-batch", type=int, default=service_default("max_batch"),
-                        help="most images in one pipeline call")
-    parser.add_argument("--batch-wait-ms", type=float, default=service_default("batch_wait_ms"),
-                        help="how long a batch waits for more requests")
+    parser.add_argument(
+        "--max-batch", type=int, default=service_default("max_batch"), help="most images in one pipeline call"
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=service_default("batch_wait_ms"),
+        help="how long a batch waits for more requests",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the fastest is kept")
 
 
@@ -137,24 +151,40 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
 
     if args.callers < 1 or args.repeats < 1:
         raise ReglError(f"--callers and --repeats must be at least 1, got {args.callers} and {args.repeats}")
-    settings = ServiceSettings(base=Path(args.base), dataset=args.dataset, data="", lora=None, threads=args.threads,
-                               max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, token=None,
-                               max_queue=max(128, args.callers),
-                               max_images_per_request=service_default("max_images_per_request"),
-                               request_timeout_s=3600)
+    settings = ServiceSettings(
+        base=Path(args.base),
+        dataset=args.dataset,
+        data="",
+        lora=None,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        token=None,
+        max_queue=max(128, args.callers),
+        max_images_per_request=service_default("max_images_per_request"),
+        request_timeout_s=3600,
+    )
     run_service_bench(settings, args.callers, args.steps, args.guidance, args.repeats)
     return 0
 
 
 COMMANDS = (
-    Command("serve", "run the local generation service (FastAPI on uvicorn)",
-            "Serve class samples, LoRA fine-tunes and the synthetic fill over HTTP (OpenAPI docs at /docs). "
-            "Every option also reads from the environment as REGL_<OPTION> (e.g. REGL_TOKEN, REGL_MAX_BATCH); "
-            "an option given here wins.",
-            add_serve_options, cmd_serve),
-    Command("bench-service", "request batching of `regl serve`: concurrent vs sequential vs raw",
-            "Start the service on a free loopback port and send it CALLERS concurrent generate requests of "
-            "1–4 images each, then the same requests one at a time, then time one raw batch-64 pipeline call; "
-            "each is run REPEATS times and the fastest kept. Run it on an idle machine.",
-            add_bench_service_options, cmd_bench_service),
+    Command(
+        "serve",
+        "run the local generation service (FastAPI on uvicorn)",
+        "Serve class samples, LoRA fine-tunes and the synthetic fill over HTTP (OpenAPI docs at /docs). "
+        "Every option also reads from the environment as REGL_<OPTION> (e.g. REGL_TOKEN, REGL_MAX_BATCH); "
+        "an option given here wins.",
+        add_serve_options,
+        cmd_serve,
+    ),
+    Command(
+        "bench-service",
+        "request batching of `regl serve`: concurrent vs sequential vs raw",
+        "Start the service on a free loopback port and send it CALLERS concurrent generate requests of "
+        "1–4 images each, then the same requests one at a time, then time one raw batch-64 pipeline call; "
+        "each is run REPEATS times and the fastest kept. Run it on an idle machine.",
+        add_bench_service_options,
+        cmd_bench_service,
+    ),
 )

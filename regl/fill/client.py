@@ -52,8 +52,9 @@ class FillSettings:
         parts = tuple(self.mode.split("+"))
         unknown = [p for p in parts if p not in SOURCES]
         if unknown or len(set(parts)) != len(parts):
-            raise ReglError(f"unknown fill {self.mode!r}: use none, public, or a '+'-joined "
-                            f"combination of {', '.join(SOURCES)}")
+            raise ReglError(
+                f"unknown fill {self.mode!r}: use none, public, or a '+'-joined combination of {', '.join(SOURCES)}"
+            )
         return parts
 
     @property
@@ -67,8 +68,9 @@ class FillSettings:
             return {s: 1.0 for s in sources}
         weights = self.mix.split(":")
         if len(weights) != len(sources):
-            raise ReglError(f"fill mix {self.mix!r} gives {len(weights)} weights for the "
-                            f"{len(sources)} sources of {self.mode!r}")
+            raise ReglError(
+                f"fill mix {self.mix!r} gives {len(weights)} weights for the {len(sources)} sources of {self.mode!r}"
+            )
         return parse_source_mix(",".join(f"{s}={w}" for s, w in zip(sources, weights)))
 
     def check(self) -> None:
@@ -111,8 +113,13 @@ class ClientFill:
     settings: FillSettings
 
     def store_key(self, plan: FillPlan) -> dict:
-        key = {"dataset": self.dataset, "client": self.client_id, "seed": self.run_seed,
-               "plan": plan.to_json(), "settings": asdict(self.settings)}
+        key = {
+            "dataset": self.dataset,
+            "client": self.client_id,
+            "seed": self.run_seed,
+            "plan": plan.to_json(),
+            "settings": asdict(self.settings),
+        }
         if plan.counts.get("diffusion") is not None and plan.counts["diffusion"].sum() > 0:
             from regl.generate.generator import base_fingerprint
 
@@ -128,8 +135,14 @@ class ClientFill:
         key = self.store_key(plan)
         return SyntheticStore(self.store_folder(key)).load(key)
 
-    def make(self, data: ImageDataset, plan: FillPlan, mixed: ImageDataset | None,
-             remote: RemoteFill | None = None, on_progress: Progress | None = None) -> tuple[ImageDataset, dict]:
+    def make(
+        self,
+        data: ImageDataset,
+        plan: FillPlan,
+        mixed: ImageDataset | None,
+        remote: RemoteFill | None = None,
+        on_progress: Progress | None = None,
+    ) -> tuple[ImageDataset, dict]:
         """Generate the planned images (or reuse the store); returns them and the timings.
 
         `remote` makes the diffusion and noise shards elsewhere (the client's `regl serve`);
@@ -152,8 +165,9 @@ class ClientFill:
         seeds = {source: _seed(self.run_seed, self.client_id, source) for source in shards}
         return store.write(key, shards, seeds, data.class_names), timings
 
-    def make_shards(self, data: ImageDataset, plan: FillPlan, timings: dict,
-                    on_progress: Progress | None = None) -> dict[str, ImageDataset]:
+    def make_shards(
+        self, data: ImageDataset, plan: FillPlan, timings: dict, on_progress: Progress | None = None
+    ) -> dict[str, ImageDataset]:
         """The diffusion and noise images of the plan, made here."""
         shards: dict[str, ImageDataset] = {}
         if plan.counts.get("diffusion") is not None and plan.counts["diffusion"].sum() > 0:
@@ -164,8 +178,9 @@ class ClientFill:
             timings["noise_seconds"] = time.perf_counter() - started
         return shards
 
-    def _diffusion(self, data: ImageDataset, counts: np.ndarray, timings: dict,
-                   on_progress: Progress | None) -> ImageDataset:
+    def _diffusion(
+        self, data: ImageDataset, counts: np.ndarray, timings: dict, on_progress: Progress | None
+    ) -> ImageDataset:
         from regl.generate.generator import Generator, image_seed, to_dataset_format
 
         report = on_progress or (lambda message, fraction: None)
@@ -180,9 +195,12 @@ class ClientFill:
         labels = [c for c, n in enumerate(counts) for _ in range(int(n))]
         seed = _seed(self.run_seed, self.client_id, "diffusion")
         images = generator.generate(
-            labels, [image_seed(seed, i) for i in range(len(labels))], steps=self.settings.steps,
+            labels,
+            [image_seed(seed, i) for i in range(len(labels))],
+            steps=self.settings.steps,
             guidance=self.settings.guidance,
-            on_batch=lambda done: report(f"diffusion image {done}/{len(labels)}", done / len(labels)))
+            on_batch=lambda done: report(f"diffusion image {done}/{len(labels)}", done / len(labels)),
+        )
         timings["generate_seconds"] = time.perf_counter() - started
         x = to_dataset_format(images, data.resolution, data.channels)
         return ImageDataset(x, np.asarray(labels, dtype=np.int64), data.class_names)
@@ -192,25 +210,44 @@ class ClientFill:
         from regl.generate.generator import LORA_FILE, Generator
         from regl.generate.lora import finetune_lora
 
-        lora_settings = LoraSettings(steps=self.settings.lora_steps, prior_per_class=self.settings.prior_per_class,
-                                     seed=_seed(self.run_seed, self.client_id, "lora") % 2**31)
-        digest = _digest({"dataset": self.dataset, "counts": data.class_counts().tolist(), "seed": self.run_seed,
-                          "settings": asdict(lora_settings), "base": str(base)})
+        lora_settings = LoraSettings(
+            steps=self.settings.lora_steps,
+            prior_per_class=self.settings.prior_per_class,
+            seed=_seed(self.run_seed, self.client_id, "lora") % 2**31,
+        )
+        digest = _digest(
+            {
+                "dataset": self.dataset,
+                "counts": data.class_counts().tolist(),
+                "seed": self.run_seed,
+                "settings": asdict(lora_settings),
+                "base": str(base),
+            }
+        )
         folder = Path(self.settings.store) / f"lora-client-{self.client_id}-{digest}"
         if (folder / LORA_FILE).is_file():
             return Generator(base, data.class_names, self.template, lora=folder)
         resume = (folder / "checkpoint" / "state.pt").is_file()
         steps = lora_settings.steps
-        return finetune_lora(data, data.class_names, self.template, base, folder, lora_settings, resume=resume,
-                             show_progress=False,
-                             on_step=lambda step: report(f"LoRA step {step}/{steps}", step / steps)).generator
+        return finetune_lora(
+            data,
+            data.class_names,
+            self.template,
+            base,
+            folder,
+            lora_settings,
+            resume=resume,
+            show_progress=False,
+            on_step=lambda step: report(f"LoRA step {step}/{steps}", step / steps),
+        ).generator
 
     def _noise(self, data: ImageDataset, counts: np.ndarray) -> ImageDataset:
         from regl.generate.natural_noise import natural_noise
 
         labels = np.asarray([c for c, n in enumerate(counts) for _ in range(int(n))], dtype=np.int64)
-        x = natural_noise(len(labels), _seed(self.run_seed, self.client_id, "noise") % 2**31,
-                          data.resolution, data.channels)
+        x = natural_noise(
+            len(labels), _seed(self.run_seed, self.client_id, "noise") % 2**31, data.resolution, data.channels
+        )
         return ImageDataset(x, labels, data.class_names)
 
 
@@ -218,5 +255,4 @@ def with_fill(data: ImageDataset, synthetic: ImageDataset | None) -> ImageDatase
     """Real plus synthetic images, one training set."""
     if synthetic is None or not len(synthetic):
         return data
-    return ImageDataset(np.concatenate([data.x, synthetic.x]), np.concatenate([data.y, synthetic.y]),
-                        data.class_names)
+    return ImageDataset(np.concatenate([data.x, synthetic.x]), np.concatenate([data.y, synthetic.y]), data.class_names)

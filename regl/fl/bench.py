@@ -32,14 +32,21 @@ def arm_settings(settings: ExperimentSettings, arm: str, mix: str) -> Experiment
     `mix` goes to the arms with as many sources as it has weights.
     """
     if arm == "iid":
-        return replace(settings, partition=replace(settings.partition, kind="iid"),
-                       fill=replace(settings.fill, mode="none", mix=""))
+        return replace(
+            settings,
+            partition=replace(settings.partition, kind="iid"),
+            fill=replace(settings.fill, mode="none", mix=""),
+        )
     if arm == "centralized":  # the pooled data, which `regl centralized` takes without fill options
         return replace(settings, fill=FillSettings())
     mode = arm.replace("diffusion-base", "diffusion")
     sources = len(mode.split("+"))
-    fill = replace(settings.fill, mode=mode, lora=settings.fill.lora and "diffusion-base" not in arm,
-                   mix=mix if mix and len(mix.split(":")) == sources > 1 else "")
+    fill = replace(
+        settings.fill,
+        mode=mode,
+        lora=settings.fill.lora and "diffusion-base" not in arm,
+        mix=mix if mix and len(mix.split(":")) == sources > 1 else "",
+    )
     return replace(settings, fill=fill)
 
 
@@ -64,11 +71,16 @@ def run_arm(arm: str, settings: ExperimentSettings, argv: list[str]) -> dict:
     code = subprocess.call([sys.executable, "-m", "regl.cli", *argv])
     summary_file = Path(settings.out_dir) / "summary.json"
     if code != 0 or not summary_file.exists():
-        return {"arm": arm, "seed": settings.seed, "error": f"exit code {code}",
-                "wall_seconds": time.perf_counter() - started}
+        return {
+            "arm": arm,
+            "seed": settings.seed,
+            "error": f"exit code {code}",
+            "wall_seconds": time.perf_counter() - started,
+        }
     summary = json.loads(summary_file.read_text())
     return {
-        "arm": arm, "seed": settings.seed,
+        "arm": arm,
+        "seed": settings.seed,
         "accuracy": summary["final_accuracy"],
         "minority_accuracy": summary.get("final_minority_accuracy"),
         "auc": summary.get("final_auc"),
@@ -88,8 +100,10 @@ def _cell(values: list[float | None]) -> str:
 
 def format_table(rows: list[dict], arms: list[str]) -> str:
     """Markdown: one line per arm, mean ± std over seeds."""
-    lines = ["| arm | accuracy % | minority-class acc. % | AUC % | personalized acc. % | fill s | wall s | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| arm | accuracy % | minority-class acc. % | AUC % | personalized acc. % | fill s | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for arm in arms:
         done = [r for r in rows if r["arm"] == arm and "error" not in r]
         failed = [r for r in rows if r["arm"] == arm and "error" in r]
@@ -105,8 +119,9 @@ def format_table(rows: list[dict], arms: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_arms(settings: ExperimentSettings, arms: list[str], seeds: list[int], mix: str, out_root: Path,
-             cpus: int, verbose: bool) -> str:
+def run_arms(
+    settings: ExperimentSettings, arms: list[str], seeds: list[int], mix: str, out_root: Path, cpus: int, verbose: bool
+) -> str:
     """Run every arm for every seed; writes bench.json and table.md after each run; returns the table.
 
     bench.json holds this machine's environment (`regl.environment`) beside the runs: the
@@ -119,8 +134,12 @@ def run_arms(settings: ExperimentSettings, arms: list[str], seeds: list[int], mi
     rows: list[dict] = []
     machine = environment.describe()
     for number, (seed, arm) in enumerate(runs, 1):
-        seeded = replace(settings, seed=seed, partition=replace(settings.partition, seed=seed),
-                         out_dir=str(out_root / f"{arm}-s{seed}"))
+        seeded = replace(
+            settings,
+            seed=seed,
+            partition=replace(settings.partition, seed=seed),
+            out_dir=str(out_root / f"{arm}-s{seed}"),
+        )
         child = arm_settings(seeded, arm, mix)
         argv = arm_argv(child, arm, cpus, verbose)
         print(f"\n[{number}/{len(runs)}] arm {arm}, seed {seed}: regl {' '.join(argv)}", flush=True)

@@ -19,8 +19,9 @@ def run_centralized(settings: ExperimentSettings, write: Write = print_line) -> 
     pooled = np.sort(np.concatenate(federation(settings).client_indices))
     data = load_split(settings.dataset).private.subset(pooled)
     model = new_model(settings)
-    report = RunReport(Path(settings.out_dir), {"name": f"{settings.name}-centralized", "mode": "centralized",
-                                               **settings.to_config()})
+    report = RunReport(
+        Path(settings.out_dir), {"name": f"{settings.name}-centralized", "mode": "centralized", **settings.to_config()}
+    )
     started = time.perf_counter()
     progress = RoundProgress(settings.num_rounds, started, write)
     initial = evaluate_global(settings, model)
@@ -30,7 +31,8 @@ def run_centralized(settings: ExperimentSettings, write: Write = print_line) -> 
         round_started = time.perf_counter()
         loss = train(model, data, settings.train, seed=settings.seed * 100_003 + server_round)
         result = evaluate_global(settings, model)
-        report.add_round({"round": server_round, **result, "train_loss": loss,
-                          "round_seconds": time.perf_counter() - round_started})
+        report.add_round(
+            {"round": server_round, **result, "train_loss": loss, "round_seconds": time.perf_counter() - round_started}
+        )
         progress.round_done(server_round, result["accuracy"])
     return report.finish({"wall_seconds": time.perf_counter() - started})

@@ -57,8 +57,9 @@ def client_fill(settings: ExperimentSettings, client_id: int) -> ClientFill:
     return ClientFill(settings.dataset, template_for(settings.dataset), client_id, settings.seed, settings.fill)
 
 
-def prepare_fill(settings: ExperimentSettings, client_id: int, target: np.ndarray | None,
-                 mixed: ImageDataset | None) -> dict[str, Any]:
+def prepare_fill(
+    settings: ExperimentSettings, client_id: int, target: np.ndarray | None, mixed: ImageDataset | None
+) -> dict[str, Any]:
     """Plan and make this client's synthetic fill before its first round; returns counts and timings."""
     data = client_data(settings, client_id)
     plan = client_plan(settings.fill, data.class_counts(), target)
@@ -68,9 +69,13 @@ def prepare_fill(settings: ExperimentSettings, client_id: int, target: np.ndarra
 
         remote = remote_fill(settings.fill.service, settings.fill, settings.seed, data, target)
     synthetic, timings = client_fill(settings, client_id).make(data, plan, mixed, remote)
-    return {"client": client_id, "real-images": len(data), "synthetic-images": len(synthetic),
-            **{f"planned-{source}": int(counts.sum()) for source, counts in plan.counts.items()},
-            **{k.replace("_", "-"): float(v) for k, v in timings.items()}}
+    return {
+        "client": client_id,
+        "real-images": len(data),
+        "synthetic-images": len(synthetic),
+        **{f"planned-{source}": int(counts.sum()) for source, counts in plan.counts.items()},
+        **{k.replace("_", "-"): float(v) for k, v in timings.items()},
+    }
 
 
 def training_data(settings: ExperimentSettings, client_id: int, target: np.ndarray | None) -> ImageDataset:
@@ -83,13 +88,17 @@ def training_data(settings: ExperimentSettings, client_id: int, target: np.ndarr
     plan = client_plan(settings.fill, data.class_counts(), target)
     synthetic = client_fill(settings, client_id).load(plan)
     if synthetic is None:
-        raise RuntimeError(f"client {client_id} has no complete synthetic store for this run's fill; "
-                           "the fill phase did not finish")
+        raise RuntimeError(
+            f"client {client_id} has no complete synthetic store for this run's fill; the fill phase did not finish"
+        )
     return with_fill(data, synthetic)
 
 
 def train_client(
-    settings: ExperimentSettings, client_id: int, model: torch.nn.Module, server_round: int,
+    settings: ExperimentSettings,
+    client_id: int,
+    model: torch.nn.Module,
+    server_round: int,
     target: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One local update; also measures the updated model on a personalized test subset.
@@ -98,8 +107,12 @@ def train_client(
     """
     data = client_data(settings, client_id)
     started = time.perf_counter()
-    loss = train(model, training_data(settings, client_id, target), settings.train,
-                 seed=settings.seed * 100_003 + server_round * 1009 + client_id)
+    loss = train(
+        model,
+        training_data(settings, client_id, target),
+        settings.train,
+        seed=settings.seed * 100_003 + server_round * 1009 + client_id,
+    )
     train_seconds = time.perf_counter() - started
     test = test_data(settings)
     subset = personalized_test_indices(

@@ -62,8 +62,10 @@ class FillProgress:
         self.done += 1
         self.images += images
         elapsed = time.perf_counter() - self.started
-        line = (f"fill: client {client} done ({self.done}/{self.num_clients}), {self.images} images made, "
-                f"{duration(elapsed)} elapsed")
+        line = (
+            f"fill: client {client} done ({self.done}/{self.num_clients}), {self.images} images made, "
+            f"{duration(elapsed)} elapsed"
+        )
         left = self.num_clients - self.done
         if left:
             line += f", about {duration(elapsed / self.done * left)} left"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CLASSES_OF = "fashion-mnist"  # whose class names, prompt template and image format, when no data says
+TORCH_THREADS = 2  # generation and fine-tuning take both cores of a small CPU
+
 
 @dataclass(frozen=True)
 class SamplingSettings:

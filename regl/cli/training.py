@@ -1,0 +1,153 @@
+"""`regl finetune` and `regl pretrain-base`: training the generator, a client's LoRA or the base itself.
+
+Their defaults come from `LoraSettings` and `PretrainSettings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from regl.cli.generation import add_base_option, add_threads_option, class_list
+from regl.cli.options import Command, add_partition_options, partition_spec
+from regl.errors import ReglError
+
+
+def add_finetune_options(parser: argparse.ArgumentParser) -> None:
+    from regl.generate.settings import LoraSettings
+
+    default = LoraSettings()
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="client image folder (one subfolder per class), or a dataset "
+        "name with --client to take one simulated client's share",
+    )
+    parser.add_argument(
+        "--client",
+        type=int,
+        default=-1,
+        help="with a dataset name: fine-tune on this client of the partition below; -1: the whole --data",
+    )
+    add_partition_options(parser)
+    parser.add_argument("--out", required=True, help="LoRA output folder")
+    add_base_option(parser)
+    parser.add_argument("--classes-like", default="", help="take class names and template from this built-in dataset")
+    parser.add_argument("--template", default="", help="prompt template with {} for the class name")
+    parser.add_argument("--rank", type=int, default=default.rank, help="LoRA rank")
+    parser.add_argument("--steps", type=int, default=default.steps, help="optimiser steps")
+    parser.add_argument("--lr", type=float, default=default.lr, help="AdamW learning rate")
+    parser.add_argument("--batch-size", type=int, default=default.batch_size, help="images per step")
+    parser.add_argument("--snr-gamma", type=float, default=default.snr_gamma, help="Min-SNR γ; 0 turns it off")
+    parser.add_argument(
+        "--prior-per-class",
+        type=int,
+        default=default.prior_per_class,
+        help="base images per missing class kept in training; 0 turns prior preservation off",
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="steps")
+    add_threads_option(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from regl.data.datasets import load_dataset
+    from regl.generate.lora import finetune_lora
+    from regl.generate.prompts import template_for
+    from regl.generate.settings import LoraSettings
+
+    torch.set_num_threads(args.threads)
+    if args.client >= 0:
+        from regl.fl.experiment import ExperimentSettings, client_data
+
+        if args.client >= args.clients:
+            raise ReglError(f"--client must be below --clients ({args.clients}), got {args.client}")
+        data = client_data(ExperimentSettings(dataset=args.data, partition=partition_spec(args)), args.client)
+    else:
+        data = load_dataset(args.data)
+    names, template = data.class_names, args.template or template_for(args.data)
+    if args.classes_like:
+        names, template = class_list(args.classes_like)
+        template = args.template or template
+        if len(names) != data.num_classes:
+            raise ReglError(f"{args.data} has {data.num_classes} classes but {args.classes_like} has {len(names)}")
+    settings = LoraSettings(
+        rank=args.rank,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        snr_gamma=args.snr_gamma or None,
+        prior_per_class=args.prior_per_class,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    result = finetune_lora(data, names, template, Path(args.base), Path(args.out), settings, resume=args.resume)
+    print(f"LoRA written to {args.out} ({result.timings['total_seconds']:.0f}s)")
+    return 0
+
+
+def add_pretrain_options(parser: argparse.ArgumentParser) -> None:
+    from regl.generate.pretrain import SIZES, PretrainSettings
+
+    default = PretrainSettings()
+    parser.add_argument("--out", default="models/regl-tiny-sd", help="pipeline folder to write")
+    parser.add_argument("--vae-steps", type=int, default=default.vae_steps, help="autoencoder training steps")
+    parser.add_argument("--unet-steps", type=int, default=default.unet_steps, help="UNet training steps")
+    parser.add_argument("--batch-size", type=int, default=default.batch_size, help="images per step")
+    parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="steps")
+    parser.add_argument(
+        "--size",
+        default=default.size,
+        choices=sorted(SIZES),
+        help="tiny: the shipped base; test: a far smaller model for smoke runs",
+    )
+    parser.add_argument("--seed", type=int, default=default.seed, help="initialisation and data order")
+    add_threads_option(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.pretrain/")
+
+
+def cmd_pretrain_base(args: argparse.Namespace) -> int:
+    import torch
+
+    from regl.generate.pretrain import PretrainSettings, pretrain_base
+
+    for flag in ("vae_steps", "unet_steps", "batch_size", "checkpoint_every"):
+        if getattr(args, flag) < 1:
+            raise ReglError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    torch.set_num_threads(args.threads)
+    settings = PretrainSettings(
+        vae_steps=args.vae_steps,
+        unet_steps=args.unet_steps,
+        batch_size=args.batch_size,
+        checkpoint_every=args.checkpoint_every,
+        size=args.size,
+        seed=args.seed,
+    )
+    result = pretrain_base(Path(args.out), settings, resume=args.resume)
+    print(f"base model written to {args.out} ({result['seconds_this_call']:.0f}s in this call)")
+    return 0
+
+
+COMMANDS = (
+    Command(
+        "pretrain-base",
+        "train the tiny Stable Diffusion base on the public pools",
+        "Train the embedded default base (tiny SD: CLIP text encoder, AutoencoderKL, UNet2DConditionModel) "
+        "on the public pools of fashion-mnist and mnist-10k only. Checkpoints every --checkpoint-every "
+        "steps into OUT.pretrain/; --resume continues from there, also to extend a finished run to more "
+        "steps.",
+        add_pretrain_options,
+        cmd_pretrain_base,
+    ),
+    Command(
+        "finetune",
+        "fine-tune a LoRA on one client's images",
+        "LoRA on the UNet attention projections (to_q, to_k, to_v, to_out.0) over cached latents; classes "
+        "the client lacks are kept by prior preservation (base-generated images with their prompts). "
+        "Writes OUT/pytorch_lora_weights.safetensors, loadable with pipe.load_lora_weights.",
+        add_finetune_options,
+        cmd_finetune,
+    ),
+)

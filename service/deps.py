@@ -1,0 +1,59 @@
+"""What the routes share, as `Annotated` dependencies: settings, the loaded model, the batcher, the jobs, the token.
+
+`create_app` puts the settings on `app.state`, and its lifespan the model, the batcher and
+the job runner; a route names what it needs by type (`model: ModelDep`) and FastAPI hands
+it over, so routes hold no state of their own and tests can override any of it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.batching import Batcher
+from service.jobs import JobRunner
+from service.local_model import LocalModel
+from service.settings import ServiceSettings
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+def get_model(request: Request) -> LocalModel:
+    return request.app.state.model
+
+
+def get_batcher(request: Request) -> Batcher:
+    return request.app.state.batcher
+
+
+def get_jobs(request: Request) -> JobRunner:
+    return request.app.state.jobs
+
+
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+ModelDep = Annotated[LocalModel, Depends(get_model)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+BearerDep = Annotated[
+    HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False, description="the service's REGL_TOKEN"))
+]
+
+
+def require_token(settings: SettingsDep, credentials: BearerDep) -> None:
+    """401 unless the request carries the service's token.
+
+    `create_app` puts this on the API routes only when a token is set, so the OpenAPI
+    document asks for a bearer token exactly when the service does.
+    """
+    if settings.token is None:
+        raise RuntimeError("require_token guards a service without a token")
+    expected = settings.token.get_secret_value()
+    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )

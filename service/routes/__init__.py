@@ -1,0 +1,1 @@
+"""The service's routes, one concept a module; `service.app.create_app` puts them together."""
