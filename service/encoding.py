@@ -38,11 +38,6 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def read_npz(body: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(body), allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
-
-
 def wanted_format(accept: str | None) -> str:
     """The first of JSON, ZIP and NPZ that the Accept header names; JSON when it names none."""
     for part in (accept or "").split(","):

@@ -32,3 +32,13 @@ def client_folder(tmp_path_factory):
     from service_fixtures import build_client_folder
 
     return build_client_folder(tmp_path_factory.mktemp("client") / "data")
+
+
+@pytest.fixture(scope="module")
+def api(service_base, client_folder, tmp_path_factory):
+    """One service on the tiny base with the skewed client folder, shared by a test module."""
+    from service_fixtures import service
+
+    folder = tmp_path_factory.mktemp("svc")
+    with service(service_base, folder, data=str(client_folder), max_images_per_request=8) as client:
+        yield client

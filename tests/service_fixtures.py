@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import time
 from pathlib import Path
 
 import numpy as np
+from fastapi.testclient import TestClient
 from PIL import Image
+
+from service.app import create_app
+from service.settings import ServiceSettings
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -27,3 +34,32 @@ def build_client_folder(root: Path, per_class: tuple[int, ...] = (6, 3, 1)) -> P
         for i in range(count):
             Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+FAST = {"steps": 2, "guidance": 2.0}  # the cheapest sampling a test can ask for
+
+
+def service(service_base: Path, tmp_path: Path, **overrides) -> TestClient:
+    """An in-process client of a service on the tiny base; `overrides` are ServiceSettings fields."""
+    settings = {
+        "base": service_base,
+        "dataset": str(overrides.pop("dataset", "fashion-mnist")),
+        "threads": 1,
+        "store": tmp_path / "store",
+        **overrides,
+    }
+    return TestClient(create_app(ServiceSettings(**settings)))
+
+
+def wait_for(client: TestClient, job_id: str, headers=None) -> dict:
+    """The job's record once it is done or failed (at most 5 minutes)."""
+    deadline = time.monotonic() + 300
+    while (job := client.get(f"/v1/jobs/{job_id}", headers=headers).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    return job
+
+
+def decode(images: list[str]) -> np.ndarray:
+    """Base64 PNGs of a JSON response as one array."""
+    return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))) for s in images])
