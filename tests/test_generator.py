@@ -34,6 +34,18 @@ def generator(base):
     return Generator(base, CLASSES, TEMPLATE)
 
 
+def a_bag(pipe) -> np.ndarray:
+    """One 2-step image of a bag from a stock diffusers pipeline call, seed 3."""
+    return pipe(
+        "a photo of a bag",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).images
+
+
 def client_data(labels):
     rng = np.random.default_rng(0)
     return ImageDataset(rng.integers(0, 255, (len(labels), 28, 28, 1), dtype=np.uint8), np.array(labels), CLASSES)
@@ -112,32 +124,11 @@ def test_lora_saved_then_stock_loaded_matches_memory_and_differs_from_base(tmp_p
     assert meta["client_class_counts"] == [6, 0, 0]
     in_memory_pipe = result.generator.pipe
     in_memory_pipe.scheduler = load_pipeline(base).scheduler  # generation switched it; compare like with like
-    in_memory = in_memory_pipe(
-        "a photo of a bag",
-        num_inference_steps=2,
-        height=32,
-        width=32,
-        generator=torch.Generator().manual_seed(3),
-        output_type="np",
-    ).images
+    in_memory = a_bag(in_memory_pipe)
     stock = load_pipeline(base)
     stock.load_lora_weights(tmp_path / "lora")  # a plain diffusers call
-    loaded = stock(
-        "a photo of a bag",
-        num_inference_steps=2,
-        height=32,
-        width=32,
-        generator=torch.Generator().manual_seed(3),
-        output_type="np",
-    ).images
-    plain = load_pipeline(base)(
-        "a photo of a bag",
-        num_inference_steps=2,
-        height=32,
-        width=32,
-        generator=torch.Generator().manual_seed(3),
-        output_type="np",
-    ).images
+    loaded = a_bag(stock)
+    plain = a_bag(load_pipeline(base))
     np.testing.assert_allclose(loaded, in_memory, atol=1e-5)
     assert np.abs(loaded - plain).max() > 1e-3
 
