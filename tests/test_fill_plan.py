@@ -76,7 +76,7 @@ def test_random_plans_add_up_exactly():
 def test_plan_to_json_is_plain():
     plan = plan_fill(np.array([30, 0, 0]), 0.2, {"diffusion": 1, "mixup": 1})
     assert json.loads(json.dumps(plan.to_json())) == {
-        "counts": {"diffusion": [0, 2, 2], "noise": [0, 0, 0], "mixup": [0, 1, 1]},
+        "counts": {"diffusion": [0, 2, 2], "noise": [0, 0, 0], "mixup": [0, 1, 1], "public-equal": [0, 0, 0]},
         "per_class": [0, 3, 3],
         "total": 6,
     }
@@ -121,9 +121,9 @@ def test_bad_counts_or_supplement_are_errors():
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("diffusion=3,noise=1", {"diffusion": 3.0, "noise": 1.0, "mixup": 0.0}),
-        (" mixup = 0.5 , diffusion=75 ", {"diffusion": 75.0, "noise": 0.0, "mixup": 0.5}),
-        ("noise=1", {"diffusion": 0.0, "noise": 1.0, "mixup": 0.0}),
+        ("diffusion=3,noise=1", {"diffusion": 3.0, "noise": 1.0, "mixup": 0.0, "public-equal": 0.0}),
+        (" mixup = 0.5 , diffusion=75 ", {"diffusion": 75.0, "noise": 0.0, "mixup": 0.5, "public-equal": 0.0}),
+        ("noise=1", {"diffusion": 0.0, "noise": 1.0, "mixup": 0.0, "public-equal": 0.0}),
     ],
 )
 def test_parse_source_mix(text, expected):

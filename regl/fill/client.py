@@ -176,6 +176,8 @@ class ClientFill:
             started = time.perf_counter()
             shards["noise"] = self._noise(data, plan.counts["noise"])
             timings["noise_seconds"] = time.perf_counter() - started
+        if plan.counts.get("public-equal") is not None and plan.counts["public-equal"].sum() > 0:
+            shards["public-equal"] = self._public_equal(plan.counts["public-equal"])
         return shards
 
     def _diffusion(
@@ -249,6 +251,24 @@ class ClientFill:
             len(labels), _seed(self.run_seed, self.client_id, "noise") % 2**31, data.resolution, data.channels
         )
         return ImageDataset(x, labels, data.class_names)
+
+
+    def _public_equal(self, counts: np.ndarray) -> ImageDataset:
+        """Exactly `counts[c]` real public-pool images of each class c, drawn without replacement."""
+        from regl.data.datasets import load_split
+
+        public = load_split(self.dataset).public
+        rng = np.random.default_rng(_seed(self.run_seed, self.client_id, "public-equal"))
+        picked = []
+        for c, n in enumerate(counts):
+            pool = np.flatnonzero(public.y == c)
+            if n > len(pool):
+                raise ReglError(
+                    f"the public pool of {self.dataset} holds {len(pool)} images of class "
+                    f"{public.class_names[c]!r}, but client {self.client_id}'s plan asks for {int(n)}"
+                )
+            picked.append(rng.choice(pool, size=int(n), replace=False))
+        return public.subset(np.sort(np.concatenate(picked)))
 
 
 def with_fill(data: ImageDataset, synthetic: ImageDataset | None) -> ImageDataset:

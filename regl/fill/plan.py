@@ -16,7 +16,9 @@ import numpy as np
 
 from regl.errors import ReglError
 
-SOURCES = ("diffusion", "noise", "mixup")
+# public-equal is no generator: real public-pool images at exactly the planned counts, the
+# reference a generator is measured against at equal count.
+SOURCES = ("diffusion", "noise", "mixup", "public-equal")
 
 
 @dataclass(frozen=True)
