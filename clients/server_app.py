@@ -45,6 +45,15 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
     model = new_model(settings)
     report = RunReport(Path(settings.out_dir), {"name": settings.name, "mode": "federated", **settings.to_config()})
     started = time.perf_counter()
+    warm = {}
+    if settings.warm_start_per_class:
+        from regl.fl.warm_start import warm_start
+
+        write(
+            f"warm start: {settings.warm_start_per_class} base images of every class, "
+            f"{settings.warm_start_epochs} epochs on the server"
+        )
+        warm = warm_start(settings, model)  # round 0's evaluation is the warm-started model's
     fill, train_extras = None, {}
     if settings.fill.synthetic:
         phase = run_fill_phase(grid, settings, traffic, write)
@@ -73,7 +82,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
         {
             "wall_seconds": time.perf_counter() - started,
             "fill": fill,
-            "time_split": _time_split(fill, report.rounds),
+            "time_split": {**_time_split(fill, report.rounds), **{f"warm_start_{k}": v for k, v in warm.items()}},
             "bytes_sent_per_client": traffic.bytes_per_client(),
         }
     )

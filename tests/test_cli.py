@@ -123,7 +123,7 @@ def _option_values() -> dict[str, list]:
         "train-lr": [0.1, 1e-4],
         "model": ["cnn", "resnet18"],
         "out-dir": ["runs/x", "/tmp/a dir/run"],
-        "fill": ["public", "noise", "diffusion", "mixup+noise", "diffusion+noise+mixup"],
+        "fill": ["public", "noise", "diffusion", "mixup+noise", "diffusion+noise+mixup", "public-equal"],
         "fill-supplement": [0.2, 0.0],
         "fill-mix": ["weighted"],  # weights for as many sources as the fill has, below
         "fill-target": ["global"],
@@ -134,6 +134,8 @@ def _option_values() -> dict[str, list]:
         "fill-guidance": [0.0, 7.5],
         "fill-base": [str(DEFAULT_BASE.resolve())],
         "fill-store": ["/tmp/store", "/tmp/other store"],
+        "warm-start-per-class": [100, 2000],
+        "warm-start-epochs": [1, 20],
     }
     assert set(values) == set(EXPERIMENT_OPTIONS.values())
     return {key: [default[key], *choices] for key, choices in values.items()}

@@ -7,6 +7,7 @@ it checks its input, then runs itself again inside (regl/fl/sandbox.py).
 from __future__ import annotations
 
 import argparse
+import shlex
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from regl.cli.options import (
     add_fill_options,
     add_run_options,
     add_training_options,
+    add_warm_start_options,
     experiment_settings,
 )
 from regl.errors import ReglError
@@ -47,6 +49,7 @@ def add_fl_options(parser: argparse.ArgumentParser) -> None:
     add_training_options(parser)
     add_run_options(parser)
     add_fill_options(parser)
+    add_warm_start_options(parser)
 
 
 def cmd_fl(args: argparse.Namespace) -> int:
@@ -73,6 +76,7 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated")
     add_run_options(parser)
     add_fill_options(parser, with_mode=False)
+    add_warm_start_options(parser)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -90,10 +94,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return rerun_self_isolated(args.argv, FLOWER_STATE_DIR)
     name = settings.name.removesuffix(f"-s{args.seed}")
     out_root = Path(args.out_dir or f"runs/bench-{name}")
-    table = run_arms(settings, arms, seeds, args.arm_mix, out_root, cpus=args.cpus, verbose=args.verbose)
+    command = "regl " + shlex.join(args.argv)
+    table = run_arms(settings, arms, seeds, args.arm_mix, out_root, args.cpus, args.verbose, command)
     print(
         f"\n{args.dataset}, {settings.partition.describe()}, {args.clients} clients, {args.rounds} rounds × "
-        f"{args.local_epochs} local epochs, seeds {args.seeds}\n{table}\n(table.md and bench.json in {out_root})"
+        f"{args.local_epochs} local epochs, seeds {args.seeds}\n{table}\n(command.txt, table.md, bench.json and "
+        f"the figures in {out_root}; each run in {out_root}/<arm>-s<seed>)"
     )
     return 0
 
@@ -102,6 +108,7 @@ def add_deploy_options(parser: argparse.ArgumentParser) -> None:
     add_data_options(parser)
     add_training_options(parser)
     add_fill_options(parser)
+    add_warm_start_options(parser)
     parser.add_argument(
         "--in-process-fill",
         action="store_true",
@@ -187,7 +194,10 @@ COMMANDS = (
         "and print a table of final accuracy, minority-class accuracy, AUC and personalized accuracy, "
         "mean ± std over seeds. Arms: none, noise, mixup, diffusion (client LoRA), diffusion-base (no "
         "LoRA), public, any '+' combination of the sources (e.g. diffusion+noise), iid, centralized. "
-        "--fill-mix applies to the arms with as many sources as it has weights.",
+        "--fill-mix applies to the arms with as many sources as it has weights. OUT_DIR gets command.txt, "
+        "bench.json, table.md, accuracy.png (every arm by round) and, with a diffusion arm, grid.png (real vs "
+        "generated images); each arm × seed runs in OUT_DIR/<arm>-s<seed>. Rerun, it resumes: a cell whose "
+        "folder holds a finished run of the same settings is skipped.",
         add_bench_options,
         cmd_bench,
     ),

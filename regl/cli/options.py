@@ -46,6 +46,8 @@ EXPERIMENT_OPTIONS = {
     "fill_guidance": "fill-guidance",
     "fill_base": "fill-base",
     "fill_store": "fill-store",
+    "warm_start_per_class": "warm-start-per-class",
+    "warm_start_epochs": "warm-start-epochs",
 }
 CPUS = 2  # Ray workers of `regl fl` and `regl bench`: one client at a time on each
 
@@ -142,6 +144,22 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_warm_start_options(parser: argparse.ArgumentParser) -> None:
+    default = experiment_defaults()
+    group = parser.add_argument_group(
+        "warm start", "the server trains the initial global model on base-generated, balanced images before round 1"
+    )
+    group.add_argument(
+        "--warm-start-per-class",
+        type=int,
+        default=default["warm_start_per_class"],
+        help="images of every class the server generates with the base (the fill's steps and guidance); 0: off",
+    )
+    group.add_argument(
+        "--warm-start-epochs", type=int, default=default["warm_start_epochs"], help="epochs over those images"
+    )
+
+
 def add_fill_options(parser: argparse.ArgumentParser, with_mode: bool = True) -> None:
     """Without the mode (`regl bench`: each arm sets it) --fill-mix is kept apart as `arm_mix`."""
     default = experiment_defaults()
@@ -150,8 +168,9 @@ def add_fill_options(parser: argparse.ArgumentParser, with_mode: bool = True) ->
         group.add_argument(
             "--fill",
             default=default["fill"],
-            help="none, public (the base's public pretraining pool, as real data), or sources "
-            "joined by '+': diffusion, noise, mixup, e.g. diffusion+noise",
+            help="none, public (the base's whole public pretraining pool, as real data), or sources "
+            "joined by '+': diffusion, noise, mixup, public-equal (real public images at the planned counts), "
+            "e.g. diffusion+noise",
         )
     group.add_argument(
         "--fill-supplement",
@@ -230,6 +249,11 @@ def experiment_settings(args: argparse.Namespace, out_suffix: str = "") -> Exper
             raise ReglError(f"{flag} must be at least 1, got {value}")
     if not args.lr > 0:
         raise ReglError(f"--lr must be > 0, got {args.lr}")
+    if getattr(args, "warm_start_per_class", 0) < 0 or getattr(args, "warm_start_epochs", 1) < 1:
+        raise ReglError(
+            f"--warm-start-per-class must be ≥ 0 and --warm-start-epochs ≥ 1, got {args.warm_start_per_class} "
+            f"and {args.warm_start_epochs}"
+        )
     if args.clients < 2:
         raise ReglError(f"--clients must be at least 2 for a federation, got {args.clients}")
     settings = ExperimentSettings.from_config(
@@ -243,7 +267,7 @@ def experiment_settings(args: argparse.Namespace, out_suffix: str = "") -> Exper
         ),
     )
     settings.fill.check()
-    if "diffusion" in settings.fill.sources:
+    if "diffusion" in settings.fill.sources or settings.warm_start_per_class:
         from regl.generate.generator import check_model_folder
 
         check_model_folder(settings.fill.base_folder())

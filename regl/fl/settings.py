@@ -26,6 +26,10 @@ class ExperimentSettings:
     seed: int = 0
     out_dir: str = ""
     fill: FillSettings = field(default_factory=FillSettings)
+    # before round 1 the server trains the global model on this many base-generated images
+    # of every class (regl/fl/warm_start.py); 0: off
+    warm_start_per_class: int = 0
+    warm_start_epochs: int = 5
 
     def to_config(self) -> dict[str, Any]:
         """Flat, kebab-case keys: the form of Flower's run config and ConfigRecord."""
@@ -48,6 +52,8 @@ class ExperimentSettings:
     @property
     def name(self) -> str:
         name = f"{self.dataset.rstrip('/').split('/')[-1]}-{self.partition.describe()}-s{self.seed}"
+        if self.warm_start_per_class:
+            name += f"-warm{self.warm_start_per_class}"
         return name if self.fill.mode == "none" else f"{name}-fill-{self.fill.mode}"
 
 

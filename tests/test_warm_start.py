@@ -1,0 +1,32 @@
+"""The server's warm start: base-generated balanced images train the initial global model."""
+
+import torch
+
+from regl.fill.client import FillSettings
+from regl.fl.experiment import ExperimentSettings, new_model
+from regl.fl.warm_start import warm_start, warm_start_data
+
+
+def settings_for(base, tmp_path, per_class: int = 2) -> ExperimentSettings:
+    fill = FillSettings(base=str(base), steps=2, guidance=2.0, store=str(tmp_path / "store"))
+    return ExperimentSettings(dataset="mnist-10k", fill=fill, warm_start_per_class=per_class, warm_start_epochs=1)
+
+
+def test_warm_start_makes_a_balanced_set_once_and_reuses_it(service_base, tmp_path):
+    settings = settings_for(service_base, tmp_path)
+    data, seconds = warm_start_data(settings)
+    assert data.class_counts().tolist() == [2] * 10
+    assert data.x.shape[1:] == (28, 28, 1) and seconds > 0
+    again, seconds_again = warm_start_data(settings)
+    assert seconds_again == 0.0 and (again.x == data.x).all()
+    assert len(warm_start_data(settings_for(service_base, tmp_path, per_class=1))[0]) == 10  # another key
+
+
+def test_warm_start_trains_the_model_in_place(service_base, tmp_path):
+    settings = settings_for(service_base, tmp_path)
+    model = new_model(settings)
+    before = [p.detach().clone() for p in model.parameters()]
+    timings = warm_start(settings, model)
+    assert set(timings) == {"generate_seconds", "train_seconds"}
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert torch.get_num_threads() == 1  # the caller's thread count is restored
