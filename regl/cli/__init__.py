@@ -1,9 +1,11 @@
 """The `regl` command: one module per group of subcommands, each adding its options and running them.
 
-- options.py: what the commands share (experiment options, the inverse of parsing)
+- options.py: what the commands share (parser, help, the experiment's options)
+- argv.py: the inverse of parsing, which starts child runs
 - data.py: partition
 - federated.py: fl, bench, deploy, centralized, sandbox
-- generation.py: generate, eval-generator, bench-generator
+- generation.py: generate, bench-generator
+- evaluation.py: eval-generator
 - training.py: finetune, pretrain-base
 - serving.py: serve, bench-service
 
@@ -17,11 +19,11 @@ import argparse
 import os
 import sys
 
-from regl.cli import data, federated, generation, serving, training
+from regl.cli import data, evaluation, federated, generation, serving, training
 from regl.cli.options import Command, HelpFormatter, Parser
 from regl.errors import ReglError
 
-GROUPS = (data, federated, generation, training, serving)
+GROUPS = (data, federated, generation, evaluation, training, serving)
 COMMANDS: dict[str, Command] = {command.name: command for group in GROUPS for command in group.COMMANDS}
 
 

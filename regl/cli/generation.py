@@ -1,19 +1,21 @@
-"""`regl generate`, `eval-generator` and `bench-generator`: images from a base (and a LoRA), and their measures.
+"""`regl generate` and `bench-generator`: images from a base (and a LoRA), and how fast they come.
 
-Sampling defaults come from `SamplingSettings`; the helpers here are shared with `training.py`.
+Sampling defaults come from `SamplingSettings`; the helpers here are shared with `training.py`
+and `evaluation.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regl.cli.options import Command
-from regl.errors import ReglError
 from regl.generate.settings import CLASSES_OF, TORCH_THREADS
+
+if TYPE_CHECKING:
+    pass
 
 
 def sampling_defaults() -> dict[str, Any]:
@@ -112,70 +114,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_eval_generator_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default=CLASSES_OF, help="whose classes to generate and compare with")
-    add_sampling_options(parser)
-    parser.add_argument("--lora-scale", type=float, default=1.0, help="weight of the LoRA")
-    parser.add_argument("--per-class", type=int, default=100, help="generated images per class")
-    parser.add_argument("--grid", default="", help="also save a PNG: per class, 8 real then 8 generated images")
-    parser.add_argument(
-        "--own-classes",
-        default="",
-        help="comma-separated classes a client holds: their accuracy and Fréchet distance are "
-        "reported apart from the other (missing) classes; empty: the LoRA's client's",
-    )
-
-
-def cmd_eval_generator(args: argparse.Namespace) -> int:
-    import torch
-
-    from regl.generate.evaluate import evaluate_generator, format_quality
-    from regl.generate.generator import Generator
-
-    if args.per_class < 2:
-        raise ReglError(f"--per-class must be at least 2, got {args.per_class}")
-    torch.set_num_threads(args.threads)
-    names, template = class_list(args.dataset)
-    lora = Path(args.lora) if args.lora else None
-    own = own_classes(args.own_classes, names, lora)
-    groups = {"client's own classes": own, "missing classes": [c for c in range(len(names)) if c not in own]}
-    groups = groups if own else None
-    generator = Generator(Path(args.base), names, template, lora=lora)
-    generator.set_lora_scale(args.lora_scale)
-    quality, fake = evaluate_generator(
-        generator,
-        args.dataset,
-        args.per_class,
-        args.seed,
-        groups=groups,
-        steps=args.steps,
-        guidance=args.guidance,
-        scheduler=args.scheduler,
-    )
-    if args.grid:
-        from regl.data.datasets import load_split
-        from regl.generate.evaluate import save_grid
-
-        save_grid(load_split(args.dataset).test, fake, Path(args.grid))
-        print(f"grid of real (left) and generated (right) images: {args.grid}")
-    title = f"{args.base}" + (f" + LoRA {args.lora} (scale {args.lora_scale})" if lora else "")
-    print(format_quality(quality, names, title, groups))
-    return 0
-
-
-def own_classes(spec: str, names: tuple[str, ...], lora: Path | None) -> list[int]:
-    """Classes given as `a,b,c`, else those the LoRA's client held, else none."""
-    from regl.data.datasets import class_index
-    from regl.generate.generator import LORA_METADATA
-
-    if spec:
-        return sorted({class_index(names, part.strip()) for part in spec.split(",")})
-    if lora and (lora / LORA_METADATA).is_file():
-        counts = json.loads((lora / LORA_METADATA).read_text())["client_class_counts"]
-        return [c for c, n in enumerate(counts) if n > 0]
-    return []
-
-
 def add_bench_generator_options(parser: argparse.ArgumentParser) -> None:
     from regl.generate.settings import LoraSettings
 
@@ -206,15 +144,6 @@ COMMANDS = (
         "LoRA) and write them as PNGs at the dataset's resolution and channels.",
         add_generate_options,
         cmd_generate,
-    ),
-    Command(
-        "eval-generator",
-        "accuracy and Fréchet distance of generated images",
-        "Train the small CNN on the dataset's real private pool, then report its accuracy per class on "
-        "generated images and the Fréchet distance between generated and real test images in its "
-        "feature space.",
-        add_eval_generator_options,
-        cmd_eval_generator,
     ),
     Command(
         "bench-generator",

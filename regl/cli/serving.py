@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from regl.cli.options import Command, options_to_argv
+from regl.cli.argv import options_to_argv
+from regl.cli.options import Command
 from regl.errors import ReglError
 
 if TYPE_CHECKING:

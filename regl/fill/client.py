@@ -252,7 +252,6 @@ class ClientFill:
         )
         return ImageDataset(x, labels, data.class_names)
 
-
     def _public_equal(self, counts: np.ndarray) -> ImageDataset:
         """Exactly `counts[c]` real public-pool images of each class c, drawn without replacement."""
         from regl.data.datasets import load_split

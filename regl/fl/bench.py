@@ -1,29 +1,37 @@
 """`regl bench`: benchmark arms side by side — same model, rounds and seeds; only the fill changes.
 
-Each arm is one `regl fl` (or `regl centralized`) run in a subprocess, so every arm starts
-from a fresh Ray and a failed arm does not take the others down. The child's command line
-is built from its settings by the same parser that reads it (`settings_to_argv`).
+Each cell (arm × seed) is one `regl fl` (or `regl centralized`) run in a subprocess, so every
+cell starts from a fresh Ray and a failed one does not take the others down. The child's
+command line is built from its settings by the same parser that reads it (`settings_to_argv`).
+
+A bench resumes: a cell whose folder holds a finished run of exactly its settings is skipped
+and its row read back from that folder, so rows are always a function of the cell folders
+and rerunning a finished bench only rewrites what changed (nothing).
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from regl import environment
-from regl.atomic import write_json_atomically, write_text_atomically
-from regl.cli.options import settings_to_argv
+from regl.atomic import write_json_atomically
+from regl.cli.argv import settings_to_argv
 from regl.errors import ReglError
 from regl.fill.client import FillSettings
+from regl.fl.bench_report import format_table, write_figures, write_if_changed
 from regl.fl.settings import ExperimentSettings
 
 SPECIAL_ARMS = ("iid", "centralized")
+# What bench measured of a cell's run (its wall time, Ray start included) and the run's command line.
+CELL_RECORD = "bench-cell.json"
+# Where a run keeps things, not what it computes: a moved results folder still counts as finished.
+LOCATION_KEYS = ("out-dir", "fill-store")
 
 
 def arm_settings(settings: ExperimentSettings, arm: str, mix: str) -> ExperimentSettings:
@@ -65,85 +73,162 @@ def arm_argv(settings: ExperimentSettings, arm: str, cpus: int, verbose: bool) -
     return settings_to_argv(settings, "fl", cpus=cpus, verbose=verbose)
 
 
-def run_arm(arm: str, settings: ExperimentSettings, argv: list[str]) -> dict:
-    """Run one arm for one seed; returns its summary, or the error when it failed."""
-    started = time.perf_counter()
-    code = subprocess.call([sys.executable, "-m", "regl.cli", *argv])
-    summary_file = Path(settings.out_dir) / "summary.json"
-    if code != 0 or not summary_file.exists():
-        return {
-            "arm": arm,
-            "seed": settings.seed,
-            "error": f"exit code {code}",
-            "wall_seconds": time.perf_counter() - started,
-        }
-    summary = json.loads(summary_file.read_text())
+@dataclass(frozen=True)
+class Cell:
+    """One arm × seed: the child run's settings (its folder is their out_dir) and command line."""
+
+    arm: str
+    seed: int
+    settings: ExperimentSettings
+    argv: tuple[str, ...]
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.settings.out_dir)
+
+    @property
+    def command(self) -> str:
+        return "regl " + shlex.join(self.argv)
+
+
+def bench_cells(
+    settings: ExperimentSettings, arms: list[str], seeds: list[int], mix: str, out_root: Path, cpus: int, verbose: bool
+) -> list[Cell]:
+    """Every arm for every seed, seed by seed; each cell's run goes to OUT_ROOT/<arm>-s<seed>."""
+    cells = []
+    for seed in seeds:
+        for arm in arms:
+            seeded = replace(
+                settings,
+                seed=seed,
+                partition=replace(settings.partition, seed=seed),
+                out_dir=str(out_root / f"{arm}-s{seed}"),
+            )
+            child = arm_settings(seeded, arm, mix)
+            cells.append(Cell(arm, seed, child, tuple(arm_argv(child, arm, cpus, verbose))))
+    return cells
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def why_unfinished(cell: Cell) -> str:
+    """Why the cell's folder holds no finished run of its settings; empty when it does.
+
+    Only the settings count (config.json without its environment and LOCATION_KEYS): a run
+    on another machine or with other --cpus is the same cell.
+    """
+    if not cell.folder.exists():
+        return "new"
+    if not (cell.folder / "summary.json").is_file():
+        return "no summary.json: interrupted or failed"
+    if not (cell.folder / "config.json").is_file():
+        return "no config.json"
+    expected = json.loads(json.dumps(cell.settings.to_config()))  # as it reads back from config.json
+    recorded = _read_json(cell.folder / "config.json")
+    differing = [key for key in expected if key not in LOCATION_KEYS and recorded.get(key) != expected[key]]
+    if differing:
+        changes = ", ".join(
+            f"{key} {repr(recorded[key]) if key in recorded else '(not recorded)'} → {expected[key]!r}"
+            for key in differing
+        )
+        return f"its summary.json is for other settings: {changes}"
+    if not (cell.folder / CELL_RECORD).is_file():
+        return f"no {CELL_RECORD}: bench stopped before recording the run"
+    return ""
+
+
+def finished_row(cell: Cell) -> dict[str, Any]:
+    """The cell's table row, read from its folder; `environment` is what its run recorded."""
+    summary = _read_json(cell.folder / "summary.json")
     return {
-        "arm": arm,
-        "seed": settings.seed,
+        "arm": cell.arm,
+        "seed": cell.seed,
         "accuracy": summary["final_accuracy"],
         "minority_accuracy": summary.get("final_minority_accuracy"),
         "auc": summary.get("final_auc"),
         "personalized_accuracy": summary.get("final_personalized_accuracy"),
         "fill_seconds": (summary.get("time_split") or {}).get("fill_phase_wall_seconds", 0.0),
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": _read_json(cell.folder / CELL_RECORD)["wall_seconds"],
+        "environment": _read_json(cell.folder / "config.json")["environment"],
     }
 
 
-def _cell(values: list[float | None]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "—"
-    mean = 100 * float(np.mean(values))
-    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {100 * float(np.std(values)):.2f}"
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """Run the cell's child; returns its row, or the error when it failed."""
+    (cell.folder / CELL_RECORD).unlink(missing_ok=True)
+    started = time.perf_counter()
+    code = subprocess.call([sys.executable, "-m", "regl.cli", *cell.argv])
+    wall = time.perf_counter() - started
+    if code != 0 or not (cell.folder / "summary.json").exists():
+        return {"arm": cell.arm, "seed": cell.seed, "error": f"exit code {code}", "wall_seconds": wall}
+    write_json_atomically(cell.folder / CELL_RECORD, {"wall_seconds": wall, "command": cell.command})
+    return finished_row(cell)
 
 
-def format_table(rows: list[dict], arms: list[str]) -> str:
-    """Markdown: one line per arm, mean ± std over seeds."""
-    lines = [
-        "| arm | accuracy % | minority-class acc. % | AUC % | personalized acc. % | fill s | wall s | seeds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for arm in arms:
-        done = [r for r in rows if r["arm"] == arm and "error" not in r]
-        failed = [r for r in rows if r["arm"] == arm and "error" in r]
-        if not done:
-            lines.append(f"| {arm} | {'failed: ' + failed[0]['error'] if failed else 'not run yet'} | | | | | | |")
-            continue
-        lines.append(
-            f"| {arm} | {_cell([r['accuracy'] for r in done])} | {_cell([r['minority_accuracy'] for r in done])} "
-            f"| {_cell([r['auc'] for r in done])} | {_cell([r['personalized_accuracy'] for r in done])} "
-            f"| {np.mean([r['fill_seconds'] for r in done]):.0f} | {np.mean([r['wall_seconds'] for r in done]):.0f} "
-            f"| {','.join(str(r['seed']) for r in done)}{' (' + str(len(failed)) + ' failed)' if failed else ''} |"
-        )
-    return "\n".join(lines)
+def bench_record(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """bench.json: the distinct environments the runs recorded, and the rows, each naming its environment by index.
+
+    Cells resumed from an earlier bench may have run on another machine; a failed row has none.
+    """
+    environments: list[dict] = []
+    runs = []
+    for row in rows:
+        if "environment" in row:
+            if row["environment"] not in environments:
+                environments.append(row["environment"])
+            row = {**row, "environment": environments.index(row["environment"])}
+        runs.append(row)
+    return {"environment": environments, "runs": runs}
+
+
+def write_tables(out_root: Path, rows: list[dict[str, Any]], arms: list[str], notes: list[str]) -> str:
+    """bench.json and table.md (the table, then `notes`); returns the table."""
+    table = format_table(rows, arms)
+    write_if_changed(out_root / "bench.json", json.dumps(bench_record(rows), indent=2).encode())
+    write_if_changed(out_root / "table.md", "\n\n".join([table, *notes]).encode() + b"\n")
+    return table
 
 
 def run_arms(
-    settings: ExperimentSettings, arms: list[str], seeds: list[int], mix: str, out_root: Path, cpus: int, verbose: bool
+    settings: ExperimentSettings,
+    arms: list[str],
+    seeds: list[int],
+    mix: str,
+    out_root: Path,
+    cpus: int,
+    verbose: bool,
+    command: str,
 ) -> str:
-    """Run every arm for every seed; writes bench.json and table.md after each run; returns the table.
+    """Run every cell not finished before and write the results folder; returns the table.
 
-    bench.json holds this machine's environment (`regl.environment`) beside the runs: the
-    same command gives the same figures only where that record matches.
+    OUT_ROOT gets command.txt (`command`, the `regl bench` line that wrote it), bench.json
+    and table.md (rewritten after each run), accuracy.png and, when an arm used diffusion,
+    grid.png; the cells' runs stay in OUT_ROOT/<arm>-s<seed>. Files are rewritten only when
+    their content changes.
     """
     if not seeds:
         raise ReglError("give at least one seed")
     check_arms(arms)
-    runs = [(seed, arm) for seed in seeds for arm in arms]
-    rows: list[dict] = []
-    machine = environment.describe()
-    for number, (seed, arm) in enumerate(runs, 1):
-        seeded = replace(
-            settings,
-            seed=seed,
-            partition=replace(settings.partition, seed=seed),
-            out_dir=str(out_root / f"{arm}-s{seed}"),
-        )
-        child = arm_settings(seeded, arm, mix)
-        argv = arm_argv(child, arm, cpus, verbose)
-        print(f"\n[{number}/{len(runs)}] arm {arm}, seed {seed}: regl {' '.join(argv)}", flush=True)
-        rows.append(run_arm(arm, child, argv))
-        write_json_atomically(out_root / "bench.json", {"environment": machine, "runs": rows})
-        write_text_atomically(out_root / "table.md", format_table(rows, arms) + "\n")
-    return format_table(rows, arms)
+    out_root.mkdir(parents=True, exist_ok=True)
+    write_if_changed(out_root / "command.txt", f"{command}\n".encode())
+    cells = bench_cells(settings, arms, seeds, mix, out_root, cpus, verbose)
+    reasons = [why_unfinished(cell) for cell in cells]
+    rows = {number: finished_row(cell) for number, (cell, reason) in enumerate(zip(cells, reasons)) if not reason}
+    for number, (cell, reason) in enumerate(zip(cells, reasons)):
+        head = f"[{number + 1}/{len(cells)}] arm {cell.arm}, seed {cell.seed}"
+        if not reason:
+            print(f"{head}: skipped, finished in {cell.folder}", flush=True)
+            continue
+        print(f"\n{head}: running ({reason}): {cell.command}", flush=True)
+        rows[number] = run_cell(cell)
+        write_tables(out_root, [rows[n] for n in sorted(rows)], arms, [])
+    ordered = [rows[n] for n in sorted(rows)]
+    finished = [cell for number, cell in enumerate(cells) if "error" not in rows[number]]
+    title = f"{settings.dataset}, {settings.partition.describe()}, seeds {','.join(map(str, seeds))}"
+    notes = write_figures(out_root, finished, arms, title)
+    for note in notes:
+        print(note)
+    print(f"ran {sum(bool(r) for r in reasons)} of {len(cells)} cells, skipped {reasons.count('')}")
+    return write_tables(out_root, ordered, arms, notes)

@@ -1,20 +1,24 @@
-"""`regl eval-generator`: how recognisable and how realistic generated images are.
+"""`regl eval-generator`: how recognisable, realistic and varied generated images are.
 
 (a) accuracy, per class, of a classifier trained on real data only, on generated images;
 (b) the Fréchet distance between generated and real test images in that classifier's
-feature space (its 84-d penultimate layer: an FID with a task-specific network).
+feature space (its 84-d penultimate layer: an FID with a task-specific network);
+(c) precision and recall in the same space (`fidelity.py`): realism and variety apart.
+Whether a classifier can *learn* from generated images is `tstr.py`'s question.
 """
 
 from __future__ import annotations
 
-import time
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from regl.data.datasets import ImageDataset, load_split
-from regl.generate.generator import Generator, image_seed, to_dataset_format
+from regl.generate.fidelity import DEFAULT_K, PrecisionRecall, class_precision_recall
+from regl.generate.generated_sets import first_per_class
 from regl.train.loop import TrainSettings, evaluate, to_tensor, train
 from regl.train.models import SmallCNN
 
@@ -38,8 +42,6 @@ def features(model: SmallCNN, x: np.ndarray) -> np.ndarray:
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½)."""
-    import warnings
-
     from scipy import linalg
 
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
@@ -52,62 +54,84 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class GeneratorQuality:
+    per_class: int  # generated images of each class measured
     per_class_accuracy: list[float]
     frechet: float
     real_test_accuracy: float
-    images_per_second: float
+    images_per_second: float | None  # None: not measured
     group_frechet: dict[str, float]
+    fidelity: PrecisionRecall
 
     def mean_accuracy(self, classes: list[int] | None = None) -> float:
         picked = self.per_class_accuracy if classes is None else [self.per_class_accuracy[c] for c in classes]
         return float(np.mean(picked))
 
 
-def generated_set(
-    generator: Generator, classes: list[int], per_class: int, seed: int, like: ImageDataset, **options
-) -> tuple[ImageDataset, float]:
-    """`per_class` images of each class in the dataset's format, and the generation speed."""
-    labels = [c for c in classes for _ in range(per_class)]
-    seeds = [image_seed(seed, i) for i in range(len(labels))]
-    started = time.perf_counter()
-    images = generator.generate(labels, seeds, **options)
-    speed = len(labels) / (time.perf_counter() - started)
-    x = to_dataset_format(images, like.resolution, like.channels)
-    return ImageDataset(x, np.asarray(labels, dtype=np.int64), like.class_names), speed
-
-
-def evaluate_generator(
-    generator: Generator,
+def measure_generated(
+    fake: ImageDataset,
     dataset: str,
     per_class: int,
-    seed: int,
     classifier: tuple[SmallCNN, float] | None = None,
     groups: dict[str, list[int]] | None = None,
-    **options,
-) -> tuple[GeneratorQuality, ImageDataset]:
-    """The quality figures and the generated images they were measured on.
+    k: int = DEFAULT_K,
+    images_per_second: float | None = None,
+) -> GeneratorQuality:
+    """The quality figures of the first `per_class` generated images of each class.
 
     `groups` (e.g. a client's own and missing classes) get a Fréchet distance of their own,
     between the generated and the real test images of just those classes.
     """
     model, real_accuracy = classifier or reference_classifier(dataset)
     test = load_split(dataset).test
-    fake, speed = generated_set(generator, list(range(test.num_classes)), per_class, seed, test, **options)
-    result = evaluate(model, fake)
-    fake_features, test_features = features(model, fake.x), features(model, test.x)
+    measured = first_per_class(fake, per_class)
+    result = evaluate(model, measured)
+    fake_features, test_features = features(model, measured.x), features(model, test.x)
     group_frechet = {
-        name: frechet_distance(fake_features[np.isin(fake.y, classes)], test_features[np.isin(test.y, classes)])
+        name: frechet_distance(fake_features[np.isin(measured.y, classes)], test_features[np.isin(test.y, classes)])
         for name, classes in (groups or {}).items()
         if classes
     }
-    quality = GeneratorQuality(
+    return GeneratorQuality(
+        per_class=per_class,
         per_class_accuracy=[float(a) for a in result["per_class_accuracy"]],
         frechet=frechet_distance(fake_features, test_features),
         real_test_accuracy=real_accuracy,
-        images_per_second=speed,
+        images_per_second=images_per_second,
         group_frechet=group_frechet,
+        fidelity=class_precision_recall(test_features, test.y, fake_features, measured.y, test.class_names, k),
     )
-    return quality, fake
+
+
+def quality_record(
+    quality: GeneratorQuality, class_names: tuple[str, ...], groups: dict[str, list[int]] | None = None
+) -> dict[str, Any]:
+    """Every figure of `quality`, classes by name, for JSON."""
+    fidelity = quality.fidelity
+    return {
+        "measured_per_class": quality.per_class,
+        "reference_classifier_test_accuracy": quality.real_test_accuracy,
+        "accuracy_on_generated": dict(zip(class_names, quality.per_class_accuracy)),
+        "mean_accuracy_on_generated": quality.mean_accuracy(),
+        "frechet": quality.frechet,
+        "groups": {
+            name: {
+                "classes": classes,
+                "accuracy": quality.mean_accuracy(classes),
+                "frechet": quality.group_frechet[name],
+            }
+            for name, classes in (groups or {}).items()
+            if classes
+        },
+        "precision_recall": {
+            "k": fidelity.k,
+            "samples_per_class": dict(zip(class_names, fidelity.samples_per_class)),
+            "precision": dict(zip(class_names, fidelity.per_class_precision)),
+            "recall": dict(zip(class_names, fidelity.per_class_recall)),
+            "all_precision": fidelity.precision,
+            "all_recall": fidelity.recall,
+        },
+        "images_per_second": quality.images_per_second,
+    }
 
 
 def save_grid(real: ImageDataset, fake: ImageDataset, path, per_row: int = 8) -> None:
@@ -129,18 +153,28 @@ def save_grid(real: ImageDataset, fake: ImageDataset, path, per_row: int = 8) ->
 def format_quality(
     quality: GeneratorQuality, class_names: tuple[str, ...], title: str, groups: dict[str, list[int]] | None = None
 ) -> str:
-    lines = [title, f"{'class':>12} accuracy on generated"]
-    lines += [f"{name:>12} {100 * acc:6.1f}%" for name, acc in zip(class_names, quality.per_class_accuracy)]
-    lines.append(
-        f"{'mean':>12} {100 * quality.mean_accuracy():6.1f}%   (the classifier scores "
-        f"{100 * quality.real_test_accuracy:.1f}% on real test images)"
-    )
-    lines.append(f"Fréchet distance to the real test set (classifier features): {quality.frechet:.2f}")
+    fidelity = quality.fidelity
+    lines = [title, f"{'class':>12} {'accuracy':>9} {'precision':>10} {'recall':>7}"]
+    for name, acc, precision, recall in zip(
+        class_names, quality.per_class_accuracy, fidelity.per_class_precision, fidelity.per_class_recall
+    ):
+        lines.append(f"{name:>12} {100 * acc:8.1f}% {precision:10.3f} {recall:7.3f}")
+    lines.append(f"{'all':>12} {100 * quality.mean_accuracy():8.1f}% {fidelity.precision:10.3f} {fidelity.recall:7.3f}")
+    low, high = min(fidelity.samples_per_class), max(fidelity.samples_per_class)
+    samples = f"{low}" if low == high else f"{low}-{high}"
+    lines += [
+        f"accuracy: of a CNN trained on real images only, on {quality.per_class} generated images per class "
+        f"(it scores {100 * quality.real_test_accuracy:.1f}% on the real test set)",
+        f"precision (realistic) and recall (varied): k-NN manifolds with k = {fidelity.k} in that CNN's features,",
+        f"  on {samples} real test and as many generated images per class; all: the classes pooled",
+        f"Fréchet distance to the real test set (classifier features): {quality.frechet:.2f}",
+    ]
     for name, classes in (groups or {}).items():
         if classes:
             lines.append(
                 f"{name} {classes}: accuracy {100 * quality.mean_accuracy(classes):.1f}%, "
                 f"Fréchet distance {quality.group_frechet[name]:.2f}"
             )
-    lines.append(f"generation speed: {quality.images_per_second:.1f} images/s")
+    if quality.images_per_second is not None:
+        lines.append(f"generation speed: {quality.images_per_second:.1f} images/s")
     return "\n".join(lines)

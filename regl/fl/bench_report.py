@@ -1,0 +1,195 @@
+"""What `regl bench` writes beside its runs: the table, every arm's accuracy curve, and real vs generated images.
+
+Everything here is read from the cells' folders (and, for the grid, the clients' synthetic
+stores), so a results folder can be redrawn without running anything again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from regl.data.datasets import ImageDataset
+    from regl.fl.bench import Cell
+    from regl.fl.settings import ExperimentSettings
+
+GRID_PER_ROW = 8  # real and generated images per class in grid.png, at most
+
+
+def write_if_changed(path: Path, content: bytes) -> bool:
+    """Write `content` atomically unless the file holds it already, so a bench with nothing to do changes no file."""
+    if path.is_file() and path.read_bytes() == content:
+        return False
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(content)
+    os.replace(tmp.name, path)
+    return True
+
+
+def _cell(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    mean = 100 * float(np.mean(values))
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {100 * float(np.std(values)):.2f}"
+
+
+def format_table(rows: list[dict], arms: list[str]) -> str:
+    """Markdown: one line per arm, mean ± std over seeds."""
+    lines = [
+        "| arm | accuracy % | minority-class acc. % | AUC % | personalized acc. % | fill s | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in arms:
+        done = [r for r in rows if r["arm"] == arm and "error" not in r]
+        failed = [r for r in rows if r["arm"] == arm and "error" in r]
+        if not done:
+            lines.append(f"| {arm} | {'failed: ' + failed[0]['error'] if failed else 'not run yet'} | | | | | | |")
+            continue
+        lines.append(
+            f"| {arm} | {_cell([r['accuracy'] for r in done])} | {_cell([r['minority_accuracy'] for r in done])} "
+            f"| {_cell([r['auc'] for r in done])} | {_cell([r['personalized_accuracy'] for r in done])} "
+            f"| {np.mean([r['fill_seconds'] for r in done]):.0f} | {np.mean([r['wall_seconds'] for r in done]):.0f} "
+            f"| {','.join(str(r['seed']) for r in done)}{' (' + str(len(failed)) + ' failed)' if failed else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def write_figures(out_root: Path, finished: list[Cell], arms: list[str], title: str) -> list[str]:
+    """accuracy.png and grid.png from the finished cells' folders; returns one note per figure.
+
+    A figure with nothing to show is removed, so the folder never keeps one from another bench.
+    """
+    notes = []
+    accuracy = out_root / "accuracy.png"
+    if finished:
+        curves = {arm: [_read_json(c.folder / "rounds.json") for c in finished if c.arm == arm] for arm in arms}
+        write_if_changed(accuracy, accuracy_plot_png({arm: runs for arm, runs in curves.items() if runs}, title))
+        notes.append("accuracy.png: global test accuracy by round, mean over seeds (band: the seeds' min–max).")
+    else:
+        accuracy.unlink(missing_ok=True)
+    grid = out_root / "grid.png"
+    diffused = sorted(
+        (c for c in finished if "diffusion" in c.settings.fill.sources), key=lambda c: (arms.index(c.arm), c.seed)
+    )
+    if not diffused:
+        grid.unlink(missing_ok=True)
+        if any("diffusion" in arm for arm in arms):
+            notes.append("no grid.png: no diffusion arm finished.")
+        return notes
+    cell = diffused[0]
+    generated = stored_diffusion_images(cell.settings, _read_json(cell.folder / "summary.json")["fill"])
+    if generated is None or not len(generated):
+        grid.unlink(missing_ok=True)
+        notes.append(
+            f"no grid.png: arm {cell.arm}, seed {cell.seed} left no complete synthetic store with diffusion "
+            f"images in {cell.settings.fill.store} (regl bench does not generate images)."
+        )
+        return notes
+    from regl.data.datasets import load_split
+
+    left_out = save_class_grid(load_split(cell.settings.dataset).test, generated, grid)
+    notes.append(
+        f"grid.png: real test images (left) and the diffusion images of arm {cell.arm}, seed {cell.seed} "
+        f"(its {cell.settings.partition.num_clients} clients' synthetic stores; right), one row per class"
+        + (f"; classes without generated images left out: {', '.join(left_out)}." if left_out else ".")
+    )
+    return notes
+
+
+def accuracy_plot_png(curves: dict[str, list[list[dict]]], title: str) -> bytes:
+    """PNG of each arm's global accuracy by round (its runs' rounds.json): the mean over seeds, min–max shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, runs in curves.items():
+        rounds = sorted(set.intersection(*({r["round"] for r in run} for run in runs)))
+        accuracy = np.array([[100 * {r["round"]: r["accuracy"] for r in run}[n] for n in rounds] for run in runs])
+        label = f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+        (line,) = ax.plot(rounds, accuracy.mean(axis=0), marker="o", ms=3, label=label)
+        if len(runs) >= 2:
+            ax.fill_between(rounds, accuracy.min(axis=0), accuracy.max(axis=0), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("global test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def stored_diffusion_images(settings: ExperimentSettings, fill_summary: dict) -> ImageDataset | None:
+    """The diffusion images a run's clients keep in their synthetic stores; None when a client's store is missing.
+
+    Each store is found by its key, rebuilt from the run's settings and the fill target its
+    summary recorded, exactly as the client looked it up. The partitioner's warnings were the
+    run's own, and are in its log.
+    """
+    import warnings
+
+    from regl.data.datasets import ImageDataset
+    from regl.fill.client import client_plan
+    from regl.fill.store import SyntheticStore
+    from regl.fl.experiment import client_data, client_fill
+
+    target = None if fill_summary["target"] == "uniform" else np.asarray(fill_summary["target"])
+    xs, ys = [], []
+    for client_id in range(settings.partition.num_clients):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = client_data(settings, client_id)
+        fill = client_fill(settings, client_id)
+        key = fill.store_key(client_plan(settings.fill, data.class_counts(), target))
+        shards = SyntheticStore(fill.store_folder(key)).load_shards(key)
+        if shards is None:
+            return None
+        if "diffusion" in shards:
+            xs.append(shards["diffusion"].x)
+            ys.append(shards["diffusion"].y)
+    if not xs:
+        return None
+    return ImageDataset(np.concatenate(xs), np.concatenate(ys), data.class_names)
+
+
+def save_class_grid(real: ImageDataset, generated: ImageDataset, path: Path) -> list[str]:
+    """`save_grid` over the classes that have generated images; returns the names of the others.
+
+    A row holds as many images as the class with the fewest generated ones has, up to GRID_PER_ROW.
+    """
+    from regl.data.datasets import ImageDataset
+    from regl.generate.evaluate import save_grid
+
+    counts = generated.class_counts()
+    shown = np.flatnonzero(counts)
+    names = tuple(real.class_names[c] for c in shown)
+
+    def shown_only(data: ImageDataset) -> ImageDataset:
+        keep = np.isin(data.y, shown)
+        return ImageDataset(data.x[keep], np.searchsorted(shown, data.y[keep]), names)
+
+    per_row = int(min(GRID_PER_ROW, counts[shown].min(), real.class_counts()[shown].min()))
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        drawn = Path(scratch) / path.name
+        save_grid(shown_only(real), shown_only(generated), drawn, per_row=per_row)
+        write_if_changed(path, drawn.read_bytes())
+    return [real.class_names[c] for c in np.flatnonzero(counts == 0)]

@@ -1,0 +1,157 @@
+"""`regl bench` resumes from its cell folders and writes a results folder that can be redrawn from them."""
+
+import json
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from regl.atomic import write_json_atomically
+from regl.data.datasets import ImageDataset
+from regl.fill.client import FillSettings
+from regl.fl.bench import CELL_RECORD, bench_cells, bench_record, finished_row, why_unfinished
+from regl.fl.bench_report import save_class_grid, write_figures
+from regl.fl.report import RunReport
+from regl.fl.settings import ExperimentSettings
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def finished_run(folder: Path, settings: ExperimentSettings, accuracies: list[float], fill: dict | None = None) -> None:
+    """What a finished child leaves, written by the run's own RunReport, plus bench's record of it."""
+    report = RunReport(folder, {"name": settings.name, "mode": "federated", **settings.to_config()})
+    for number, accuracy in enumerate(accuracies):
+        report.add_round({"round": number, "accuracy": accuracy})
+    report.finish({"wall_seconds": 5.0, "fill": fill})
+    write_json_atomically(folder / CELL_RECORD, {"wall_seconds": 9.0, "command": "regl fl"})
+
+
+def two_seeds(tmp_path: Path, arm: str = "none", fill_store: str = "") -> list:
+    """The cells of one arm, seeds 0 and 1, 2 clients, 2 rounds."""
+    settings = ExperimentSettings(num_rounds=2, partition=replace(ExperimentSettings().partition, num_clients=2))
+    settings = replace(settings, fill=FillSettings(supplement=0.01, store=fill_store or FillSettings().store))
+    return bench_cells(settings, [arm], [0, 1], "", tmp_path / "bench", cpus=2, verbose=False)
+
+
+def test_a_cell_is_finished_only_with_a_summary_of_its_own_settings(tmp_path):
+    cell = two_seeds(tmp_path)[0]
+    assert (cell.arm, cell.seed, cell.folder) == ("none", 0, tmp_path / "bench" / "none-s0")
+    assert why_unfinished(cell) == "new"
+    finished_run(cell.folder, cell.settings, [0.1, 0.3])
+    assert why_unfinished(cell) == ""
+    elsewhere = replace(cell.settings, out_dir="/elsewhere", fill=replace(cell.settings.fill, store="/other/store"))
+    finished_run(cell.folder, elsewhere, [0.1, 0.3])
+    assert why_unfinished(cell) == ""  # a moved folder or fill store is the same run
+    finished_run(cell.folder, replace(cell.settings, num_rounds=1), [0.1])
+    assert why_unfinished(cell) == "its summary.json is for other settings: num-rounds 1 → 2"
+    finished_run(cell.folder, cell.settings, [0.1, 0.3])
+    (cell.folder / CELL_RECORD).unlink()
+    assert why_unfinished(cell).startswith(f"no {CELL_RECORD}")
+    (cell.folder / "summary.json").unlink()
+    assert why_unfinished(cell) == "no summary.json: interrupted or failed"
+
+
+def test_rows_come_from_the_cell_folders_and_name_their_environment(tmp_path):
+    cells = two_seeds(tmp_path)
+    for cell in cells:
+        finished_run(cell.folder, cell.settings, [0.1, 0.3 + cell.seed / 10])
+    rows = [finished_row(cell) for cell in cells]
+    assert [(r["seed"], r["accuracy"], r["wall_seconds"]) for r in rows] == [(0, 0.3, 9.0), (1, 0.4, 9.0)]
+    other_machine = {**rows[1], "environment": {"cpu": "elsewhere"}}
+    failed = {"arm": "none", "seed": 2, "error": "exit code 1", "wall_seconds": 1.0}
+    record = bench_record([rows[0], rows[1], other_machine, failed])
+    assert [r.get("environment") for r in record["runs"]] == [0, 0, 1, None]
+    assert record["environment"][1] == {"cpu": "elsewhere"}
+    assert record["environment"][0]["python"]
+
+
+def test_figures_are_redrawn_only_when_they_change(tmp_path):
+    cells = two_seeds(tmp_path)
+    for cell in cells:
+        finished_run(cell.folder, cell.settings, [0.1, 0.3 + cell.seed / 10, 0.5])
+    out_root = cells[0].folder.parent
+    notes = write_figures(out_root, cells, ["none"], "two seeds")
+    plot = out_root / "accuracy.png"
+    assert plot.read_bytes().startswith(PNG_SIGNATURE)
+    assert notes == ["accuracy.png: global test accuracy by round, mean over seeds (band: the seeds' min–max)."]
+    written = plot.stat().st_mtime_ns
+    write_figures(out_root, cells, ["none"], "two seeds")
+    assert plot.stat().st_mtime_ns == written
+    assert write_figures(out_root, [], ["none", "diffusion"], "") == ["no grid.png: no diffusion arm finished."]
+    assert not plot.exists()
+
+
+def test_grid_leaves_out_classes_without_generated_images(tmp_path):
+    names = ("a", "b", "c")
+    rng = np.random.default_rng(0)
+    real = ImageDataset(rng.integers(0, 255, (30, 6, 6, 1), dtype=np.uint8), np.arange(30) % 3, names)
+    generated = ImageDataset(rng.integers(0, 255, (5, 6, 6, 1), dtype=np.uint8), np.array([0, 0, 2, 2, 2]), names)
+    assert save_class_grid(real, generated, tmp_path / "grid.png") == ["b"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "grid.png") as grid:  # 2 rows of 2 real + gap + 2 generated, drawn at 2×
+        assert grid.size == (2 * (4 * 6 + 4), 2 * 2 * 6)
+
+
+# two clients of two classes each leave classes unused, which the partitioner warns about
+@pytest.mark.filterwarnings("ignore:Classes.*will NOT be used:UserWarning")
+def test_grid_reads_the_diffusion_images_from_the_clients_stores(tmp_path):
+    from regl.fill.client import client_plan
+    from regl.fill.store import SyntheticStore
+    from regl.fl.experiment import client_data, client_fill
+
+    cell = two_seeds(tmp_path, "diffusion", str(tmp_path / "store"))[0]
+    finished_run(cell.folder, cell.settings, [0.1, 0.2], fill={"target": "uniform"})
+    out_root = cell.folder.parent
+    assert write_figures(out_root, [cell], ["diffusion"], "")[1].startswith("no grid.png: arm diffusion, seed 0")
+    for client_id in range(2):
+        data = client_data(cell.settings, client_id)
+        plan = client_plan(cell.settings.fill, data.class_counts(), None)
+        labels = np.repeat(np.arange(data.num_classes), plan.counts["diffusion"])
+        images = ImageDataset(np.zeros((len(labels), 28, 28, 1), np.uint8), labels, data.class_names)
+        store = client_fill(cell.settings, client_id)
+        key = store.store_key(plan)
+        SyntheticStore(store.store_folder(key)).write(key, {"diffusion": images}, {"diffusion": 1}, data.class_names)
+    notes = write_figures(out_root, [cell], ["diffusion"], "")
+    assert notes[1].startswith("grid.png: real test images (left) and the diffusion images of arm diffusion, seed 0")
+    assert (out_root / "grid.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.e2e
+def test_bench_resumes_and_leaves_a_results_folder(tmp_path, monkeypatch, capfd):
+    """Run two cells; lose one's summary: the rerun skips the other; a third run changes no file."""
+    from regl.cli import main
+
+    out = tmp_path / "results" / "tiny"
+    argv = ["bench", "--dataset", "mnist-10k", "--clients", "2", "--rounds", "1", "--arms", "none"]
+    argv += ["--seeds", "0,1", "--out-dir", str(out)]
+    monkeypatch.chdir(tmp_path)
+
+    def bench() -> list[str]:
+        code = main(argv)
+        terminal = capfd.readouterr()
+        assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
+        return [line for line in terminal.out.splitlines() if line.startswith("[")]
+
+    assert [line.split(": ")[1] for line in bench()] == ["running (new)", "running (new)"]
+    assert (out / "command.txt").read_text() == "regl " + shlex.join(argv) + "\n"
+    assert (out / "accuracy.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert not (out / "grid.png").exists()
+    assert [r["seed"] for r in json.loads((out / "bench.json").read_text())["runs"]] == [0, 1]
+    kept = (out / "none-s0" / "summary.json").stat().st_mtime_ns
+    (out / "none-s1" / "summary.json").unlink()
+
+    assert bench() == [
+        f"[1/2] arm none, seed 0: skipped, finished in {out / 'none-s0'}",
+        "[2/2] arm none, seed 1: running (no summary.json: interrupted or failed): regl fl --clients 2 --seed 1 "
+        f"--rounds 1 --out-dir {out / 'none-s1'} --fill-store {tmp_path / '.regl-cache' / 'fill'}",
+    ]
+    assert (out / "none-s0" / "summary.json").stat().st_mtime_ns == kept
+    assert (out / "none-s1" / "summary.json").is_file()
+
+    written = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    skipped = [f"skipped, finished in {out / f'none-s{seed}'}" for seed in (0, 1)]
+    assert [line.split(": ")[1] for line in bench()] == skipped
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == written
