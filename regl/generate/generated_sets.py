@@ -28,11 +28,17 @@ SETTINGS_KEYS = ("base", "lora", "lora_scale", "steps", "guidance", "scheduler",
 def generated_set(
     generator: Generator, classes: list[int], per_class: int, seed: int, like: ImageDataset, **options: Any
 ) -> tuple[ImageDataset, float]:
-    """`per_class` images of each class in the dataset's format, and the generation speed in images/s."""
+    """`per_class` images of each class in the dataset's format, and the generation speed in images/s.
+
+    A progress bar (stderr) counts the images: a large set takes an hour or more on a CPU.
+    """
+    from tqdm import tqdm
+
     labels = [c for c in classes for _ in range(per_class)]
     seeds = [image_seed(seed, i) for i in range(len(labels))]
     started = time.perf_counter()
-    images = generator.generate(labels, seeds, **options)
+    with tqdm(total=len(labels), desc="generating", unit="image") as bar:
+        images = generator.generate(labels, seeds, on_batch=lambda done: bar.update(done - bar.n), **options)
     speed = len(labels) / (time.perf_counter() - started)
     x = to_dataset_format(images, like.resolution, like.channels)
     return ImageDataset(x, np.asarray(labels, dtype=np.int64), like.class_names), speed
