@@ -28,7 +28,9 @@ def sampling_defaults() -> dict[str, Any]:
 def add_base_option(parser: argparse.ArgumentParser) -> None:
     from regl.generate.generator import DEFAULT_BASE
 
-    parser.add_argument("--base", default=str(DEFAULT_BASE), help="diffusers SD folder; the default is the shipped base")
+    parser.add_argument(
+        "--base", default=str(DEFAULT_BASE), help="diffusers SD folder; the default is the shipped base"
+    )
 
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
