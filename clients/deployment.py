@@ -112,16 +112,10 @@ def _wait_for_port(port: int, processes: Processes, timeout_s: float = 60) -> No
 
 def node_service_settings(settings: ExperimentSettings, node: int, store: Path) -> ServiceSettings:
     """Node `node`'s `regl serve`: the client's own share of the run's partition, its port and store."""
-    spec = settings.partition
     return ServiceSettings(
         data=settings.dataset,
         client=node,
-        clients=spec.num_clients,
-        partition=spec.kind,
-        classes_per_client=spec.classes_per_client,
-        beta=spec.beta,
-        imbalance_ratio=spec.imbalance_ratio,
-        partition_seed=settings.seed,
+        **ServiceSettings.partition_fields(settings.partition),
         base=settings.fill.base_folder(),
         port=SERVICE_PORT + node,
         threads=1,

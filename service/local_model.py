@@ -27,17 +27,9 @@ def load_client_data(settings: ServiceSettings) -> ImageDataset | None:
         raise ReglError(f"client {settings.client} of a partition needs a built-in dataset, got {settings.data!r}")
     if not 0 <= settings.client < settings.clients:
         raise ReglError(f"client must be in [0, {settings.clients}), got {settings.client}")
-    from regl.data.partitions import PartitionSpec
     from regl.fl.experiment import ExperimentSettings, client_data
 
-    spec = PartitionSpec(
-        kind=settings.partition,
-        num_clients=settings.clients,
-        classes_per_client=settings.classes_per_client,
-        beta=settings.beta,
-        imbalance_ratio=settings.imbalance_ratio,
-        seed=settings.partition_seed,
-    )
+    spec = settings.partition_spec()
     return client_data(
         ExperimentSettings(dataset=settings.data, partition=spec, seed=settings.partition_seed), settings.client
     )

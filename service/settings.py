@@ -48,6 +48,29 @@ class ServiceSettings(BaseSettings):
         """REGL_TOKEN= (empty) means no token, not a token nobody can send."""
         return None if value == "" else value
 
+    def partition_spec(self) -> PartitionSpec:
+        """The partition a built-in `data` is cut by: the one `regl fl` cuts with the same fields."""
+        return PartitionSpec(
+            kind=self.partition,
+            num_clients=self.clients,
+            classes_per_client=self.classes_per_client,
+            beta=self.beta,
+            imbalance_ratio=self.imbalance_ratio,
+            seed=self.partition_seed,
+        )
+
+    @staticmethod
+    def partition_fields(spec: PartitionSpec) -> dict[str, object]:
+        """The fields that make `partition_spec()` give `spec`."""
+        return {
+            "clients": spec.num_clients,
+            "partition": spec.kind,
+            "classes_per_client": spec.classes_per_client,
+            "beta": spec.beta,
+            "imbalance_ratio": spec.imbalance_ratio,
+            "partition_seed": spec.seed,
+        }
+
     def check_exposure(self) -> None:
         """A service that answers beyond this machine must ask for a token."""
         if not self.token and not is_loopback(self.host):
