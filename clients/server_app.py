@@ -53,7 +53,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
             f"warm start: {settings.warm_start_per_class} base images of every class, "
             f"{settings.warm_start_epochs} epochs on the server"
         )
-        warm = warm_start(settings, model)  # round 0's evaluation is the warm-started model's
+        warm = warm_start(settings, model, write)  # round 0's evaluation is the warm-started model's
     fill, train_extras = None, {}
     if settings.fill.synthetic:
         phase = run_fill_phase(grid, settings, traffic, write)

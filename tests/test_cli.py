@@ -136,7 +136,7 @@ def _option_values() -> dict[str, list]:
         "fill-base": [str(DEFAULT_BASE.resolve())],
         "fill-store": ["/tmp/store", "/tmp/other store"],
         "warm-start-per-class": [100, 2000],
-        "warm-start-epochs": [1, 20],
+        "warm-start-epochs": [1, 5],
     }
     assert set(values) == set(EXPERIMENT_OPTIONS.values())
     return {key: [default[key], *choices] for key, choices in values.items()}

@@ -113,6 +113,17 @@ def test_unknown_scheduler_is_refused(generator):
         generator.generate([0], [0], scheduler="plms")
 
 
+@pytest.mark.parametrize("scheduler", ["dpm-sde", "euler-a", "ddpm"])
+def test_stochastic_samplers_are_deterministic_per_seed_and_leave_the_next_sampler_as_it_was(generator, scheduler):
+    before = generator.generate_class(1, 2, seed=5, scheduler="dpm", **FAST)
+    a = generator.generate_class(1, 2, seed=5, scheduler=scheduler, **FAST)
+    b = generator.generate_class(1, 2, seed=5, scheduler=scheduler, **FAST)
+    after = generator.generate_class(1, 2, seed=5, scheduler="dpm", **FAST)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, before)
+    assert np.array_equal(before, after)  # dpm-sde's algorithm type does not stick to dpm
+
+
 LORA = LoraSettings(rank=4, steps=6, lr=0.05, batch_size=4, prior_per_class=2, checkpoint_every=2)
 
 

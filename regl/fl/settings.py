@@ -29,7 +29,7 @@ class ExperimentSettings:
     # before round 1 the server trains the global model on this many base-generated images
     # of every class (regl/fl/warm_start.py); 0: off
     warm_start_per_class: int = 0
-    warm_start_epochs: int = 5
+    warm_start_epochs: int = 20
 
     def to_config(self) -> dict[str, Any]:
         """Flat, kebab-case keys: the form of Flower's run config and ConfigRecord."""

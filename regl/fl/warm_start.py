@@ -20,6 +20,7 @@ import torch
 
 from regl.data.datasets import ImageDataset, load_split
 from regl.fill.store import SyntheticStore
+from regl.fl.progress import Write, duration
 from regl.fl.settings import ExperimentSettings
 from regl.generate.settings import TORCH_THREADS
 from regl.train.loop import train
@@ -41,7 +42,27 @@ def warm_start_key(settings: ExperimentSettings) -> dict:
     }
 
 
-def warm_start_data(settings: ExperimentSettings) -> tuple[ImageDataset, float]:
+def generation_progress(total: int, write: Write, lines: int = 10):
+    """An `on_batch` that writes about `lines` lines: images made, elapsed, time left."""
+    started = time.perf_counter()
+    step = max(1, total // lines)
+    next_line = step
+
+    def on_batch(done: int) -> None:
+        nonlocal next_line
+        if done < next_line and done < total:
+            return
+        next_line = (done // step + 1) * step
+        elapsed = time.perf_counter() - started
+        line = f"warm start: {done}/{total} images, {duration(elapsed)} elapsed"
+        if done < total:
+            line += f", about {duration(elapsed / done * (total - done))} left"
+        write(line)
+
+    return on_batch
+
+
+def warm_start_data(settings: ExperimentSettings, write: Write) -> tuple[ImageDataset, float]:
     """N base-generated images of every class (from the store when made before); and the seconds spent."""
     from regl.generate.generator import Generator, image_seed, to_dataset_format
     from regl.generate.prompts import template_for
@@ -61,6 +82,7 @@ def warm_start_data(settings: ExperimentSettings) -> tuple[ImageDataset, float]:
         [image_seed(seed, i) for i in range(len(labels))],
         steps=settings.fill.steps,
         guidance=settings.fill.guidance,
+        on_batch=generation_progress(len(labels), write),
     )
     made = ImageDataset(
         to_dataset_format(images, like.resolution, like.channels), np.asarray(labels, np.int64), like.class_names
@@ -69,7 +91,7 @@ def warm_start_data(settings: ExperimentSettings) -> tuple[ImageDataset, float]:
     return stored, time.perf_counter() - started
 
 
-def warm_start(settings: ExperimentSettings, model: torch.nn.Module) -> dict[str, float]:
+def warm_start(settings: ExperimentSettings, model: torch.nn.Module, write: Write) -> dict[str, float]:
     """Train `model` in place on the warm-start images; returns the generate and train seconds.
 
     The clients are idle until round 1, so this takes the machine's cores, not the server's one thread.
@@ -77,7 +99,7 @@ def warm_start(settings: ExperimentSettings, model: torch.nn.Module) -> dict[str
     threads = torch.get_num_threads()
     torch.set_num_threads(TORCH_THREADS)
     try:
-        data, generate_seconds = warm_start_data(settings)
+        data, generate_seconds = warm_start_data(settings, write)
         started = time.perf_counter()
         train(model, data, replace(settings.train, epochs=settings.warm_start_epochs), seed=settings.seed)
         return {"generate_seconds": generate_seconds, "train_seconds": time.perf_counter() - started}

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,11 +24,15 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 LORA_METADATA = "regl_lora.json"
 ADAPTER = "client"
 MAX_IMAGES = 100_000
-SCHEDULERS = {
-    "dpm": "DPMSolverMultistepScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "ddpm": "DDPMScheduler",
+# name → (diffusers scheduler class, overrides of the base's scheduler config). The last
+# three are stochastic: fresh noise at every step, drawn from each image's own generator.
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpm": ("DPMSolverMultistepScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "dpm-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
 }
 REQUIRED_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SAMPLING = SamplingSettings()
@@ -150,6 +155,7 @@ class Generator:
 
     def __init__(self, base: Path, class_names: tuple[str, ...], template: str, lora: Path | None = None) -> None:
         self.pipe = load_pipeline(Path(base))
+        self.base_scheduler_config = self.pipe.scheduler.config  # every sampler starts from the base's own
         self.base = Path(base)
         self.lora = Path(lora) if lora else None
         if self.lora:
@@ -187,8 +193,8 @@ class Generator:
             raise ReglError(f"unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}")
         if steps < 1:
             raise ReglError(f"steps must be at least 1, got {steps}")
-        scheduler_class = getattr(diffusers, SCHEDULERS[scheduler])
-        self.pipe.scheduler = scheduler_class.from_config(self.pipe.scheduler.config)
+        class_name, overrides = SCHEDULERS[scheduler]
+        self.pipe.scheduler = getattr(diffusers, class_name).from_config(self.base_scheduler_config, **overrides)
         out = []
         for start in range(0, len(labels), batch_size):
             chunk = range(start, min(start + batch_size, len(labels)))
