@@ -4,7 +4,8 @@ import torch
 
 from regl.fill.client import FillSettings
 from regl.fl.experiment import ExperimentSettings, new_model
-from regl.fl.warm_start import generation_progress, warm_start, warm_start_data
+from regl.fl.progress import count_progress
+from regl.fl.warm_start import warm_start, warm_start_data
 
 
 def settings_for(base, tmp_path, per_class: int = 2) -> ExperimentSettings:
@@ -34,9 +35,9 @@ def test_warm_start_trains_the_model_in_place(service_base, tmp_path):
     assert torch.get_num_threads() == 1  # the caller's thread count is restored
 
 
-def test_generation_progress_writes_about_ten_lines_ending_with_the_total():
+def test_count_progress_writes_about_ten_lines_ending_with_the_total():
     lines: list[str] = []
-    on_batch = generation_progress(1000, lines.append)
+    on_batch = count_progress("warm start", "images", 1000, lines.append)
     for done in range(16, 1000, 16):
         on_batch(done)
     on_batch(1000)

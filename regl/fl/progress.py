@@ -70,3 +70,23 @@ class FillProgress:
         if left:
             line += f", about {duration(elapsed / self.done * left)} left"
         self.write(line)
+
+
+def count_progress(what: str, unit: str, total: int, write: Write, lines: int = 10) -> Callable[[int], None]:
+    """An `on_batch(done)` that writes about `lines` lines `what: done/total unit, elapsed, time left`."""
+    started = time.perf_counter()
+    step = max(1, total // lines)
+    next_line = step
+
+    def on_batch(done: int) -> None:
+        nonlocal next_line
+        if done < next_line and done < total:
+            return
+        next_line = (done // step + 1) * step
+        elapsed = time.perf_counter() - started
+        line = f"{what}: {done}/{total} {unit}, {duration(elapsed)} elapsed"
+        if done < total:
+            line += f", about {duration(elapsed / done * (total - done))} left"
+        write(line)
+
+    return on_batch

@@ -20,7 +20,7 @@ import torch
 
 from regl.data.datasets import ImageDataset, load_split
 from regl.fill.store import SyntheticStore
-from regl.fl.progress import Write, duration
+from regl.fl.progress import Write, count_progress
 from regl.fl.settings import ExperimentSettings
 from regl.generate.settings import TORCH_THREADS
 from regl.train.loop import train
@@ -40,26 +40,6 @@ def warm_start_key(settings: ExperimentSettings) -> dict:
         "guidance": settings.fill.guidance,
         "base": base_fingerprint(settings.fill.base_folder()),
     }
-
-
-def generation_progress(total: int, write: Write, lines: int = 10):
-    """An `on_batch` that writes about `lines` lines: images made, elapsed, time left."""
-    started = time.perf_counter()
-    step = max(1, total // lines)
-    next_line = step
-
-    def on_batch(done: int) -> None:
-        nonlocal next_line
-        if done < next_line and done < total:
-            return
-        next_line = (done // step + 1) * step
-        elapsed = time.perf_counter() - started
-        line = f"warm start: {done}/{total} images, {duration(elapsed)} elapsed"
-        if done < total:
-            line += f", about {duration(elapsed / done * (total - done))} left"
-        write(line)
-
-    return on_batch
 
 
 def warm_start_data(settings: ExperimentSettings, write: Write) -> tuple[ImageDataset, float]:
@@ -82,7 +62,7 @@ def warm_start_data(settings: ExperimentSettings, write: Write) -> tuple[ImageDa
         [image_seed(seed, i) for i in range(len(labels))],
         steps=settings.fill.steps,
         guidance=settings.fill.guidance,
-        on_batch=generation_progress(len(labels), write),
+        on_batch=count_progress("warm start", "images", len(labels), write),
     )
     made = ImageDataset(
         to_dataset_format(images, like.resolution, like.channels), np.asarray(labels, np.int64), like.class_names
