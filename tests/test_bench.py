@@ -53,6 +53,24 @@ def test_a_cell_is_finished_only_with_a_summary_of_its_own_settings(tmp_path):
     assert why_unfinished(cell) == "no summary.json: interrupted or failed"
 
 
+@pytest.mark.parametrize(
+    ("arm", "warm_start", "reruns"),
+    [("mixup", 0, False), ("public-equal", 0, False), ("diffusion", 0, True), ("mixup", 100, True)],
+)
+def test_a_new_sampling_setting_reruns_only_the_cells_that_sample(tmp_path, arm, warm_start, reruns):
+    cell = two_seeds(tmp_path, arm)[0]
+    cell = replace(cell, settings=replace(cell.settings, warm_start_per_class=warm_start))
+    sampled = replace(cell.settings.fill, guidance=cell.settings.fill.guidance + 1, steps=cell.settings.fill.steps + 5)
+    finished_run(cell.folder, replace(cell.settings, fill=sampled), [0.1, 0.3])
+    reason = why_unfinished(cell)
+    if reruns:
+        assert reason.startswith("its summary.json is for other settings: fill-steps")
+    else:
+        assert reason == ""
+    finished_run(cell.folder, replace(cell.settings, fill=replace(sampled, supplement=0.5)), [0.1, 0.3])
+    assert "fill-supplement 0.5 → 0.01" in why_unfinished(cell)  # what every fill reads still counts
+
+
 def test_rows_come_from_the_cell_folders_and_name_their_environment(tmp_path):
     cells = two_seeds(tmp_path)
     for cell in cells:

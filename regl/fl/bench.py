@@ -32,6 +32,9 @@ SPECIAL_ARMS = ("iid", "centralized")
 CELL_RECORD = "bench-cell.json"
 # Where a run keeps things, not what it computes: a moved results folder still counts as finished.
 LOCATION_KEYS = ("out-dir", "fill-store")
+# What only a run that samples the diffusion model reads (the diffusion fill, the warm start): a run
+# without either is the same cell whatever they are, so a new sampling default reruns only those that sample.
+SAMPLING_KEYS = ("fill-lora", "fill-lora-steps", "fill-prior-per-class", "fill-steps", "fill-guidance", "fill-base")
 
 
 def arm_settings(settings: ExperimentSettings, arm: str, mix: str) -> ExperimentSettings:
@@ -116,8 +119,9 @@ def _read_json(path: Path) -> Any:
 def why_unfinished(cell: Cell) -> str:
     """Why the cell's folder holds no finished run of its settings; empty when it does.
 
-    Only the settings count (config.json without its environment and LOCATION_KEYS): a run
-    on another machine or with other --cpus is the same cell.
+    Only the settings count (config.json without its environment and LOCATION_KEYS, and
+    without SAMPLING_KEYS where the run samples nothing): a run on another machine or with
+    other --cpus is the same cell.
     """
     if not cell.folder.exists():
         return "new"
@@ -127,7 +131,9 @@ def why_unfinished(cell: Cell) -> str:
         return "no config.json"
     expected = json.loads(json.dumps(cell.settings.to_config()))  # as it reads back from config.json
     recorded = _read_json(cell.folder / "config.json")
-    differing = [key for key in expected if key not in LOCATION_KEYS and recorded.get(key) != expected[key]]
+    samples = "diffusion" in cell.settings.fill.sources or cell.settings.warm_start_per_class > 0
+    ignored = LOCATION_KEYS if samples else LOCATION_KEYS + SAMPLING_KEYS
+    differing = [key for key in expected if key not in ignored and recorded.get(key) != expected[key]]
     if differing:
         changes = ", ".join(
             f"{key} {repr(recorded[key]) if key in recorded else '(not recorded)'} → {expected[key]!r}"
