@@ -8,9 +8,9 @@ import pytest
 from regl.cli import main
 from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
-from regl.generate import fidelity
+from regl.generate import fidelity, generated_sets
 from regl.generate.fidelity import class_precision_recall, knn_radii, precision_recall
-from regl.generate.generated_sets import first_per_class, load_generated, save_generated
+from regl.generate.generated_sets import first_per_class, load_generated, save_generated, saved_part
 from regl.generate.tstr import draw_per_class, parse_counts, train_on_synthetic
 
 SETTINGS = {"base": "b", "lora": "", "lora_scale": None, "steps": 2, "guidance": 3.0, "scheduler": "dpm", "seed": 0}
@@ -157,6 +157,23 @@ def test_saved_generated_sets_load_back_and_mismatches_are_refused(tmp_path):
         load_generated(tmp_path / "junk.npz", ("a", "b"), 28, 1)
 
 
+def test_a_saved_set_is_continued_only_with_its_own_settings(tmp_path):
+    settings = {**SETTINGS, "base_fingerprint": "f", "template": "a {}", "per_class": 3}
+    assert saved_part(tmp_path / "set.npz", settings, ("a", "b"), 28, 1) is None
+    save_generated(tmp_path / "set.npz", labelled([0, 0]), settings)
+    part, saved = saved_part(tmp_path / "set.npz", settings, ("a", "b"), 28, 1)
+    assert part.y.tolist() == [0, 0] and saved == settings
+    with pytest.raises(ReglError, match=r"other settings \(guidance 3.0, not 1.5\); choose another file"):
+        saved_part(tmp_path / "set.npz", {**settings, "guidance": 1.5}, ("a", "b"), 28, 1)
+    with pytest.raises(ReglError, match=r"other settings \(per_class 3, not 4\)"):
+        saved_part(tmp_path / "set.npz", {**settings, "per_class": 4}, ("a", "b"), 28, 1)
+    with pytest.raises(ReglError, match=r"is unfinished \(2 of 6 images\): rerun the command"):
+        load_generated(tmp_path / "set.npz", ("a", "b"), 28, 1, per_class=1)
+    save_generated(tmp_path / "old.npz", labelled([0, 1]), SETTINGS)  # saved before sets could be continued
+    with pytest.raises(ReglError, match=r"base_fingerprint '\(not recorded\)', not 'f'"):
+        saved_part(tmp_path / "old.npz", settings, ("a", "b"), 28, 1)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -209,3 +226,19 @@ def test_eval_generator_saves_then_reloads_its_set_and_writes_every_figure(capsy
     assert [row["per_class"] for row in first["tstr"]["rows"]] == [2, 5]
     assert set(first["quality"]["precision_recall"]["precision"]) == set(names)
     assert "packages" in first["environment"]
+
+    # an interrupted generation left the first 13 of its 50 images: the same command continues it
+    full, settings = load_generated(tmp_path / "set.npz", names, 28, 1)
+    save_generated(tmp_path / "set.npz", full.subset(np.arange(13)), {**settings, "images_per_second": None})
+    monkeypatch.setattr(generated_sets, "CHUNK", 16)
+    assert main([*common, *generate]) == 0, capsys.readouterr().err
+    assert "13 of 50 images are there" in capsys.readouterr().out
+    continued, _ = load_generated(tmp_path / "set.npz", names, 28, 1, per_class=5)
+    assert continued.y.tolist() == full.y.tolist()
+    assert np.abs(continued.x.astype(int) - full.x.astype(int)).max() <= 1  # batch-independent up to rounding
+    assert main([*common, *generate]) == 0  # finished: reused, nothing drawn
+    assert "already finished" in capsys.readouterr().out
+    before = (tmp_path / "set.npz").read_bytes()
+    assert main([*common, *generate, "--guidance", "2"]) == 2  # another set's file is not overwritten
+    assert "other settings (guidance 3.0, not 2.0)" in capsys.readouterr().err
+    assert (tmp_path / "set.npz").read_bytes() == before

@@ -61,7 +61,8 @@ def add_eval_generator_options(parser: argparse.ArgumentParser) -> None:
         "--save-generated",
         default="",
         metavar="FILE.npz",
-        help="also write the generated set, with its settings, for a later --load-generated",
+        help="also write the generated set, with its settings, for a later --load-generated; it is saved "
+        "every 5,000 images, and the same command continues a set an interruption cut off",
     )
     parser.add_argument(
         "--load-generated",
@@ -103,33 +104,50 @@ def check_eval_generator_args(args: argparse.Namespace, counts: list[int], test_
 def generated_images(
     args: argparse.Namespace, names: tuple[str, ...], template: str, like: ImageDataset, per_class: int
 ) -> tuple[ImageDataset, dict[str, Any]]:
-    """The set to measure, generated (and saved if asked) or loaded, and the settings that drew it."""
-    from regl.generate.generated_sets import generated_set, load_generated, save_generated
-    from regl.generate.generator import Generator
+    """The set to measure: loaded, or generated (saved as it grows if asked, and then continued
+    from what an interrupted call saved), and the settings that drew it."""
+    from regl.generate.generated_sets import generated_set, load_generated, save_generated, saved_part
+    from regl.generate.generator import Generator, base_fingerprint
 
     if args.load_generated:
         path = Path(args.load_generated)
         fake, generation = load_generated(path, names, like.resolution, like.channels, per_class)
         return fake, {**generation, "loaded_from": args.load_generated}
     lora = Path(args.lora) if args.lora else None
-    generator = Generator(Path(args.base), names, template, lora=lora)
-    generator.set_lora_scale(args.lora_scale)
     sampling = {"steps": args.steps, "guidance": args.guidance, "scheduler": args.scheduler}
-    fake, speed = generated_set(generator, list(range(len(names))), per_class, args.seed, like, **sampling)
     generation = {
         "dataset": args.dataset,
         "base": args.base,
+        "base_fingerprint": base_fingerprint(Path(args.base)),
         "lora": args.lora,
         "lora_scale": args.lora_scale if lora else None,
         "template": template,
         **sampling,
         "seed": args.seed,
         "per_class": per_class,
-        "images_per_second": speed,
     }
-    if args.save_generated:
-        save_generated(Path(args.save_generated), fake, generation)
-        print(f"generated set ({per_class} images per class): {args.save_generated}")
+    save_to = Path(args.save_generated) if args.save_generated else None
+    earlier = saved_part(save_to, generation, names, like.resolution, like.channels) if save_to else None
+    done = earlier[0] if earlier else None
+    if done is not None and len(done.y) == per_class * len(names):
+        print(f"generated set ({per_class} images per class): already finished in {save_to}")
+        return done, earlier[1]
+    if done is not None:
+        print(f"continuing {save_to}: {len(done.y)} of {per_class * len(names)} images are there")
+    generator = Generator(Path(args.base), names, template, lora=lora)
+    generator.set_lora_scale(args.lora_scale)
+
+    def keep(so_far: ImageDataset) -> None:
+        save_generated(save_to, so_far, {**generation, "images_per_second": None})
+
+    classes = list(range(len(names)))
+    fake, speed = generated_set(
+        generator, classes, per_class, args.seed, like, done=done, keep=keep if save_to else None, **sampling
+    )
+    generation["images_per_second"] = speed
+    if save_to:
+        save_generated(save_to, fake, generation)
+        print(f"generated set ({per_class} images per class): {save_to}")
     return fake, generation
 
 

@@ -2,7 +2,8 @@
 
 Generating 10,000 images of each class takes hours on a small CPU, so one generation at the
 largest count serves every smaller one (the first n of each class), and `save_generated`
-keeps it, with the settings that drew it, for a later evaluation to load.
+keeps it, with the settings that drew it, for a later evaluation to load. A set being drawn
+is saved every CHUNK images, so a stopped generation resumes where it was cut off.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +25,81 @@ from regl.generate.generator import Generator, image_seed, to_dataset_format
 
 # what a saved set records of the generation that drew it; an evaluation of the set reports them
 SETTINGS_KEYS = ("base", "lora", "lora_scale", "steps", "guidance", "scheduler", "seed")
+# what must agree for a saved, unfinished set to be continued: image i's seed depends on per_class
+RESUME_KEYS = (
+    "base_fingerprint",
+    "lora",
+    "lora_scale",
+    "template",
+    "steps",
+    "guidance",
+    "scheduler",
+    "seed",
+    "per_class",
+)
+# images drawn between two saves: ~3 minutes on a 2-core CPU
+CHUNK = 5_000
 
 
 def generated_set(
-    generator: Generator, classes: list[int], per_class: int, seed: int, like: ImageDataset, **options: Any
+    generator: Generator,
+    classes: list[int],
+    per_class: int,
+    seed: int,
+    like: ImageDataset,
+    done: ImageDataset | None = None,
+    keep: Callable[[ImageDataset], None] | None = None,
+    **options: Any,
 ) -> tuple[ImageDataset, float]:
-    """`per_class` images of each class in the dataset's format, and the generation speed in images/s.
+    """`per_class` images of each class in the dataset's format, and the speed of this call in images/s.
 
-    A progress bar (stderr) counts the images: a large set takes an hour or more on a CPU.
+    `done` is what an interrupted call with the same settings drew (its first images): it is
+    kept and the rest is drawn. `keep(set so far)` is called after every CHUNK images. A
+    progress bar (stderr) counts the images: a large set takes an hour or more on a CPU.
     """
     from tqdm import tqdm
 
     labels = [c for c in classes for _ in range(per_class)]
     seeds = [image_seed(seed, i) for i in range(len(labels))]
+    have = 0 if done is None else len(done.y)
+    if have > len(labels) or (done is not None and done.y.tolist() != labels[:have]):
+        raise ReglError(f"the set to continue holds {have} images that are not the first of this one")
+    parts = [] if done is None else [done.x]
     started = time.perf_counter()
-    with tqdm(total=len(labels), desc="generating", unit="image") as bar:
-        images = generator.generate(labels, seeds, on_batch=lambda done: bar.update(done - bar.n), **options)
-    speed = len(labels) / (time.perf_counter() - started)
-    x = to_dataset_format(images, like.resolution, like.channels)
+    with tqdm(total=len(labels), initial=have, desc="generating", unit="image") as bar:
+        for start in range(have, len(labels), CHUNK):
+            stop = min(start + CHUNK, len(labels))
+            images = generator.generate(
+                labels[start:stop],
+                seeds[start:stop],
+                on_batch=lambda n, start=start: bar.update(start + n - bar.n),
+                **options,
+            )
+            parts.append(to_dataset_format(images, like.resolution, like.channels))
+            if keep is not None:
+                keep(ImageDataset(np.concatenate(parts), np.asarray(labels[:stop], dtype=np.int64), like.class_names))
+    speed = (len(labels) - have) / (time.perf_counter() - started)
+    x = np.concatenate(parts) if parts else np.zeros((0, like.resolution, like.resolution, like.channels), np.uint8)
     return ImageDataset(x, np.asarray(labels, dtype=np.int64), like.class_names), speed
+
+
+def saved_part(
+    path: Path, settings: dict[str, Any], class_names: tuple[str, ...], resolution: int, channels: int
+) -> tuple[ImageDataset, dict[str, Any]] | None:
+    """What an earlier generation with the same settings left at `path` (finished or cut off),
+    with its settings; None if there is no file. A set of other settings is refused, not overwritten."""
+    if not path.exists():
+        return None
+    data, saved = load_generated(path, class_names, resolution, channels)
+    wanted = json.loads(json.dumps(settings))  # as it reads back from the file
+    differing = [key for key in RESUME_KEYS if saved.get(key) != wanted[key]]
+    if differing:
+        key = differing[0]
+        raise ReglError(
+            f"{path} holds a set drawn with other settings ({key} {saved.get(key, '(not recorded)')!r}, "
+            f"not {wanted[key]!r}); choose another file to save to"
+        )
+    return data, saved
 
 
 def first_per_class(data: ImageDataset, n: int) -> ImageDataset:
@@ -111,6 +169,12 @@ def load_generated(
             f"generated set {path} has {y.shape} {y.dtype} labels for {len(x)} images of {len(names)} classes"
         )
     data = ImageDataset(x, y.astype(np.int64), class_names)
+    planned = settings.get("per_class", 0) * len(names)
+    if per_class and len(y) < planned:
+        raise ReglError(
+            f"generated set {path} is unfinished ({len(y)} of {planned} images): "
+            "rerun the command that saved it (--save-generated) to finish it"
+        )
     for name, count in zip(class_names, data.class_counts()):
         if count < per_class:
             raise ReglError(f"generated set {path} holds {count} images of class {name!r}, {per_class} are needed")
