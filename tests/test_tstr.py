@@ -213,7 +213,8 @@ def test_eval_generator_saves_then_reloads_its_set_and_writes_every_figure(capsy
     monkeypatch.setattr(evaluate, "reference_classifier", lambda dataset: (untrained, 0.1))
     common = ["eval-generator", "--dataset", "mnist-10k", "--per-class", "4", "--tstr", "2,5", "--epochs", "1"]
     common += ["--threads", "1"]
-    generate = ["--base", str(tmp_path / "model"), "--steps", "1", "--save-generated", str(tmp_path / "set.npz")]
+    generate = ["--base", str(tmp_path / "model"), "--steps", "1", "--guidance", "3"]
+    generate += ["--save-generated", str(tmp_path / "set.npz")]
     assert main([*common, *generate, "--out", str(tmp_path / "first.json")]) == 0, capsys.readouterr().err
     first_output = capsys.readouterr().out
     assert "precision" in first_output and "generated/real" in first_output
