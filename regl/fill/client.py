@@ -20,7 +20,7 @@ import numpy as np
 from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
 from regl.fill.plan import SOURCES, FillPlan, parse_source_mix, plan_fill
-from regl.generate.settings import LoraSettings, SamplingSettings
+from regl.generate.settings import FILL_SAMPLING, LoraSettings
 
 MODES = ("none", "public")
 RemoteFill = Callable[[FillPlan], tuple[dict[str, ImageDataset], dict]]
@@ -39,8 +39,8 @@ class FillSettings:
     lora: bool = True  # diffusion: fine-tune the client's LoRA first (ReGL) or use the base as is
     lora_steps: int = LoraSettings().steps
     prior_per_class: int = LoraSettings().prior_per_class
-    steps: int = SamplingSettings().steps  # diffusion sampling steps
-    guidance: float = SamplingSettings().guidance
+    steps: int = FILL_SAMPLING.steps  # diffusion sampling steps
+    guidance: float = FILL_SAMPLING.guidance
     base: str = ""  # empty: the shipped base
     store: str = ".regl-cache/fill"
     service: str = ""  # URL of the client's `regl serve`: it makes the diffusion and noise images
