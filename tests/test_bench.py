@@ -71,6 +71,15 @@ def test_a_new_sampling_setting_reruns_only_the_cells_that_sample(tmp_path, arm,
     assert "fill-supplement 0.5 → 0.01" in why_unfinished(cell)  # what every fill reads still counts
 
 
+def test_warm_start_epochs_count_only_with_a_warm_start(tmp_path):
+    cell = two_seeds(tmp_path)[0]
+    finished_run(cell.folder, replace(cell.settings, warm_start_epochs=5), [0.1, 0.3])
+    assert why_unfinished(cell) == ""
+    warm = replace(cell, settings=replace(cell.settings, warm_start_per_class=10))
+    finished_run(warm.folder, replace(warm.settings, warm_start_epochs=5), [0.1, 0.3])
+    assert why_unfinished(warm) == "its summary.json is for other settings: warm-start-epochs 5 → 20"
+
+
 def test_rows_come_from_the_cell_folders_and_name_their_environment(tmp_path):
     cells = two_seeds(tmp_path)
     for cell in cells:

@@ -112,6 +112,13 @@ def bench_cells(
     return cells
 
 
+def unread_keys(settings: ExperimentSettings) -> tuple[str, ...]:
+    """Settings the run never reads: a new default for them leaves its cell finished."""
+    unread = () if settings.warm_start_per_class else ("warm-start-epochs",)
+    samples = "diffusion" in settings.fill.sources or settings.warm_start_per_class > 0
+    return unread if samples else unread + SAMPLING_KEYS
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
@@ -119,9 +126,9 @@ def _read_json(path: Path) -> Any:
 def why_unfinished(cell: Cell) -> str:
     """Why the cell's folder holds no finished run of its settings; empty when it does.
 
-    Only the settings count (config.json without its environment and LOCATION_KEYS, and
-    without SAMPLING_KEYS where the run samples nothing): a run on another machine or with
-    other --cpus is the same cell.
+    Only the settings the run reads count (config.json without its environment,
+    LOCATION_KEYS and `unread_keys`): a run on another machine or with other --cpus is the
+    same cell.
     """
     if not cell.folder.exists():
         return "new"
@@ -131,8 +138,7 @@ def why_unfinished(cell: Cell) -> str:
         return "no config.json"
     expected = json.loads(json.dumps(cell.settings.to_config()))  # as it reads back from config.json
     recorded = _read_json(cell.folder / "config.json")
-    samples = "diffusion" in cell.settings.fill.sources or cell.settings.warm_start_per_class > 0
-    ignored = LOCATION_KEYS if samples else LOCATION_KEYS + SAMPLING_KEYS
+    ignored = LOCATION_KEYS + unread_keys(cell.settings)
     differing = [key for key in expected if key not in ignored and recorded.get(key) != expected[key]]
     if differing:
         changes = ", ".join(
