@@ -25,6 +25,14 @@ def write_text_atomically(path: Path, text: str) -> None:
     os.replace(tmp.name, path)
 
 
+def write_bytes_atomically(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(content)
+    os.chmod(tmp.name, 0o644)  # a temporary file is private; a figure is not
+    os.replace(tmp.name, path)
+
+
 def _finite(value: Any) -> Any:
     """JSON has no inf/NaN: write them as strings a reader can still parse with float()."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -41,5 +41,6 @@ def test_generate_then_measure_end_to_end_on_a_tiny_pipeline(tmp_path):
     assert all(0 <= v <= 1 for v in figures)
     report = format_quality(quality, names, "t", groups)
     assert "all" in report and "own [0, 1]: accuracy" in report and "k = 3" in report
-    save_grid(test, fake, tmp_path / "grid.png")
-    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    save_grid(test, fake, tmp_path / "new" / "grid.png")  # its folder is made
+    assert (tmp_path / "new" / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert [f.name for f in (tmp_path / "new").iterdir()] == ["grid.png"]  # no temporary file left

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,9 +135,16 @@ def quality_record(
     }
 
 
-def save_grid(real: ImageDataset, fake: ImageDataset, path, per_row: int = 8) -> None:
-    """One row per class: `per_row` real test images, a gap, then `per_row` generated ones."""
+def save_grid(real: ImageDataset, fake: ImageDataset, path: Path, per_row: int = 8) -> None:
+    """One row per class: `per_row` real test images, a gap, then `per_row` generated ones.
+
+    Written to a temporary sibling, then renamed; a missing folder is made.
+    """
+    import io
+
     from PIL import Image
+
+    from regl.atomic import write_bytes_atomically
 
     side, gap = real.resolution, 4
     rows = []
@@ -147,7 +155,9 @@ def save_grid(real: ImageDataset, fake: ImageDataset, path, per_row: int = 8) ->
         rows.append(np.concatenate([halves[0], spacer, halves[1]], axis=1))
     grid = np.concatenate(rows, axis=0)
     image = Image.fromarray(grid[..., 0] if real.channels == 1 else grid)
-    image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(path)
+    buffer = io.BytesIO()
+    image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(buffer, format="PNG")
+    write_bytes_atomically(Path(path), buffer.getvalue())
 
 
 def format_quality(
