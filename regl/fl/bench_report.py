@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from regl.atomic import write_bytes_atomically
 
 if TYPE_CHECKING:
     from regl.data.datasets import ImageDataset
@@ -27,9 +28,7 @@ def write_if_changed(path: Path, content: bytes) -> bool:
     """Write `content` atomically unless the file holds it already, so a bench with nothing to do changes no file."""
     if path.is_file() and path.read_bytes() == content:
         return False
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(content)
-    os.replace(tmp.name, path)
+    write_bytes_atomically(path, content)
     return True
 
 

@@ -54,7 +54,8 @@ def generated_set(
     """`per_class` images of each class in the dataset's format, and the speed of this call in images/s.
 
     `done` is what an interrupted call with the same settings drew (its first images): it is
-    kept and the rest is drawn. `keep(set so far)` is called after every CHUNK images. A
+    kept and the rest is drawn. `keep(set so far)` is called after every CHUNK images but the
+    last. A
     progress bar (stderr) counts the images: a large set takes an hour or more on a CPU.
     """
     from tqdm import tqdm
@@ -76,7 +77,7 @@ def generated_set(
                 **options,
             )
             parts.append(to_dataset_format(images, like.resolution, like.channels))
-            if keep is not None:
+            if keep is not None and stop < len(labels):  # the caller saves the whole set itself
                 keep(ImageDataset(np.concatenate(parts), np.asarray(labels[:stop], dtype=np.int64), like.class_names))
     speed = (len(labels) - have) / (time.perf_counter() - started)
     x = np.concatenate(parts) if parts else np.zeros((0, like.resolution, like.resolution, like.channels), np.uint8)
