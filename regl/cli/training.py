@@ -106,6 +106,14 @@ def add_pretrain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=default.seed, help="initialisation and data order")
     add_threads_option(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.pretrain/")
+    parser.add_argument(
+        "--continue-from",
+        default="",
+        metavar="BASE",
+        help="skip the VAE stage and train BASE's UNet --unet-steps more steps (fresh optimiser, EMA "
+        "started at BASE's weights); BASE's VAE, text encoder and tokenizer are kept, --size and "
+        "--vae-steps are unused",
+    )
 
 
 def cmd_pretrain_base(args: argparse.Namespace) -> int:
@@ -125,7 +133,8 @@ def cmd_pretrain_base(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
     )
-    result = pretrain_base(Path(args.out), settings, resume=args.resume)
+    start_from = Path(args.continue_from) if args.continue_from else None
+    result = pretrain_base(Path(args.out), settings, resume=args.resume, start_from=start_from)
     print(f"base model written to {args.out} ({result['seconds_this_call']:.0f}s in this call)")
     return 0
 

@@ -202,8 +202,24 @@ def _replace_folder(out: Path, pipe) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def pretrain_base(out: Path, settings: PretrainSettings, resume: bool) -> dict:
-    """Train (or resume training) and write the pipeline folder `out`; returns timings."""
+def _start_from(base: Path, data: PublicTrainingSet):
+    """A trained pipeline whose UNet training goes on: its VAE, text encoder and tokenizer are kept."""
+    from regl.generate.generator import load_pipeline
+
+    pipe = load_pipeline(base)
+    unknown = [w for w in prompt_words(data.prompts) if len(pipe.tokenizer.tokenize(w)) != 1]
+    if unknown:
+        raise ReglError(f"{base} was not trained on the public pools' prompts: its tokenizer lacks {unknown}")
+    return pipe
+
+
+def pretrain_base(out: Path, settings: PretrainSettings, resume: bool, start_from: Path | None = None) -> dict:
+    """Train (or resume training) and write the pipeline folder `out`; returns timings.
+
+    With `start_from`, the UNet stage begins at that base's weights (fresh optimiser, EMA
+    started at them) and runs `settings.unet_steps` more steps: pretraining made longer
+    without its lost optimiser state.
+    """
     if settings.size not in SIZES:
         raise ReglError(f"unknown model size {settings.size!r}; use one of {', '.join(SIZES)}")
     ckpt = Checkpoint(out.with_name(out.name + ".pretrain"))
@@ -215,6 +231,8 @@ def pretrain_base(out: Path, settings: PretrainSettings, resume: bool) -> dict:
     data = public_training_set()
     if ckpt.exists():
         pipe, state = ckpt.load()
+    elif start_from is not None:
+        pipe, state = _start_from(start_from, data), {"stage": "unet", "step": 0}
     else:
         torch.manual_seed(settings.seed)
         pipe = build_pipeline(
