@@ -208,8 +208,8 @@ class ClientFill:
         return ImageDataset(x, np.asarray(labels, dtype=np.int64), data.class_names)
 
     def _lora_generator(self, data: ImageDataset, base: Path, report: Progress):
-        """The client's LoRA: trained once per (client data, settings) and kept beside the store."""
-        from regl.generate.generator import LORA_FILE, Generator
+        """The client's LoRA: trained once per (client data, settings, base weights), kept beside the store."""
+        from regl.generate.generator import LORA_FILE, Generator, base_fingerprint
         from regl.generate.lora import finetune_lora
 
         lora_settings = LoraSettings(
@@ -223,7 +223,7 @@ class ClientFill:
                 "counts": data.class_counts().tolist(),
                 "seed": self.run_seed,
                 "settings": asdict(lora_settings),
-                "base": str(base),
+                "base": base_fingerprint(base),
             }
         )
         folder = Path(self.settings.store) / f"lora-client-{self.client_id}-{digest}"
