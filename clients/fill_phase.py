@@ -50,6 +50,27 @@ def _exchange(
     return replies
 
 
+def mixes_by_requester(replies: list[tuple[int, dict[str, np.ndarray]]]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """(producer, its arrays x-R / y-R per requester R) → each requester's (x, y), in producer order.
+
+    Replies arrive in whatever order the producers finish; joining them in that order
+    would make a rerun train on the same images in another order.
+    """
+    parts: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    for producer, arrays in replies:
+        for key, x in arrays.items():
+            if key.startswith("x-"):
+                requester = int(key[2:])
+                parts.setdefault(requester, {})[producer] = (x, arrays[f"y-{requester}"])
+    return {
+        requester: (
+            np.concatenate([by[p][0] for p in sorted(by)]),
+            np.concatenate([by[p][1] for p in sorted(by)]),
+        )
+        for requester, by in parts.items()
+    }
+
+
 def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog, write: Write) -> dict:
     """Returns what the run summary records about the fill, and the config extras for training.
 
@@ -77,7 +98,7 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
         target = total / total.sum()
         config["fill-target-composition"] = target.tolist()
 
-    mixed: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    mixed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     unserved: dict = {}
     if "mixup" in fill.sources:
         requests = {
@@ -90,19 +111,23 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
             return RecordDict({"config": ConfigRecord({**config, "orders": json.dumps(assignments[client_of[node]])})})
 
         producers = [node_of[client] for client in assignments]
-        for reply in _exchange(grid, producers, "produce_mixup", orders, traffic):
-            record = reply.content["mixed-images"]
-            for key in record:
-                if key.startswith("x-"):
-                    requester = int(key[2:])
-                    mixed.setdefault(requester, []).append((record[key].numpy(), record[f"y-{requester}"].numpy()))
+        replies = _exchange(grid, producers, "produce_mixup", orders, traffic)
+        mixed = mixes_by_requester(
+            [
+                (
+                    client_of[reply.metadata.src_node_id],
+                    {k: a.numpy() for k, a in reply.content["mixed-images"].items()},
+                )
+                for reply in replies
+            ]
+        )
 
     def fill_content(node: int) -> RecordDict:
         content = RecordDict({"config": ConfigRecord(config)})
         client = client_of.get(node)
         if client in mixed:
-            xs, ys = zip(*mixed[client])
-            content["mixed-images"] = ArrayRecord({"x": Array(np.concatenate(xs)), "y": Array(np.concatenate(ys))})
+            x, y = mixed[client]
+            content["mixed-images"] = ArrayRecord({"x": Array(x), "y": Array(y)})
         return content
 
     def client_done(reply: Message) -> None:
