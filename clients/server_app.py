@@ -116,8 +116,15 @@ def _round_timing(last_round: dict, eval_started: float) -> dict:
         "client_compute_seconds": sum(c["train-seconds"] + c["eval-seconds"] for c in clients),
         "failed_clients": last_round["failures"],
         "personalized_accuracy": sum(c["personalized-accuracy"] for c in clients) / max(len(clients), 1),
+        **_mean_in_domain(clients),
         "clients": clients,
     }
+
+
+def _mean_in_domain(clients: list[dict]) -> dict:
+    """With client domains: the clients' mean in-domain accuracy (regl/fl/experiment.py:train_client)."""
+    scores = [c["in-domain-accuracy"] for c in clients if "in-domain-accuracy" in c]
+    return {"in_domain_accuracy": sum(scores) / len(scores)} if scores else {}
 
 
 def build_server_app(settings: ExperimentSettings | None = None, write: Write = print_line) -> ServerApp:

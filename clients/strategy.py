@@ -11,15 +11,16 @@ from clients.traffic import TrafficLog
 
 # Client metrics whose weighted mean over the clients means something; the rest (the
 # client's id, its timings) are kept per client in rounds.json instead.
-AVERAGED_METRICS = ("train-loss", "personalized-accuracy")
+AVERAGED_METRICS = ("train-loss", "personalized-accuracy", "in-domain-accuracy")
 
 
 def mean_client_metrics(replies: list[RecordDict], weighting_key: str) -> MetricRecord:
-    """AVERAGED_METRICS, weighted by each client's `weighting_key` (its real image count)."""
+    """AVERAGED_METRICS every client reported, weighted by each one's `weighting_key` (its real image count)."""
     metrics = [reply["metrics"] for reply in replies]
     total = sum(float(m[weighting_key]) for m in metrics)
+    names = [name for name in AVERAGED_METRICS if all(name in m for m in metrics)]
     return MetricRecord(
-        {name: sum(float(m[name]) * float(m[weighting_key]) for m in metrics) / total for name in AVERAGED_METRICS}
+        {name: sum(float(m[name]) * float(m[weighting_key]) for m in metrics) / total for name in names}
     )
 
 

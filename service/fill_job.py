@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from regl.data.domains import ClientDomain
 from regl.errors import ReglError
 from regl.fill.client import ClientFill, FillSettings, client_plan
 from service.errors import field_error
@@ -86,7 +87,15 @@ def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tu
     except ReglError as exc:
         raise field_error("mix", str(exc)) from exc
     target = None if body.target is None else np.asarray(body.target, dtype=np.float64)
-    return ClientFill(model.dataset, model.template, max(settings.client, 0), body.seed, fill_settings), target
+    client = max(settings.client, 0)
+    # a simulated client of a built-in dataset has its partition's look; a folder's images have their own
+    domain = None
+    if settings.client >= 0:
+        domain = ClientDomain(settings.domain, client, settings.clients, settings.partition_seed)
+    try:
+        return ClientFill(model.dataset, model.template, client, body.seed, fill_settings, domain), target
+    except ReglError as exc:  # the oracle without a domain
+        raise field_error("mode", str(exc)) from exc
 
 
 def fill_work(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> Callable[[Job], dict]:

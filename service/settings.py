@@ -29,6 +29,7 @@ class ServiceSettings(BaseSettings):
     classes_per_client: int = PARTITION.classes_per_client
     beta: float = PARTITION.beta
     imbalance_ratio: float = PARTITION.imbalance_ratio
+    domain: str = PARTITION.domain  # the client's images in its own look (regl/data/domains.py)
     partition_seed: int = PARTITION.seed
     host: str = "127.0.0.1"
     port: int = 8000
@@ -56,6 +57,7 @@ class ServiceSettings(BaseSettings):
             classes_per_client=self.classes_per_client,
             beta=self.beta,
             imbalance_ratio=self.imbalance_ratio,
+            domain=self.domain,
             seed=self.partition_seed,
         )
 
@@ -68,6 +70,7 @@ class ServiceSettings(BaseSettings):
             "classes_per_client": spec.classes_per_client,
             "beta": spec.beta,
             "imbalance_ratio": spec.imbalance_ratio,
+            "domain": spec.domain,
             "partition_seed": spec.seed,
         }
 

@@ -71,6 +71,19 @@ def test_a_new_sampling_setting_reruns_only_the_cells_that_sample(tmp_path, arm,
     assert "fill-supplement 0.5 → 0.01" in why_unfinished(cell)  # what every fill reads still counts
 
 
+def test_a_run_older_than_a_setting_counts_as_its_default(tmp_path):
+    cell = two_seeds(tmp_path)[0]
+    finished_run(cell.folder, cell.settings, [0.1, 0.3])
+    config = json.loads((cell.folder / "config.json").read_text())
+    del config["partition-domain"]  # written before --domain existed
+    write_json_atomically(cell.folder / "config.json", config)
+    assert why_unfinished(cell) == ""
+    rotated = replace(
+        cell, settings=replace(cell.settings, partition=replace(cell.settings.partition, domain="rotate"))
+    )
+    assert why_unfinished(rotated) == "its summary.json is for other settings: partition-domain 'none' → 'rotate'"
+
+
 def test_warm_start_epochs_count_only_with_a_warm_start(tmp_path):
     cell = two_seeds(tmp_path)[0]
     finished_run(cell.folder, replace(cell.settings, warm_start_epochs=5), [0.1, 0.3])

@@ -117,6 +117,7 @@ def _option_values() -> dict[str, list]:
         "partition-classes-per-client": [1, 5],
         "partition-beta": [0.05, 1e-3],
         "partition-imbalance-ratio": [1.0, 2.5],
+        "partition-domain": ["rotate", "style", "noise"],
         "seed": [3, -7],
         "num-rounds": [1, 60],
         "train-epochs": [2, 10],

@@ -121,9 +121,12 @@ def test_bad_counts_or_supplement_are_errors():
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("diffusion=3,noise=1", {"diffusion": 3.0, "noise": 1.0, "mixup": 0.0, "public-equal": 0.0}),
-        (" mixup = 0.5 , diffusion=75 ", {"diffusion": 75.0, "noise": 0.0, "mixup": 0.5, "public-equal": 0.0}),
-        ("noise=1", {"diffusion": 0.0, "noise": 1.0, "mixup": 0.0, "public-equal": 0.0}),
+        ("diffusion=3,noise=1", {"diffusion": 3.0, "noise": 1.0, "mixup": 0.0, "public-equal": 0.0, "oracle": 0.0}),
+        (
+            " mixup = 0.5 , diffusion=75 ",
+            {"diffusion": 75.0, "noise": 0.0, "mixup": 0.5, "public-equal": 0.0, "oracle": 0.0},
+        ),
+        ("noise=1", {"diffusion": 0.0, "noise": 1.0, "mixup": 0.0, "public-equal": 0.0, "oracle": 0.0}),
     ],
 )
 def test_parse_source_mix(text, expected):
@@ -151,3 +154,10 @@ def test_parse_source_mix(text, expected):
 def test_parse_source_mix_rejects(text):
     with pytest.raises(ReglError, match="source mix"):
         parse_source_mix(text)
+
+
+def test_a_plan_names_the_oracle_only_when_it_uses_it():
+    without = plan_fill(np.array([5, 0]), 1.0, {"diffusion": 1.0})
+    assert "oracle" not in without.to_json()["counts"]  # store keys of plans made before the oracle stay
+    oracle = plan_fill(np.array([5, 0]), 1.0, {"oracle": 1.0})
+    assert oracle.to_json()["counts"]["oracle"] == [0, 5]

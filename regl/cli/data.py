@@ -27,7 +27,32 @@ def cmd_partition(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/partition-{name}.png")
     save_heatmap(stats, private.class_names, out, name)
     print(f"heatmap: {out}")
+    if spec.domain != "none":
+        _save_domain_samples(args.dataset, spec, out.with_name(out.stem + "-domains.png"))
     return 0
+
+
+def _save_domain_samples(dataset: str, spec, path: Path) -> None:
+    """One row of sample images per client, in its look; the look of each printed beside it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from regl.atomic import write_bytes_atomically
+    from regl.data.domains import sample_row
+    from regl.fl.experiment import ExperimentSettings, client_data, client_domain
+
+    settings = ExperimentSettings(dataset=dataset, partition=spec, seed=spec.seed)
+    rows = []
+    for client in range(spec.num_clients):
+        rows.append(sample_row(client_data(settings, client), 10))
+        print(f"client {client}: {client_domain(settings, client).describe()}")
+    image = Image.fromarray(np.concatenate(rows, axis=0))
+    buffer = io.BytesIO()
+    image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(buffer, format="PNG")
+    write_bytes_atomically(path, buffer.getvalue())
+    print(f"one sample row per client: {path}")
 
 
 COMMANDS = (

@@ -89,6 +89,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     check_arms(arms)
     settings = experiment_settings(args)
+    if "oracle" in arms and settings.partition.domain == "none":
+        raise ReglError("the oracle arm passes base images through each client's domain: give a --domain")
     check_data(settings)
     if not in_sandbox():
         return rerun_self_isolated(args.argv, FLOWER_STATE_DIR)

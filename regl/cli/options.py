@@ -27,6 +27,7 @@ EXPERIMENT_OPTIONS = {
     "classes_per_client": "partition-classes-per-client",
     "beta": "partition-beta",
     "imbalance_ratio": "partition-imbalance-ratio",
+    "domain": "partition-domain",
     "seed": "seed",
     "rounds": "num-rounds",
     "local_epochs": "train-epochs",
@@ -87,6 +88,7 @@ def experiment_defaults() -> dict[str, Any]:
 
 
 def add_partition_options(parser: argparse.ArgumentParser) -> None:
+    from regl.data.domains import DOMAIN_KINDS
     from regl.data.partitions import PARTITION_KINDS
 
     default = experiment_defaults()
@@ -111,6 +113,13 @@ def add_partition_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=default["imbalance_ratio"],
         help="majority:minority class count ratio Γ for --partition imbalance",
+    )
+    parser.add_argument(
+        "--domain",
+        default=default["domain"],
+        choices=DOMAIN_KINDS,
+        help="feature skew: each client's images (training and test) in a look of its own; rotate: "
+        "0-75 degrees, style: stroke/gamma/inversion, noise: Gaussian std 0.1*j/(N-1)",
     )
     parser.add_argument("--seed", type=int, default=default["seed"], help="partition, model and training seed")
 
@@ -230,7 +239,13 @@ def partition_spec(args: argparse.Namespace) -> PartitionSpec:
     from regl.data.partitions import PartitionSpec
 
     return PartitionSpec(
-        args.partition, args.clients, args.classes_per_client, args.beta, args.imbalance_ratio, args.seed
+        kind=args.partition,
+        num_clients=args.clients,
+        classes_per_client=args.classes_per_client,
+        beta=args.beta,
+        imbalance_ratio=args.imbalance_ratio,
+        domain=args.domain,
+        seed=args.seed,
     )
 
 
@@ -266,6 +281,8 @@ def experiment_settings(args: argparse.Namespace, out_suffix: str = "") -> Exper
         ),
     )
     settings.fill.check()
+    if "oracle" in settings.fill.sources and settings.partition.domain == "none":
+        raise ReglError("--fill oracle passes base images through each client's domain: give a --domain")
     if "diffusion" in settings.fill.sources or settings.warm_start_per_class:
         from regl.generate.generator import check_model_folder
 

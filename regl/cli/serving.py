@@ -37,6 +37,7 @@ def service_default(name: str) -> Any:
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    from regl.data.domains import DOMAIN_KINDS
     from regl.data.partitions import PARTITION_KINDS
 
     def option(flag: str, text: str, short: tuple[str, ...] = (), **kwargs: Any) -> None:
@@ -59,6 +60,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     option("--classes-per-client", "k for --partition classes", short=("-k",), type=int)
     option("--beta", "Dirichlet concentration", type=float)
     option("--imbalance-ratio", "for --partition imbalance", type=float)
+    option("--domain", "that client's look (feature skew), as regl fl --domain", choices=DOMAIN_KINDS)
     option("--partition-seed", "the partition's seed, the run's --seed", type=int)
     option("--host", "bind address; anything but loopback needs a token (REGL_TOKEN)")
     option("--port", "TCP port", type=int)

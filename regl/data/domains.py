@@ -123,6 +123,14 @@ def _restyle(x: np.ndarray, style: Style) -> np.ndarray:
     return np.rint(pixels * 255).astype(np.uint8)
 
 
+def sample_row(data: ImageDataset, size: int) -> np.ndarray:
+    """One H×(size·W) grayscale strip: the first image of each class the client holds, in turn."""
+    firsts = [np.flatnonzero(data.y == c)[0] for c in range(data.num_classes) if (data.y == c).any()]
+    picks = [firsts[i % len(firsts)] for i in range(size)] if firsts else []
+    tiles = [data.x[i].mean(axis=2).astype(np.uint8) for i in picks]
+    return np.concatenate(tiles, axis=1) if tiles else np.zeros((data.resolution, 0), dtype=np.uint8)
+
+
 def round_robin(data: ImageDataset, kind: str, num_clients: int, seed: int = 0) -> ImageDataset:
     """Image i in the domain of client i mod N: every domain equally often, each image once."""
     check_domain(kind)

@@ -2,7 +2,9 @@
 
 iid, k classes per client and Dirichlet(β) use flwr-datasets partitioners on a label-only
 table; `imbalance` first subsamples the pool so that majority:minority class counts are
-Γ:1 (the Ratio Loss paper's global imbalance) and then deals it out iid.
+Γ:1 (the Ratio Loss paper's global imbalance) and then deals it out iid. The spec also
+names the clients' domain (feature skew, `regl/data/domains.py`), which leaves the
+indices alone and changes how each client's images look.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class PartitionSpec:
     classes_per_client: int = 2
     beta: float = 0.5
     imbalance_ratio: float = 10.0
+    domain: str = "none"  # feature skew on top: none, rotate, style, noise (regl/data/domains.py)
     seed: int = 0
 
     def describe(self) -> str:
@@ -34,7 +37,8 @@ class PartitionSpec:
             "dirichlet": f"dir{self.beta:g}",
             "imbalance": f"imb{self.imbalance_ratio:g}",
         }[self.kind]
-        return f"{detail}-c{self.num_clients}"
+        named = f"{detail}-c{self.num_clients}"
+        return named if self.domain == "none" else f"{named}-{self.domain}"
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class Partition:
 
 def validate(spec: PartitionSpec, labels: np.ndarray, num_classes: int) -> None:
     """Reject impossible requests with a message naming the parameter."""
+    from regl.data.domains import check_domain
+
+    check_domain(spec.domain)
     if spec.kind not in PARTITION_KINDS:
         raise ReglError(f"unknown partition {spec.kind!r}; use one of {', '.join(PARTITION_KINDS)}")
     if spec.num_clients < 1:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from regl.data.datasets import ImageDataset
+from regl.data.domains import ClientDomain
 from regl.errors import ReglError
 from regl.fill.plan import SOURCES, FillPlan, parse_source_mix, plan_fill
 from regl.generate.settings import FILL_SAMPLING, LoraSettings
@@ -104,13 +105,26 @@ def _seed(run_seed: int, client_id: int, source: str) -> int:
 
 @dataclass(frozen=True)
 class ClientFill:
-    """What a client's fill needs to know about its run."""
+    """What a client's fill needs to know about its run; `domain`: its look, when it has one."""
 
     dataset: str
     template: str
     client_id: int
     run_seed: int
     settings: FillSettings
+    domain: ClientDomain | None = None
+
+    def __post_init__(self) -> None:
+        if "oracle" in self.settings.sources and not self.has_domain:
+            raise ReglError("the oracle fill passes base images through the client's domain: give a --domain")
+
+    @property
+    def has_domain(self) -> bool:
+        return self.domain is not None and self.domain.kind != "none"
+
+    def _domain_key(self) -> dict:
+        """The look the client's images (and so its LoRA and fill) have; nothing without one."""
+        return {"domain": asdict(self.domain)} if self.has_domain else {}
 
     def store_key(self, plan: FillPlan) -> dict:
         key = {
@@ -119,8 +133,9 @@ class ClientFill:
             "seed": self.run_seed,
             "plan": plan.to_json(),
             "settings": asdict(self.settings),
+            **self._domain_key(),
         }
-        if plan.counts.get("diffusion") is not None and plan.counts["diffusion"].sum() > 0:
+        if any(plan.counts[source].sum() > 0 for source in ("diffusion", "oracle")):
             from regl.generate.generator import base_fingerprint
 
             key["base"] = base_fingerprint(self.settings.base_folder())
@@ -170,25 +185,33 @@ class ClientFill:
     ) -> dict[str, ImageDataset]:
         """The diffusion and noise images of the plan, made here."""
         shards: dict[str, ImageDataset] = {}
-        if plan.counts.get("diffusion") is not None and plan.counts["diffusion"].sum() > 0:
+        if plan.counts["diffusion"].sum() > 0:
             shards["diffusion"] = self._diffusion(data, plan.counts["diffusion"], timings, on_progress)
-        if plan.counts.get("noise") is not None and plan.counts["noise"].sum() > 0:
+        if plan.counts["oracle"].sum() > 0:
+            base_images = self._diffusion(data, plan.counts["oracle"], timings, on_progress, lora=False)
+            shards["oracle"] = self.domain.apply(base_images, "generated")
+        if plan.counts["noise"].sum() > 0:
             started = time.perf_counter()
             shards["noise"] = self._noise(data, plan.counts["noise"])
             timings["noise_seconds"] = time.perf_counter() - started
-        if plan.counts.get("public-equal") is not None and plan.counts["public-equal"].sum() > 0:
+        if plan.counts["public-equal"].sum() > 0:
             shards["public-equal"] = self._public_equal(plan.counts["public-equal"])
         return shards
 
     def _diffusion(
-        self, data: ImageDataset, counts: np.ndarray, timings: dict, on_progress: Progress | None
+        self, data: ImageDataset, counts: np.ndarray, timings: dict, on_progress: Progress | None, lora: bool = True
     ) -> ImageDataset:
+        """The planned images from the client's LoRA, or with `lora=False` (or --fill-no-lora) from the base.
+
+        Image seeds depend on the client and run only, so the oracle's base images are the
+        diffusion-base arm's images.
+        """
         from regl.generate.generator import Generator, image_seed, to_dataset_format
 
         report = on_progress or (lambda message, fraction: None)
         base = self.settings.base_folder()
         started = time.perf_counter()
-        if self.settings.lora:
+        if lora and self.settings.lora:
             generator = self._lora_generator(data, base, report)
         else:
             generator = Generator(base, data.class_names, self.template)
@@ -224,6 +247,7 @@ class ClientFill:
                 "seed": self.run_seed,
                 "settings": asdict(lora_settings),
                 "base": base_fingerprint(base),
+                **self._domain_key(),
             }
         )
         folder = Path(self.settings.store) / f"lora-client-{self.client_id}-{digest}"

@@ -17,8 +17,12 @@ import numpy as np
 from regl.errors import ReglError
 
 # public-equal is no generator: real public-pool images at exactly the planned counts, the
-# reference a generator is measured against at equal count.
-SOURCES = ("diffusion", "noise", "mixup", "public-equal")
+# reference a generator is measured against at equal count. oracle: the base's images passed
+# through the client's true domain transform, a ceiling no real client can reach.
+SOURCES = ("diffusion", "noise", "mixup", "public-equal", "oracle")
+# Sources newer than the synthetic stores already made: a plan names them only when it uses
+# them, so the store keys of plans without them stay what they were.
+NAMED_WHEN_USED = ("oracle",)
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,11 @@ class FillPlan:
     def to_json(self) -> dict:
         """Plain lists, for manifests and run summaries."""
         return {
-            "counts": {source: self.counts[source].tolist() for source in SOURCES},
+            "counts": {
+                source: self.counts[source].tolist()
+                for source in SOURCES
+                if source not in NAMED_WHEN_USED or self.counts[source].any()
+            },
             "per_class": self.per_class().tolist(),
             "total": self.total(),
         }

@@ -115,7 +115,7 @@ def bench_cells(
 def unread_keys(settings: ExperimentSettings) -> tuple[str, ...]:
     """Settings the run never reads: a new default for them leaves its cell finished."""
     unread = () if settings.warm_start_per_class else ("warm-start-epochs",)
-    samples = "diffusion" in settings.fill.sources or settings.warm_start_per_class > 0
+    samples = bool({"diffusion", "oracle"} & set(settings.fill.sources)) or settings.warm_start_per_class > 0
     return unread if samples else unread + SAMPLING_KEYS
 
 
@@ -128,7 +128,8 @@ def why_unfinished(cell: Cell) -> str:
 
     Only the settings the run reads count (config.json without its environment,
     LOCATION_KEYS and `unread_keys`): a run on another machine or with other --cpus is the
-    same cell.
+    same cell. A setting the run predates counts as its default: a new setting's default
+    is what ran before it existed.
     """
     if not cell.folder.exists():
         return "new"
@@ -137,7 +138,7 @@ def why_unfinished(cell: Cell) -> str:
     if not (cell.folder / "config.json").is_file():
         return "no config.json"
     expected = json.loads(json.dumps(cell.settings.to_config()))  # as it reads back from config.json
-    recorded = _read_json(cell.folder / "config.json")
+    recorded = {**ExperimentSettings().to_config(), **_read_json(cell.folder / "config.json")}
     ignored = LOCATION_KEYS + unread_keys(cell.settings)
     differing = [key for key in expected if key not in ignored and recorded.get(key) != expected[key]]
     if differing:
@@ -154,6 +155,7 @@ def why_unfinished(cell: Cell) -> str:
 def finished_row(cell: Cell) -> dict[str, Any]:
     """The cell's table row, read from its folder; `environment` is what its run recorded."""
     summary = _read_json(cell.folder / "summary.json")
+    in_domain = summary.get("final_in_domain_accuracy")
     return {
         "arm": cell.arm,
         "seed": cell.seed,
@@ -161,6 +163,7 @@ def finished_row(cell: Cell) -> dict[str, Any]:
         "minority_accuracy": summary.get("final_minority_accuracy"),
         "auc": summary.get("final_auc"),
         "personalized_accuracy": summary.get("final_personalized_accuracy"),
+        **({} if in_domain is None else {"in_domain_accuracy": in_domain}),
         "fill_seconds": (summary.get("time_split") or {}).get("fill_phase_wall_seconds", 0.0),
         "wall_seconds": _read_json(cell.folder / CELL_RECORD)["wall_seconds"],
         "environment": _read_json(cell.folder / "config.json")["environment"],

@@ -41,21 +41,25 @@ def _cell(values: list[float | None]) -> str:
 
 
 def format_table(rows: list[dict], arms: list[str]) -> str:
-    """Markdown: one line per arm, mean ± std over seeds."""
+    """Markdown: one line per arm, mean ± std over seeds; runs with client domains add in-domain accuracy."""
+    in_domain = any("in_domain_accuracy" in r for r in rows)
+    extra = " in-domain acc. % |" if in_domain else ""
     lines = [
-        "| arm | accuracy % | minority-class acc. % | AUC % | personalized acc. % | fill s | wall s | seeds |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| arm | accuracy % | minority-class acc. % | AUC % | personalized acc. % |{extra} fill s | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if in_domain else ""),
     ]
     for arm in arms:
         done = [r for r in rows if r["arm"] == arm and "error" not in r]
         failed = [r for r in rows if r["arm"] == arm and "error" in r]
         if not done:
-            lines.append(f"| {arm} | {'failed: ' + failed[0]['error'] if failed else 'not run yet'} | | | | | | |")
+            empty = " |" * (7 if in_domain else 6)
+            lines.append(f"| {arm} | {'failed: ' + failed[0]['error'] if failed else 'not run yet'}{empty}")
             continue
+        domain_cell = f" {_cell([r.get('in_domain_accuracy') for r in done])} |" if in_domain else ""
         lines.append(
             f"| {arm} | {_cell([r['accuracy'] for r in done])} | {_cell([r['minority_accuracy'] for r in done])} "
-            f"| {_cell([r['auc'] for r in done])} | {_cell([r['personalized_accuracy'] for r in done])} "
-            f"| {np.mean([r['fill_seconds'] for r in done]):.0f} | {np.mean([r['wall_seconds'] for r in done]):.0f} "
+            f"| {_cell([r['auc'] for r in done])} | {_cell([r['personalized_accuracy'] for r in done])} |{domain_cell}"
+            f" {np.mean([r['fill_seconds'] for r in done]):.0f} | {np.mean([r['wall_seconds'] for r in done]):.0f} "
             f"| {','.join(str(r['seed']) for r in done)}{' (' + str(len(failed)) + ' failed)' if failed else ''} |"
         )
     return "\n".join(lines)

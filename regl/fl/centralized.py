@@ -7,17 +7,23 @@ from pathlib import Path
 
 import numpy as np
 
-from regl.data.datasets import load_split
-from regl.fl.experiment import ExperimentSettings, evaluate_global, federation, new_model
+from regl.data.datasets import ImageDataset
+from regl.fl.experiment import ExperimentSettings, client_data, evaluate_global, federation, new_model
 from regl.fl.progress import RoundProgress, Write, print_line
 from regl.fl.report import RunReport
 from regl.train.loop import train
 
 
 def run_centralized(settings: ExperimentSettings, write: Write = print_line) -> dict:
-    """One 'round' is settings.train.epochs epochs over the pooled private data; `write` gets a line per round."""
-    pooled = np.sort(np.concatenate(federation(settings).client_indices))
-    data = load_split(settings.dataset).private.subset(pooled)
+    """One 'round' is settings.train.epochs epochs over the pooled private data; `write` gets a line per round.
+
+    Each client's images come in its domain's look, pooled in private-pool order.
+    """
+    indices = federation(settings).client_indices
+    order = np.argsort(np.concatenate(indices), kind="stable")
+    parts = [client_data(settings, client_id) for client_id in range(len(indices))]
+    x, y = np.concatenate([p.x for p in parts])[order], np.concatenate([p.y for p in parts])[order]
+    data = ImageDataset(x, y, parts[0].class_names)
     model = new_model(settings)
     report = RunReport(
         Path(settings.out_dir), {"name": f"{settings.name}-centralized", "mode": "centralized", **settings.to_config()}

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from regl.data.datasets import ImageDataset, load_split
+from regl.data.domains import ClientDomain, round_robin
 from regl.data.partitions import Partition, partition_labels
 from regl.fill.client import ClientFill, client_plan, with_fill
 from regl.fl.settings import ExperimentSettings
 from regl.train.loop import evaluate, train
-from regl.train.metrics import personalized_test_indices
+from regl.train.metrics import personalized_test_indices, uniform_test_indices
 from regl.train.models import build_model, default_model_name
 
 PERSONALIZED_TEST_SIZE = 1000
@@ -30,13 +31,23 @@ def federation(settings: ExperimentSettings) -> Partition:
     return partition_labels(settings.partition, split.private.y, split.private.num_classes)
 
 
+def client_domain(settings: ExperimentSettings, client_id: int) -> ClientDomain:
+    spec = settings.partition
+    return ClientDomain(spec.domain, client_id, spec.num_clients, settings.seed)
+
+
 def client_data(settings: ExperimentSettings, client_id: int) -> ImageDataset:
+    """The client's private images, in its domain's look."""
     split = load_split(settings.dataset)
-    return split.private.subset(federation(settings).client_indices[client_id])
+    data = split.private.subset(federation(settings).client_indices[client_id])
+    return client_domain(settings, client_id).apply(data)
 
 
+@lru_cache(maxsize=4)
 def test_data(settings: ExperimentSettings) -> ImageDataset:
-    return load_split(settings.dataset).test
+    """The global test set; with a domain, image i is shown in client i mod N's look."""
+    spec = settings.partition
+    return round_robin(load_split(settings.dataset).test, spec.domain, spec.num_clients, settings.seed)
 
 
 def new_model(settings: ExperimentSettings) -> torch.nn.Module:
@@ -54,7 +65,14 @@ def evaluate_global(settings: ExperimentSettings, model: torch.nn.Module) -> dic
 def client_fill(settings: ExperimentSettings, client_id: int) -> ClientFill:
     from regl.generate.prompts import template_for
 
-    return ClientFill(settings.dataset, template_for(settings.dataset), client_id, settings.seed, settings.fill)
+    return ClientFill(
+        settings.dataset,
+        template_for(settings.dataset),
+        client_id,
+        settings.seed,
+        settings.fill,
+        client_domain(settings, client_id),
+    )
 
 
 def prepare_fill(
@@ -103,7 +121,9 @@ def train_client(
 ) -> dict[str, Any]:
     """One local update; also measures the updated model on a personalized test subset.
 
-    The personalized subset follows the client's *real* class distribution.
+    The personalized subset follows the client's *real* class distribution, in its look.
+    With a domain, the in-domain accuracy is the same model on all classes, uniformly
+    mixed, in its look: a class the client lacks still meets it in its own domain.
     """
     data = client_data(settings, client_id)
     started = time.perf_counter()
@@ -114,16 +134,18 @@ def train_client(
         seed=settings.seed * 100_003 + server_round * 1009 + client_id,
     )
     train_seconds = time.perf_counter() - started
-    test = test_data(settings)
+    test, domain = load_split(settings.dataset).test, client_domain(settings, client_id)
     subset = personalized_test_indices(
         test.y, data.class_counts(), PERSONALIZED_TEST_SIZE, seed=settings.seed + client_id
     )
-    personal = evaluate(model, test.subset(subset))
-    return {
+    metrics = {
         "client": client_id,
         "num-examples": len(data),
         "train-loss": loss,
         "train-seconds": train_seconds,
-        "personalized-accuracy": personal["accuracy"],
-        "eval-seconds": time.perf_counter() - started - train_seconds,
+        "personalized-accuracy": evaluate(model, domain.apply(test.subset(subset), "test"))["accuracy"],
     }
+    if domain.kind != "none":
+        uniform = uniform_test_indices(test.y, test.num_classes, PERSONALIZED_TEST_SIZE, seed=settings.seed + client_id)
+        metrics["in-domain-accuracy"] = evaluate(model, domain.apply(test.subset(uniform), "test"))["accuracy"]
+    return {**metrics, "eval-seconds": time.perf_counter() - started - train_seconds}

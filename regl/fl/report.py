@@ -37,6 +37,7 @@ class RunReport:
             "final_minority_accuracy": final.get("minority_accuracy"),
             "final_per_class_accuracy": final.get("per_class_accuracy"),
             "final_personalized_accuracy": final.get("personalized_accuracy"),
+            **({"final_in_domain_accuracy": final["in_domain_accuracy"]} if "in_domain_accuracy" in final else {}),
             **extra,
         }
         write_json_atomically(self.out_dir / "summary.json", summary)

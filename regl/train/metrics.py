@@ -38,6 +38,16 @@ def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(aucs))
 
 
+def uniform_test_indices(test_labels: np.ndarray, num_classes: int, size: int, seed: int) -> np.ndarray:
+    """A test subset with every class equally often (size // num_classes each, capped by the test set)."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in range(num_classes):
+        pool = np.flatnonzero(test_labels == c)
+        picked.append(rng.choice(pool, size=min(len(pool), size // num_classes), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
 def personalized_test_indices(test_labels: np.ndarray, client_counts: np.ndarray, size: int, seed: int) -> np.ndarray:
     """A test subset drawn with the client's own label distribution, as ReGL reports it.
 
