@@ -76,6 +76,13 @@ class ClientDomain:
     def noise_std(self) -> float:
         return NOISE_STD * self.client / (self.num_clients - 1) if self.num_clients > 1 else 0.0
 
+    @property
+    def look(self) -> int:
+        """Which look the client's images have: clients with the same look cannot be told apart."""
+        if self.kind in ("rotate", "style"):
+            return (self.client + self.seed) % len(ROTATE_ANGLES if self.kind == "rotate" else STYLES)
+        return self.client if self.kind == "noise" else 0
+
     def describe(self) -> str:
         return {
             "none": "as is",
@@ -121,6 +128,16 @@ def _restyle(x: np.ndarray, style: Style) -> np.ndarray:
     if style.inverted:
         pixels = 1.0 - pixels
     return np.rint(pixels * 255).astype(np.uint8)
+
+
+def distinct_looks(kind: str, num_clients: int, seed: int = 0) -> list[ClientDomain]:
+    """The first client of each look among the N clients, in order of their looks."""
+    firsts: dict[int, ClientDomain] = {}
+    for client in range(num_clients):
+        firsts.setdefault(
+            ClientDomain(kind, client, num_clients, seed).look, ClientDomain(kind, client, num_clients, seed)
+        )
+    return [firsts[look] for look in sorted(firsts)]
 
 
 def sample_row(data: ImageDataset, size: int) -> np.ndarray:

@@ -30,6 +30,8 @@ from regl.fl.settings import ExperimentSettings
 SPECIAL_ARMS = ("iid", "centralized")
 # What bench measured of a cell's run (its wall time, Ray start included) and the run's command line.
 CELL_RECORD = "bench-cell.json"
+# With client domains: how the generated images of a cell's missing classes fit the clients' looks.
+DOMAIN_FIT = "domain-fit.json"
 # Where a run keeps things, not what it computes: a moved results folder still counts as finished.
 LOCATION_KEYS = ("out-dir", "fill-store")
 # What only a run that samples the diffusion model reads (the diffusion fill, the warm start): a run
@@ -156,6 +158,7 @@ def finished_row(cell: Cell) -> dict[str, Any]:
     """The cell's table row, read from its folder; `environment` is what its run recorded."""
     summary = _read_json(cell.folder / "summary.json")
     in_domain = summary.get("final_in_domain_accuracy")
+    fit = _read_json(cell.folder / DOMAIN_FIT) if (cell.folder / DOMAIN_FIT).is_file() else {}
     return {
         "arm": cell.arm,
         "seed": cell.seed,
@@ -164,6 +167,7 @@ def finished_row(cell: Cell) -> dict[str, Any]:
         "auc": summary.get("final_auc"),
         "personalized_accuracy": summary.get("final_personalized_accuracy"),
         **({} if in_domain is None else {"in_domain_accuracy": in_domain}),
+        **({"own_look": fit["own_look"], "missing_recognised": fit["recognised"]} if fit else {}),
         "fill_seconds": (summary.get("time_split") or {}).get("fill_phase_wall_seconds", 0.0),
         "wall_seconds": _read_json(cell.folder / CELL_RECORD)["wall_seconds"],
         "environment": _read_json(cell.folder / "config.json")["environment"],
@@ -173,6 +177,7 @@ def finished_row(cell: Cell) -> dict[str, Any]:
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Run the cell's child; returns its row, or the error when it failed."""
     (cell.folder / CELL_RECORD).unlink(missing_ok=True)
+    (cell.folder / DOMAIN_FIT).unlink(missing_ok=True)
     started = time.perf_counter()
     code = subprocess.call([sys.executable, "-m", "regl.cli", *cell.argv])
     wall = time.perf_counter() - started
@@ -180,6 +185,29 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         return {"arm": cell.arm, "seed": cell.seed, "error": f"exit code {code}", "wall_seconds": wall}
     write_json_atomically(cell.folder / CELL_RECORD, {"wall_seconds": wall, "command": cell.command})
     return finished_row(cell)
+
+
+def add_domain_fits(cells: list[Cell]) -> None:
+    """DOMAIN_FIT in each finished cell folder whose clients have a look and generated images; made once."""
+    from regl.fl.bench_report import stored_shards
+    from regl.fl.domain_fit import GENERATED_SOURCES, missing_class_fit, train_judges
+
+    judges = {}
+    for cell in cells:
+        settings = cell.settings
+        generates = set(GENERATED_SOURCES) & set(settings.fill.sources)
+        if settings.partition.domain == "none" or not generates or (cell.folder / DOMAIN_FIT).is_file():
+            continue
+        stored = stored_shards(settings, _read_json(cell.folder / "summary.json")["fill"])
+        if stored is None:
+            print(f"arm {cell.arm}, seed {cell.seed}: no complete synthetic stores, so no domain fit", flush=True)
+            continue
+        if settings.seed not in judges:
+            print(f"training the look and class judges for seed {settings.seed}", flush=True)
+            judges[settings.seed] = train_judges(settings)
+        fit = missing_class_fit(settings, stored, judges[settings.seed])
+        if fit is not None:
+            write_json_atomically(cell.folder / DOMAIN_FIT, fit)
 
 
 def bench_record(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -239,8 +267,10 @@ def run_arms(
         print(f"\n{head}: running ({reason}): {cell.command}", flush=True)
         rows[number] = run_cell(cell)
         write_tables(out_root, [rows[n] for n in sorted(rows)], arms, [])
-    ordered = [rows[n] for n in sorted(rows)]
     finished = [cell for number, cell in enumerate(cells) if "error" not in rows[number]]
+    add_domain_fits(finished)
+    rows = {number: row if "error" in row else finished_row(cells[number]) for number, row in rows.items()}
+    ordered = [rows[n] for n in sorted(rows)]
     title = f"{settings.dataset}, {settings.partition.describe()}, seeds {','.join(map(str, seeds))}"
     notes = write_figures(out_root, finished, arms, title)
     for note in notes:

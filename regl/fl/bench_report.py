@@ -40,25 +40,34 @@ def _cell(values: list[float | None]) -> str:
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {100 * float(np.std(values)):.2f}"
 
 
+# Columns only runs with client domains have (regl/fl/domain_fit.py): row key → heading.
+DOMAIN_COLUMNS = {
+    "in_domain_accuracy": "in-domain acc. %",
+    "own_look": "missing classes' images in own look %",
+    "missing_recognised": "missing classes' images recognised %",
+}
+
+
 def format_table(rows: list[dict], arms: list[str]) -> str:
-    """Markdown: one line per arm, mean ± std over seeds; runs with client domains add in-domain accuracy."""
-    in_domain = any("in_domain_accuracy" in r for r in rows)
-    extra = " in-domain acc. % |" if in_domain else ""
+    """Markdown: one line per arm, mean ± std over seeds; runs with client domains add DOMAIN_COLUMNS."""
+    extra = [key for key in DOMAIN_COLUMNS if any(key in r for r in rows)]
+    headings = "".join(f" {DOMAIN_COLUMNS[key]} |" for key in extra)
     lines = [
-        f"| arm | accuracy % | minority-class acc. % | AUC % | personalized acc. % |{extra} fill s | wall s | seeds |",
-        "|---|---|---|---|---|---|---|---|" + ("---|" if in_domain else ""),
+        "| arm | accuracy % | minority-class acc. % | AUC % | personalized acc. % |"
+        f"{headings} fill s | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(extra),
     ]
     for arm in arms:
         done = [r for r in rows if r["arm"] == arm and "error" not in r]
         failed = [r for r in rows if r["arm"] == arm and "error" in r]
         if not done:
-            empty = " |" * (7 if in_domain else 6)
+            empty = " |" * (6 + len(extra))
             lines.append(f"| {arm} | {'failed: ' + failed[0]['error'] if failed else 'not run yet'}{empty}")
             continue
-        domain_cell = f" {_cell([r.get('in_domain_accuracy') for r in done])} |" if in_domain else ""
+        domain_cells = "".join(f" {_cell([r.get(key) for r in done])} |" for key in extra)
         lines.append(
             f"| {arm} | {_cell([r['accuracy'] for r in done])} | {_cell([r['minority_accuracy'] for r in done])} "
-            f"| {_cell([r['auc'] for r in done])} | {_cell([r['personalized_accuracy'] for r in done])} |{domain_cell}"
+            f"| {_cell([r['auc'] for r in done])} | {_cell([r['personalized_accuracy'] for r in done])} |{domain_cells}"
             f" {np.mean([r['fill_seconds'] for r in done]):.0f} | {np.mean([r['wall_seconds'] for r in done]):.0f} "
             f"| {','.join(str(r['seed']) for r in done)}{' (' + str(len(failed)) + ' failed)' if failed else ''} |"
         )
@@ -141,8 +150,8 @@ def accuracy_plot_png(curves: dict[str, list[list[dict]]], title: str) -> bytes:
     return buffer.getvalue()
 
 
-def stored_diffusion_images(settings: ExperimentSettings, fill_summary: dict) -> ImageDataset | None:
-    """The diffusion images a run's clients keep in their synthetic stores; None when a client's store is missing.
+def stored_shards(settings: ExperimentSettings, fill_summary: dict) -> list[dict[str, ImageDataset]] | None:
+    """Each client's synthetic store shards after a run; None when a client's store is missing.
 
     Each store is found by its key, rebuilt from the run's settings and the fill target its
     summary recorded, exactly as the client looked it up. The partitioner's warnings were the
@@ -150,13 +159,12 @@ def stored_diffusion_images(settings: ExperimentSettings, fill_summary: dict) ->
     """
     import warnings
 
-    from regl.data.datasets import ImageDataset
     from regl.fill.client import client_plan
     from regl.fill.store import SyntheticStore
     from regl.fl.experiment import client_data, client_fill
 
     target = None if fill_summary["target"] == "uniform" else np.asarray(fill_summary["target"])
-    xs, ys = [], []
+    stored = []
     for client_id in range(settings.partition.num_clients):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -166,12 +174,21 @@ def stored_diffusion_images(settings: ExperimentSettings, fill_summary: dict) ->
         shards = SyntheticStore(fill.store_folder(key)).load_shards(key)
         if shards is None:
             return None
-        if "diffusion" in shards:
-            xs.append(shards["diffusion"].x)
-            ys.append(shards["diffusion"].y)
-    if not xs:
+        stored.append(shards)
+    return stored
+
+
+def stored_diffusion_images(settings: ExperimentSettings, fill_summary: dict) -> ImageDataset | None:
+    """The diffusion images a run's clients keep in their synthetic stores; None when a client's store is missing."""
+    from regl.data.datasets import ImageDataset
+
+    stored = stored_shards(settings, fill_summary)
+    diffused = [shards["diffusion"] for shards in stored or [] if "diffusion" in shards]
+    if not diffused:
         return None
-    return ImageDataset(np.concatenate(xs), np.concatenate(ys), data.class_names)
+    return ImageDataset(
+        np.concatenate([d.x for d in diffused]), np.concatenate([d.y for d in diffused]), diffused[0].class_names
+    )
 
 
 def save_class_grid(real: ImageDataset, generated: ImageDataset, path: Path) -> list[str]:
