@@ -72,7 +72,12 @@ def cmd_fl(args: argparse.Namespace) -> int:
 def add_bench_options(parser: argparse.ArgumentParser) -> None:
     add_data_options(parser)
     add_training_options(parser)
-    parser.add_argument("--arms", default="none,diffusion", help="comma-separated")
+    parser.add_argument(
+        "--arms",
+        default="none,diffusion",
+        help="comma-separated: any --fill mode (none, public, diffusion, mixup, oracle, 'diffusion+noise', …), "
+        "diffusion-base (the base without the client LoRA), iid (FedAvg on an iid partition), centralized",
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated")
     add_run_options(parser)
     add_fill_options(parser, with_mode=False)

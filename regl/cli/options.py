@@ -178,7 +178,7 @@ def add_fill_options(parser: argparse.ArgumentParser, with_mode: bool = True) ->
             default=default["fill"],
             help="none, public (the base's whole public pretraining pool, as real data), or sources "
             "joined by '+': diffusion, noise, mixup, public-equal (real public images at the planned counts), "
-            "e.g. diffusion+noise",
+            "oracle (base images in the client's true --domain), e.g. diffusion+noise",
         )
     group.add_argument(
         "--fill-supplement",
