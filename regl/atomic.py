@@ -12,24 +12,18 @@ from typing import Any
 
 def write_json_atomically(path: Path, payload: Any) -> None:
     """Write to a temporary file beside `path`, then rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(_finite(payload), tmp, indent=2)
-    os.replace(tmp.name, path)
+    write_text_atomically(path, json.dumps(_finite(payload), indent=2))
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    write_bytes_atomically(path, text.encode())
 
 
 def write_bytes_atomically(path: Path, content: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
         tmp.write(content)
-    os.chmod(tmp.name, 0o644)  # a temporary file is private; a figure is not
+    os.chmod(tmp.name, 0o644)  # a temporary file is private; a results file is not
     os.replace(tmp.name, path)
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
 from regl import environment
-from regl.atomic import write_json_atomically
+from regl.atomic import write_bytes_atomically, write_json_atomically
 
 
 class RunReport:
@@ -70,7 +69,7 @@ def save_accuracy_plot(rounds: list[dict[str, Any]], path: Path, title: str) -> 
     ax.legend(loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
-        fig.savefig(tmp.name, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp.name, path)
+    write_bytes_atomically(path, buffer.getvalue())

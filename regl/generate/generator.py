@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from functools import lru_cache
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from regl.atomic import write_bytes_atomically
 from regl.errors import ReglError
 from regl.generate.settings import SamplingSettings
 
@@ -224,8 +224,8 @@ def save_pngs(images: np.ndarray, folder: Path, prefix: str) -> list[Path]:
     paths = []
     for i, image in enumerate(images):
         path = folder / f"{prefix}_{i:05d}.png"
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".png.tmp", delete=False) as tmp:
-            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
-        os.replace(tmp.name, path)
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+        write_bytes_atomically(path, buffer.getvalue())
         paths.append(path)
     return paths
