@@ -45,6 +45,12 @@ def add_finetune_options(parser: argparse.ArgumentParser) -> None:
         default=default.prior_per_class,
         help="base images per missing class kept in training; 0 turns prior preservation off",
     )
+    parser.add_argument(
+        "--style-token",
+        default=default.style_token,
+        help="a rare word for the client's look (DreamBooth's identifier), e.g. sks: added to the prompts of "
+        "the client's own images, not the priors', and to every prompt generated with this LoRA",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="steps")
     add_threads_option(parser)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -80,6 +86,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         snr_gamma=args.snr_gamma or None,
         prior_per_class=args.prior_per_class,
+        style_token=args.style_token,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
     )

@@ -46,7 +46,7 @@ def train_judges(settings: ExperimentSettings) -> Judges:
     """Both judges for the run's dataset and domain; the same for every arm and seed of one --seed."""
     split = load_split(settings.dataset)
     spec = settings.partition
-    looks = distinct_looks(spec.domain, spec.num_clients, settings.seed)
+    looks = distinct_looks(spec.domain, spec.num_clients, spec.seed)
     names = tuple(domain.describe() for domain in looks)
     x, look_labels, class_labels = _in_every_look(split.public, looks)
     test_x, test_looks, test_classes = _in_every_look(split.test, looks)
@@ -74,7 +74,7 @@ def missing_class_fit(
     from regl.fl.experiment import client_data, client_domain
 
     own, recognised, count = 0, 0, 0
-    looks = distinct_looks(settings.partition.domain, len(stored), settings.seed)
+    looks = distinct_looks(settings.partition.domain, len(stored), settings.partition.seed)
     look_index = {domain.look: number for number, domain in enumerate(looks)}
     for client_id, shards in enumerate(stored):
         missing = client_data(settings, client_id).class_counts() == 0

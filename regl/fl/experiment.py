@@ -32,8 +32,8 @@ def federation(settings: ExperimentSettings) -> Partition:
 
 
 def client_domain(settings: ExperimentSettings, client_id: int) -> ClientDomain:
-    spec = settings.partition
-    return ClientDomain(spec.domain, client_id, spec.num_clients, settings.seed)
+    spec = settings.partition  # its seed is the run's --seed (tests/test_cli.py)
+    return ClientDomain(spec.domain, client_id, spec.num_clients, spec.seed)
 
 
 def client_data(settings: ExperimentSettings, client_id: int) -> ImageDataset:
@@ -47,7 +47,7 @@ def client_data(settings: ExperimentSettings, client_id: int) -> ImageDataset:
 def test_data(settings: ExperimentSettings) -> ImageDataset:
     """The global test set; with a domain, image i is shown in client i mod N's look."""
     spec = settings.partition
-    return round_robin(load_split(settings.dataset).test, spec.domain, spec.num_clients, settings.seed)
+    return round_robin(load_split(settings.dataset).test, spec.domain, spec.num_clients, spec.seed)
 
 
 def new_model(settings: ExperimentSettings) -> torch.nn.Module:

@@ -97,6 +97,17 @@ def _fingerprint(files: tuple[Path, ...], mtimes: tuple[int, ...]) -> str:
     return digest.hexdigest()[:16]
 
 
+def lora_style_token(lora_dir: Path) -> str:
+    """The style token the LoRA was trained with (LoraSettings.style_token); empty for none or an older LoRA."""
+    meta_file = lora_dir / LORA_METADATA
+    if not meta_file.is_file():
+        return ""
+    try:
+        return str(json.loads(meta_file.read_text()).get("settings", {}).get("style_token", ""))
+    except (ValueError, AttributeError) as exc:
+        raise ReglError(f"{meta_file} is malformed: {exc}") from exc
+
+
 def attach_lora(pipe, lora_dir: Path, base: Path) -> None:
     """Load a diffusers-format LoRA; one trained on another base is refused."""
     if not (lora_dir / LORA_FILE).is_file():
@@ -158,8 +169,10 @@ class Generator:
         self.base_scheduler_config = self.pipe.scheduler.config  # every sampler starts from the base's own
         self.base = Path(base)
         self.lora = Path(lora) if lora else None
+        self.style_token = ""  # a LoRA trained with one generates every class in the client's look
         if self.lora:
             attach_lora(self.pipe, self.lora, self.base)
+            self.style_token = lora_style_token(self.lora)
         self.class_names = class_names
         self.template = template
         self.resolution = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
@@ -169,7 +182,8 @@ class Generator:
             self.pipe.set_adapters([ADAPTER], adapter_weights=[scale])
 
     def prompt(self, label: int) -> str:
-        return self.template.format(self.class_names[label])
+        prompt = self.template.format(self.class_names[label])
+        return f"{prompt} {self.style_token}" if self.style_token else prompt
 
     def generate(
         self,

@@ -38,14 +38,16 @@ TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
 def _training_set(
     generator: Generator, data: ImageDataset, settings: LoraSettings
-) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:
     """Client pixels and labels plus base-generated priors for the classes the client lacks.
 
     The third value weights each sample's chance of being drawn: with priors, half of
-    every batch comes from them (DreamBooth's prior-preservation loss with weight 1).
+    every batch comes from them (DreamBooth's prior-preservation loss with weight 1); the
+    fourth says which samples are priors.
     """
     pixels, labels = to_pipeline_pixels(data), data.y
     weights = torch.full((len(labels),), 1.0 / len(labels))
+    is_prior = np.zeros(len(labels), dtype=bool)
     missing = [c for c in range(len(generator.class_names)) if not (data.y == c).any()]
     if settings.prior_per_class and missing:
         prior_labels = [c for c in missing for _ in range(settings.prior_per_class)]
@@ -55,7 +57,22 @@ def _training_set(
         pixels = torch.cat([pixels, prior_pixels])
         labels = np.concatenate([labels, prior_labels])
         weights = torch.cat([weights, torch.full((len(prior_labels),), 1.0 / len(prior_labels))])
-    return pixels, labels, weights
+        is_prior = np.concatenate([is_prior, np.ones(len(prior_labels), dtype=bool)])
+    return pixels, labels, weights, is_prior
+
+
+def _check_style_token(generator: Generator, token: str) -> None:
+    """The token must reach the text encoder: CLIP truncates a prompt that is too long."""
+    if not token:
+        return
+    if token != token.strip() or not token.strip():
+        raise ReglError(f"the style token must be one word without surrounding spaces, got {token!r}")
+    limit = generator.pipe.tokenizer.model_max_length
+    for c in range(len(generator.class_names)):
+        prompt = f"{generator.prompt(c)} {token}"
+        length = len(generator.pipe.tokenizer(prompt).input_ids)
+        if length > limit:
+            raise ReglError(f"{prompt!r} takes {length} tokens, more than the text encoder reads ({limit})")
 
 
 def _save_lora(pipe, out: Path, metadata: dict) -> None:
@@ -126,14 +143,16 @@ def finetune_lora(
     pipe = generator.pipe
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
-    pixels, labels, draw_weights = _training_set(generator, data, settings)
+    _check_style_token(generator, settings.style_token)
+    pixels, labels, draw_weights, is_prior = _training_set(generator, data, settings)
     timings["prior_seconds"] = time.perf_counter() - started
 
     cached = time.perf_counter()
     latents = encode_latents(pipe.vae, pixels)
-    prompts = [generator.prompt(c) for c in range(len(class_names))]
-    embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
-    labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    plain = [generator.prompt(c) for c in range(len(class_names))]
+    own = [f"{prompt} {settings.style_token}" if settings.style_token else prompt for prompt in plain]
+    embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, own + plain)  # own images', then priors'
+    labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64) + len(class_names) * is_prior)
     timings["cache_seconds"] = time.perf_counter() - cached
 
     torch.manual_seed(settings.seed)  # the adapter's initial A matrices
@@ -186,6 +205,7 @@ def finetune_lora(
                 },
             )
     pipe.unet.eval()
+    generator.style_token = settings.style_token
     timings["train_seconds"] = time.perf_counter() - trained
     timings["total_seconds"] = time.perf_counter() - started
     _save_lora(

@@ -33,5 +33,8 @@ class LoraSettings:
     batch_size: int = 32
     snr_gamma: float | None = 5.0
     prior_per_class: int = 32  # base images per missing class; 0 turns prior preservation off
+    # DreamBooth's identifier for the client's look: appended to its own images' prompts (not
+    # the priors') and to every prompt the LoRA generates with; empty: off
+    style_token: str = ""
     checkpoint_every: int = 100
     seed: int = 0
