@@ -60,9 +60,12 @@ def cmd_fl(args: argparse.Namespace) -> int:
     from clients.simulation import simulate
 
     summary = simulate(settings, num_cpus=args.cpus, verbose=args.verbose)
+    in_domain = summary.get("final_in_domain_accuracy")
     print(
         f"final global accuracy {100 * summary['final_accuracy']:.2f}%, mean personalized accuracy "
-        f"{100 * summary['final_personalized_accuracy']:.2f}%, {summary['wall_seconds']:.0f}s; "
+        f"{100 * summary['final_personalized_accuracy']:.2f}%, "
+        + ("" if in_domain is None else f"mean in-domain accuracy {100 * in_domain:.2f}%, ")
+        + f"{summary['wall_seconds']:.0f}s; "
         f"results in {settings.out_dir} (summary.json, rounds.json, accuracy.png, traffic.json, flower.log)"
     )
     print(format_time_split(summary["time_split"], args.cpus))
