@@ -78,6 +78,8 @@ def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tu
         sources = fill_settings.sources
     except ReglError as exc:
         raise field_error("mode", str(exc)) from exc
+    if "oracle" in sources:
+        raise field_error("mode", "the oracle fill is a benchmark arm of regl bench, not a service fill")
     if not sources:
         raise field_error(
             "mode", f"fill mode {body.mode!r} makes no images; name at least one of diffusion, noise, mixup"
@@ -92,10 +94,7 @@ def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tu
     domain = None
     if settings.client >= 0:
         domain = ClientDomain(settings.domain, client, settings.clients, settings.partition_seed)
-    try:
-        return ClientFill(model.dataset, model.template, client, body.seed, fill_settings, domain), target
-    except ReglError as exc:  # the oracle without a domain
-        raise field_error("mode", str(exc)) from exc
+    return ClientFill(model.dataset, model.template, client, body.seed, fill_settings, domain), target
 
 
 def fill_work(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> Callable[[Job], dict]:

@@ -92,7 +92,10 @@ class FinetuneRequest(BaseModel):
 
 # A fill's mode names distinct sources joined by '+'; its mix gives one weight per source, at least one
 # positive. The fill checks both (service/fill_job.py, with the library's messages); the document says the same.
-FILL_MODES = tuple("+".join(p) for k in range(1, len(SOURCES) + 1) for p in permutations(SOURCES, k))
+# The oracle needs the client's true domain transform: a benchmark ceiling (regl bench), not something a
+# client's service makes.
+SERVICE_SOURCES = tuple(source for source in SOURCES if source != "oracle")
+FILL_MODES = tuple("+".join(p) for k in range(1, len(SERVICE_SOURCES) + 1) for p in permutations(SERVICE_SOURCES, k))
 DEFAULT_FILL_MODE = "diffusion"
 _WEIGHT = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _ZERO = r"(?:0+(?:\.0*)?|\.0+)"
@@ -109,7 +112,7 @@ def _mix_pattern(weights: int) -> str:
 def _mix_fits_mode() -> list[dict]:
     """The mode–mix rule in JSON Schema: one alternative per number of sources, mode required but by default."""
     rule = []
-    for count in range(1, len(SOURCES) + 1):
+    for count in range(1, len(SERVICE_SOURCES) + 1):
         modes = [mode for mode in FILL_MODES if mode.count("+") == count - 1]
         rule.append(
             {

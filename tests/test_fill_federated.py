@@ -122,7 +122,13 @@ def test_fill_settings_survive_the_flower_run_config():
     assert config["fill"] == "diffusion+noise" and config["fill-lora"] is False
     assert ExperimentSettings.from_config(config) == settings
     assert ExperimentSettings.from_config({**config, "fill-lora": "true"}).fill.lora is True
-    assert settings.fill.source_mix() == {"diffusion": 3.0, "noise": 1.0, "mixup": 0.0, "public-equal": 0.0}
+    assert settings.fill.source_mix() == {
+        "diffusion": 3.0,
+        "noise": 1.0,
+        "mixup": 0.0,
+        "public-equal": 0.0,
+        "oracle": 0.0,
+    }
 
 
 @pytest.mark.parametrize("mode, mix", [("noise+sparkle", ""), ("diffusion+diffusion", ""), ("diffusion+noise", "1")])

@@ -113,6 +113,7 @@ def test_fill_plans_makes_and_serves_the_store(api):
         ({"mode": "diffusion+noise", "mix": "1:2:3"}, 422, "'mix'"),
         ({"mode": "sketch"}, 422, "'mode'"),
         ({"mode": "none"}, 422, "makes no images"),
+        ({"mode": "diffusion+oracle"}, 422, "benchmark arm of regl bench"),
         ({"lora_steps": 6000}, 422, "lora_steps"),
         ({"supplement": -0.5}, 422, "supplement"),
         ({"target": [0.0, 0.0, 0.0]}, 422, "target"),
