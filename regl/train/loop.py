@@ -14,14 +14,14 @@ from regl.train.settings import TrainSettings
 
 def to_tensor(x: np.ndarray) -> torch.Tensor:
     """uint8 N×H×W×C → float N×C×H×W in [-1, 1]."""
-    return torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return torch.tensor(x).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # a copy: x may be read-only
 
 
 def train(model: nn.Module, data: ImageDataset, settings: TrainSettings, seed: int) -> float:
     """Train in place with cross-entropy; returns the mean loss of the last epoch."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
-    x, y = to_tensor(data.x), torch.from_numpy(data.y)
+    x, y = to_tensor(data.x), torch.tensor(data.y)
     model.train()
     last_loss = float("nan")
     for _ in range(settings.epochs):
