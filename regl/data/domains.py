@@ -64,13 +64,16 @@ class ClientDomain:
         if not 0 <= self.client < self.num_clients:
             raise ReglError(f"client {self.client} does not exist among {self.num_clients} clients")
 
+    def _cycled(self, choices: tuple):
+        return choices[(self.client + self.seed) % len(choices)]
+
     @property
     def angle(self) -> int:
-        return ROTATE_ANGLES[(self.client + self.seed) % len(ROTATE_ANGLES)]
+        return self._cycled(ROTATE_ANGLES)
 
     @property
     def style(self) -> Style:
-        return STYLES[(self.client + self.seed) % len(STYLES)]
+        return self._cycled(STYLES)
 
     @property
     def noise_std(self) -> float:
@@ -79,9 +82,7 @@ class ClientDomain:
     @property
     def look(self) -> int:
         """Which look the client's images have: clients with the same look cannot be told apart."""
-        if self.kind in ("rotate", "style"):
-            return (self.client + self.seed) % len(ROTATE_ANGLES if self.kind == "rotate" else STYLES)
-        return self.client if self.kind == "noise" else 0
+        return {"rotate": self.angle, "style": STYLES.index(self.style), "noise": self.client}.get(self.kind, 0)
 
     def describe(self) -> str:
         return {

@@ -33,6 +33,7 @@ class Judges:
     looks: torch.nn.Module  # which of the run's distinct looks
     classes: torch.nn.Module
     look_names: tuple[str, ...]
+    look_index: dict[int, int]  # ClientDomain.look → the look judge's output
     accuracy: dict[str, float]  # each judge's on the real test set in every look
 
 
@@ -61,7 +62,7 @@ def train_judges(settings: ExperimentSettings) -> Judges:
         predicted = predict_probs(model, ImageDataset(test_x, test_labels, class_names)).argmax(axis=1)
         accuracy[kind] = float((predicted == test_labels).mean())
         judges.append(model)
-    return Judges(judges[0], judges[1], names, accuracy)
+    return Judges(judges[0], judges[1], names, {d.look: number for number, d in enumerate(looks)}, accuracy)
 
 
 def missing_class_fit(
@@ -74,11 +75,9 @@ def missing_class_fit(
     from regl.fl.experiment import client_data, client_domain
 
     own, recognised, count = 0, 0, 0
-    looks = distinct_looks(settings.partition.domain, len(stored), settings.partition.seed)
-    look_index = {domain.look: number for number, domain in enumerate(looks)}
     for client_id, shards in enumerate(stored):
         missing = client_data(settings, client_id).class_counts() == 0
-        own_look = look_index[client_domain(settings, client_id).look]
+        own_look = judges.look_index[client_domain(settings, client_id).look]
         for source in GENERATED_SOURCES:
             if source not in shards:
                 continue
