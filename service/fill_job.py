@@ -32,6 +32,7 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
         lr=body.lr,
         batch_size=body.batch_size,
         prior_per_class=body.prior_per_class,
+        style_token=body.style_token,
         seed=body.seed,
     )
 
@@ -69,6 +70,7 @@ def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tu
         lora=body.lora,
         lora_steps=body.lora_steps,
         prior_per_class=body.prior_per_class,
+        lora_style_token=body.lora_style_token,
         steps=body.steps,
         guidance=body.guidance,
         base=str(settings.base),

@@ -15,12 +15,16 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, Stri
 
 from regl.fill.client import FillSettings
 from regl.fill.plan import SOURCES
-from regl.generate.settings import LoraSettings, SamplingSettings
+from regl.generate.settings import STYLE_TOKEN_PATTERN, LoraSettings, SamplingSettings
 
 MAX_SEED = 2**63 - 1
 SAMPLING, LORA, FILL = SamplingSettings(), LoraSettings(), FillSettings()
 DEFAULT_LORA_STEPS = LORA.steps  # lowered to the service's max_finetune_steps when that is smaller
 MAX_TARGET_WEIGHT = 1e12  # keeps a target's sum finite
+STYLE_TOKEN_HELP = (
+    "a word for the client's look, added to its own images' prompts (not the priors') and to every prompt "
+    "generated with the LoRA; empty: none"
+)
 
 
 def _integral_float_to_int(value: object) -> object:
@@ -86,6 +90,7 @@ class FinetuneRequest(BaseModel):
     prior_per_class: JsonInt = Field(
         LORA.prior_per_class, ge=0, le=1000, description="base images per missing class (prior preservation)"
     )
+    style_token: StrictStr = Field(LORA.style_token, pattern=STYLE_TOKEN_PATTERN, description=STYLE_TOKEN_HELP)
     seed: JsonInt = Field(0, ge=0, le=2**31 - 1)
     activate: StrictBool = Field(True, description="serve with the new LoRA once it is trained")
 
@@ -154,6 +159,9 @@ class FillRequest(BaseModel):
     lora: StrictBool = Field(FILL.lora, description="fine-tune a LoRA on the client's images first")
     lora_steps: JsonInt = Field(DEFAULT_LORA_STEPS, ge=1, description="at most the service's max_finetune_steps")
     prior_per_class: JsonInt = Field(FILL.prior_per_class, ge=0, le=1000)
+    lora_style_token: StrictStr = Field(
+        FILL.lora_style_token, pattern=STYLE_TOKEN_PATTERN, description=STYLE_TOKEN_HELP
+    )
     steps: JsonInt = Field(FILL.steps, ge=1, le=200)
     guidance: JsonFloat = Field(FILL.guidance, ge=0.0, le=30.0)
     seed: JsonInt = Field(0, ge=0, le=MAX_SEED)

@@ -135,28 +135,57 @@ def test_grid_leaves_out_classes_without_generated_images(tmp_path):
         assert grid.size == (2 * (4 * 6 + 4), 2 * 2 * 6)
 
 
-# two clients of two classes each leave classes unused, which the partitioner warns about
-@pytest.mark.filterwarnings("ignore:Classes.*will NOT be used:UserWarning")
-def test_grid_reads_the_diffusion_images_from_the_clients_stores(tmp_path):
+def store_diffusion_images(cell, pixel: int) -> None:
+    """What the cell's clients' fill would keep: its planned diffusion images, every pixel `pixel`."""
     from regl.fill.client import client_plan
     from regl.fill.store import SyntheticStore
     from regl.fl.experiment import client_data, client_fill
 
+    for client_id in range(cell.settings.partition.num_clients):
+        data = client_data(cell.settings, client_id)
+        plan = client_plan(cell.settings.fill, data.class_counts(), None)
+        labels = np.repeat(np.arange(data.num_classes), plan.counts["diffusion"])
+        images = ImageDataset(np.full((len(labels), 28, 28, 1), pixel, np.uint8), labels, data.class_names)
+        store = client_fill(cell.settings, client_id)
+        key = store.store_key(plan)
+        SyntheticStore(store.store_folder(key)).write(key, {"diffusion": images}, {"diffusion": 1}, data.class_names)
+
+
+# two clients of two classes each leave classes unused, which the partitioner warns about
+@pytest.mark.filterwarnings("ignore:Classes.*will NOT be used:UserWarning")
+def test_grid_reads_the_diffusion_images_from_the_clients_stores(tmp_path):
     cell = two_seeds(tmp_path, "diffusion", str(tmp_path / "store"))[0]
     finished_run(cell.folder, cell.settings, [0.1, 0.2], fill={"target": "uniform"})
     out_root = cell.folder.parent
     assert write_figures(out_root, [cell], ["diffusion"], "")[1].startswith("no grid.png: arm diffusion, seed 0")
-    for client_id in range(2):
-        data = client_data(cell.settings, client_id)
-        plan = client_plan(cell.settings.fill, data.class_counts(), None)
-        labels = np.repeat(np.arange(data.num_classes), plan.counts["diffusion"])
-        images = ImageDataset(np.zeros((len(labels), 28, 28, 1), np.uint8), labels, data.class_names)
-        store = client_fill(cell.settings, client_id)
-        key = store.store_key(plan)
-        SyntheticStore(store.store_folder(key)).write(key, {"diffusion": images}, {"diffusion": 1}, data.class_names)
+    store_diffusion_images(cell, 0)
     notes = write_figures(out_root, [cell], ["diffusion"], "")
     assert notes[1].startswith("grid.png: real test images (left) and the diffusion images of arm diffusion, seed 0")
     assert (out_root / "grid.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert not (out_root / "looks.png").exists()  # no client domains: nothing to compare
+
+
+@pytest.mark.filterwarnings("ignore:Classes.*will NOT be used:UserWarning")
+def test_looks_shows_real_then_base_then_lora_images_of_a_lacked_class(tmp_path):
+    from PIL import Image
+
+    settings = ExperimentSettings(
+        num_rounds=2, partition=replace(ExperimentSettings().partition, num_clients=2, domain="rotate")
+    )
+    settings = replace(settings, fill=FillSettings(supplement=0.05, store=str(tmp_path / "store")))
+    cells = bench_cells(settings, ["diffusion-base", "diffusion"], [0], "", tmp_path / "bench", cpus=2, verbose=False)
+    for cell, pixel in zip(cells, (50, 200)):
+        finished_run(cell.folder, cell.settings, [0.1, 0.2], fill={"target": "uniform"})
+        store_diffusion_images(cell, pixel)
+    notes = write_figures(tmp_path / "bench", cells, ["diffusion-base", "diffusion"], "")
+    assert notes[1].startswith("looks.png: seed 0, one row per client — client 0 (rotated 0°; ")
+    assert "client 1 (rotated 15°; " in notes[1]
+    with Image.open(tmp_path / "bench" / "looks.png") as looks:  # 2 rows of 3 groups of 8, gaps of 4, at 2×
+        assert looks.size == (2 * (24 * 28 + 2 * 4), 2 * 2 * (28 + 4))
+        pixels = np.asarray(looks)
+    group = 2 * (8 * 28 + 4)
+    assert (pixels[:56, group : group + 2 * 8 * 28] == 50).all()  # base images of the lacked class
+    assert (pixels[:56, 2 * group :] == 200).all()  # the LoRA's images of it
 
 
 @pytest.mark.e2e

@@ -132,6 +132,7 @@ def _option_values() -> dict[str, list]:
         "fill-lora": [False],
         "fill-lora-steps": [2, 1000],
         "fill-prior-per-class": [0, 8],
+        "fill-lora-style-token": ["sks", "client-3_look"],
         "fill-steps": [3, 50],
         "fill-guidance": [0.0, 7.5],
         "fill-base": [str(DEFAULT_BASE.resolve())],

@@ -1,6 +1,7 @@
 """Client domains in a run: data, test sets, fill keys and the oracle, and `--domain none` as before."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,13 +89,23 @@ def test_the_oracle_is_the_base_images_in_the_clients_true_look(tmp_path, base):
     data = client_data(ROTATED, 3).subset(np.arange(20))
     common = {"supplement": 0.5, "steps": 1, "base": str(base), "store": str(tmp_path)}
     oracle = client_fill(replace(ROTATED, fill=FillSettings(mode="oracle", **common)), 3)
-    plain = client_fill(replace(ROTATED, fill=FillSettings(mode="diffusion", lora=False, **common)), 3)
     plan = client_plan(oracle.settings, data.class_counts(), None)
     shards = oracle.make_shards(data, plan, {})
-    base_images = plain.make_shards(data, client_plan(plain.settings, data.class_counts(), None), {})["diffusion"]
+
+    def diffusion_base(store: Path) -> tuple[np.ndarray, dict]:
+        fill = FillSettings(mode="diffusion", lora=False, **{**common, "store": str(store)})
+        timings = {}
+        images = client_fill(replace(ROTATED, fill=fill), 3).make_shards(
+            data, client_plan(fill, data.class_counts(), None), timings
+        )
+        return images["diffusion"], timings
+
+    base_images, drawn = diffusion_base(tmp_path / "elsewhere")  # drawn afresh
     assert shards["oracle"].class_counts().tolist() == plan.counts["oracle"].tolist() and len(shards["oracle"]) == 10
     expected = ClientDomain("rotate", 3, 10).apply(base_images, "generated")
     assert np.array_equal(shards["oracle"].x, expected.x) and not np.array_equal(expected.x, base_images.x)
+    kept, reused = diffusion_base(tmp_path)  # beside the oracle's store: its base images, not drawn again
+    assert np.array_equal(kept.x, base_images.x) and "generate_seconds" in drawn and "generate_seconds" not in reused
 
 
 def test_the_oracle_without_a_domain_is_refused():

@@ -115,6 +115,7 @@ def test_fill_plans_makes_and_serves_the_store(api):
         ({"mode": "none"}, 422, "makes no images"),
         ({"mode": "diffusion+oracle"}, 422, "benchmark arm of regl bench"),
         ({"lora_steps": 6000}, 422, "lora_steps"),
+        ({"lora_style_token": "a photo"}, 422, "lora_style_token"),
         ({"supplement": -0.5}, 422, "supplement"),
         ({"target": [0.0, 0.0, 0.0]}, 422, "target"),
         ({"mode": "diffusion+noise", "mix": "0:0"}, 422, "'mix'"),

@@ -42,6 +42,7 @@ EXPERIMENT_OPTIONS = {
     "fill_lora": "fill-lora",
     "fill_lora_steps": "fill-lora-steps",
     "fill_prior_per_class": "fill-prior-per-class",
+    "fill_lora_style_token": "fill-lora-style-token",
     "fill_steps": "fill-steps",
     "fill_guidance": "fill-guidance",
     "fill_base": "fill-base",
@@ -214,6 +215,13 @@ def add_fill_options(parser: argparse.ArgumentParser, with_mode: bool = True) ->
         type=int,
         default=default["fill_prior_per_class"],
         help="base images per missing class kept in LoRA training",
+    )
+    group.add_argument(
+        "--fill-lora-style-token",
+        metavar="WORD",
+        default=default["fill_lora_style_token"],
+        help="a word for the client's look in its LoRA's prompts (on its own images' prompts, not the priors', "
+        "and on every prompt the fill generates with), e.g. sks; empty: none",
     )
     group.add_argument("--fill-steps", type=int, default=default["fill_steps"], help="diffusion sampling steps")
     group.add_argument(

@@ -21,9 +21,10 @@ from regl.data.datasets import ImageDataset
 from regl.data.domains import ClientDomain
 from regl.errors import ReglError
 from regl.fill.plan import SOURCES, FillPlan, parse_source_mix, plan_fill
-from regl.generate.settings import FILL_SAMPLING, LoraSettings
+from regl.generate.settings import FILL_SAMPLING, LoraSettings, check_style_token
 
 MODES = ("none", "public")
+ADDED_LATER = ("lora_style_token",)  # FillSettings fields newer than the stores in use
 RemoteFill = Callable[[FillPlan], tuple[dict[str, ImageDataset], dict]]
 # (the stage, e.g. "LoRA step 40/100"; the fraction of that stage done); it may raise to stop the fill
 Progress = Callable[[str, float], None]
@@ -40,6 +41,7 @@ class FillSettings:
     lora: bool = True  # diffusion: fine-tune the client's LoRA first (ReGL) or use the base as is
     lora_steps: int = LoraSettings().steps
     prior_per_class: int = LoraSettings().prior_per_class
+    lora_style_token: str = LoraSettings().style_token  # the client's look's word in its LoRA's prompts; empty: off
     steps: int = FILL_SAMPLING.steps  # diffusion sampling steps
     guidance: float = FILL_SAMPLING.guidance
     base: str = ""  # empty: the shipped base
@@ -83,6 +85,7 @@ class FillSettings:
             raise ReglError(f"fill target must be uniform or global, got {self.target!r}")
         if self.steps < 1 or self.lora_steps < 1 or self.prior_per_class < 0:
             raise ReglError("fill steps and LoRA steps must be ≥ 1 and priors per class ≥ 0")
+        check_style_token(self.lora_style_token)
 
     def base_folder(self) -> Path:
         from regl.generate.generator import DEFAULT_BASE
@@ -93,6 +96,15 @@ class FillSettings:
 def client_plan(settings: FillSettings, class_counts: np.ndarray, target: np.ndarray | None) -> FillPlan:
     mix = settings.source_mix()
     return plan_fill(class_counts, settings.supplement, mix, target if settings.target == "global" else None)
+
+
+def _settings_key(settings: FillSettings) -> dict:
+    """The settings in a store's key; a setting added later is left out at its default, so older stores still count."""
+    return {
+        name: value
+        for name, value in asdict(settings).items()
+        if not (name in ADDED_LATER and value == getattr(FillSettings(), name))
+    }
 
 
 def _digest(payload: dict) -> str:
@@ -132,7 +144,7 @@ class ClientFill:
             "client": self.client_id,
             "seed": self.run_seed,
             "plan": plan.to_json(),
-            "settings": asdict(self.settings),
+            "settings": _settings_key(self.settings),
             **self._domain_key(),
         }
         if any(plan.counts[source].sum() > 0 for source in ("diffusion", "oracle")):
@@ -186,9 +198,14 @@ class ClientFill:
         """The diffusion and noise images of the plan, made here."""
         shards: dict[str, ImageDataset] = {}
         if plan.counts["diffusion"].sum() > 0:
-            shards["diffusion"] = self._diffusion(data, plan.counts["diffusion"], timings, on_progress)
+            counts = plan.counts["diffusion"]
+            shards["diffusion"] = (
+                self._diffusion(data, counts, timings, on_progress)
+                if self.settings.lora
+                else self._base_images(data, counts, timings, on_progress)
+            )
         if plan.counts["oracle"].sum() > 0:
-            base_images = self._diffusion(data, plan.counts["oracle"], timings, on_progress, lora=False)
+            base_images = self._base_images(data, plan.counts["oracle"], timings, on_progress)
             shards["oracle"] = self.domain.apply(base_images, "generated")
         if plan.counts["noise"].sum() > 0:
             started = time.perf_counter()
@@ -201,17 +218,17 @@ class ClientFill:
     def _diffusion(
         self, data: ImageDataset, counts: np.ndarray, timings: dict, on_progress: Progress | None, lora: bool = True
     ) -> ImageDataset:
-        """The planned images from the client's LoRA, or with `lora=False` (or --fill-no-lora) from the base.
+        """The planned images from the client's LoRA, or with `lora=False` from the base.
 
-        Image seeds depend on the client and run only, so the oracle's base images are the
-        diffusion-base arm's images.
+        Image seeds depend on the client and run only: a class's i-th image has the same seed
+        from the base and from the LoRA.
         """
         from regl.generate.generator import Generator, image_seed, to_dataset_format
 
         report = on_progress or (lambda message, fraction: None)
         base = self.settings.base_folder()
         started = time.perf_counter()
-        if lora and self.settings.lora:
+        if lora:
             generator = self._lora_generator(data, base, report)
         else:
             generator = Generator(base, data.class_names, self.template)
@@ -230,6 +247,32 @@ class ClientFill:
         x = to_dataset_format(images, data.resolution, data.channels)
         return ImageDataset(x, np.asarray(labels, dtype=np.int64), data.class_names)
 
+    def _base_images(
+        self, data: ImageDataset, counts: np.ndarray, timings: dict, on_progress: Progress | None
+    ) -> ImageDataset:
+        """The base's images of `counts`, kept in a store of their own: the oracle then passes exactly the
+        diffusion-base arm's images through the client's look instead of drawing them again."""
+        from regl.fill.store import SyntheticStore
+        from regl.generate.generator import base_fingerprint
+
+        key = {
+            "dataset": self.dataset,
+            "template": self.template,
+            "client": self.client_id,
+            "seed": self.run_seed,
+            "counts": counts.tolist(),
+            "steps": self.settings.steps,
+            "guidance": self.settings.guidance,
+            "base": base_fingerprint(self.settings.base_folder()),
+        }
+        store = SyntheticStore(Path(self.settings.store) / f"base-client-{self.client_id}-{_digest(key)}")
+        if (kept := store.load_shards(key)) is not None:
+            return kept["diffusion"]
+        images = self._diffusion(data, counts, timings, on_progress, lora=False)
+        seed = _seed(self.run_seed, self.client_id, "diffusion")
+        store.write(key, {"diffusion": images}, {"diffusion": seed}, data.class_names)
+        return images
+
     def _lora_generator(self, data: ImageDataset, base: Path, report: Progress):
         """The client's LoRA: trained once per (client data, settings, base weights), kept beside the store."""
         from regl.generate.generator import LORA_FILE, Generator, base_fingerprint
@@ -238,6 +281,7 @@ class ClientFill:
         lora_settings = LoraSettings(
             steps=self.settings.lora_steps,
             prior_per_class=self.settings.prior_per_class,
+            style_token=self.settings.lora_style_token,
             seed=_seed(self.run_seed, self.client_id, "lora") % 2**31,
         )
         digest = _digest(

@@ -41,6 +41,7 @@ def remote_fill(
         "lora": settings.lora,
         "lora_steps": settings.lora_steps,
         "prior_per_class": settings.prior_per_class,
+        "lora_style_token": settings.lora_style_token,
         "steps": settings.steps,
         "guidance": settings.guidance,
         "seed": run_seed,

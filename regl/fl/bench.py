@@ -36,7 +36,15 @@ DOMAIN_FIT = "domain-fit.json"
 LOCATION_KEYS = ("out-dir", "fill-store")
 # What only a run that samples the diffusion model reads (the diffusion fill, the warm start): a run
 # without either is the same cell whatever they are, so a new sampling default reruns only those that sample.
-SAMPLING_KEYS = ("fill-lora", "fill-lora-steps", "fill-prior-per-class", "fill-steps", "fill-guidance", "fill-base")
+SAMPLING_KEYS = (
+    "fill-lora",
+    "fill-lora-steps",
+    "fill-prior-per-class",
+    "fill-lora-style-token",
+    "fill-steps",
+    "fill-guidance",
+    "fill-base",
+)
 
 
 def arm_settings(settings: ExperimentSettings, arm: str, mix: str) -> ExperimentSettings:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from regl.fl.settings import ExperimentSettings
 
 GRID_PER_ROW = 8  # real and generated images per class in grid.png, at most
+LOOK_CLIENTS = 3  # clients shown in looks.png: those of the last distinct looks (the strongest rotations)
 
 
 def write_if_changed(path: Path, content: bytes) -> bool:
@@ -79,8 +80,9 @@ def _read_json(path: Path) -> Any:
 
 
 def write_figures(out_root: Path, finished: list[Cell], arms: list[str], title: str) -> list[str]:
-    """accuracy.png and grid.png from the finished cells' folders; returns one note per figure.
+    """accuracy.png, looks.png (with client domains) and grid.png from the finished cells' folders.
 
+    Returns one note per figure.
     A figure with nothing to show is removed, so the folder never keeps one from another bench.
     """
     notes = []
@@ -91,6 +93,7 @@ def write_figures(out_root: Path, finished: list[Cell], arms: list[str], title: 
         notes.append("accuracy.png: global test accuracy by round, mean over seeds (band: the seeds' min–max).")
     else:
         accuracy.unlink(missing_ok=True)
+    notes.extend(write_looks_figure(out_root, finished))
     grid = out_root / "grid.png"
     diffused = sorted(
         (c for c in finished if "diffusion" in c.settings.fill.sources), key=lambda c: (arms.index(c.arm), c.seed)
@@ -118,6 +121,79 @@ def write_figures(out_root: Path, finished: list[Cell], arms: list[str], title: 
         + (f"; classes without generated images left out: {', '.join(left_out)}." if left_out else ".")
     )
     return notes
+
+
+def write_looks_figure(out_root: Path, finished: list[Cell]) -> list[str]:
+    """looks.png: for three clients with a look of their own, their real images, then base and LoRA images
+    of a class they lack (same image seeds), from the first seed with both diffusion arms finished."""
+    from regl.data.domains import distinct_looks
+    from regl.fl.experiment import client_data
+
+    path = out_root / "looks.png"
+    seeds = sorted(
+        {c.seed for c in finished if c.arm == "diffusion"} & {c.seed for c in finished if c.arm == "diffusion-base"}
+    )
+    spec = finished[0].settings.partition if finished else None
+    if spec is None or spec.domain == "none" or not seeds:
+        path.unlink(missing_ok=True)
+        return []
+    cells = {c.arm: c for c in finished if c.seed == seeds[0] and c.arm in ("diffusion-base", "diffusion")}
+    stored = {arm: stored_shards(c.settings, _read_json(c.folder / "summary.json")["fill"]) for arm, c in cells.items()}
+    if any(shards is None for shards in stored.values()):
+        path.unlink(missing_ok=True)
+        return [
+            f"no looks.png: seed {seeds[0]}'s diffusion stores are gone from {cells['diffusion'].settings.fill.store}."
+        ]
+    settings = cells["diffusion"].settings
+    rows, legend = [], []
+    for domain in distinct_looks(spec.domain, spec.num_clients, spec.seed)[-LOOK_CLIENTS:]:
+        real = client_data(settings, domain.client)
+        base, lora = (stored[arm][domain.client].get("diffusion") for arm in ("diffusion-base", "diffusion"))
+        if base is None or lora is None:
+            continue
+        lacked = [c for c in range(real.num_classes) if real.class_counts()[c] == 0 and (base.y == c).any()]
+        if not lacked:
+            continue
+        held = np.flatnonzero(real.class_counts())
+        mixed = np.concatenate([np.flatnonzero(real.y == c)[: max(GRID_PER_ROW // len(held), 1)] for c in held])
+        shown = [
+            real.x[mixed[:GRID_PER_ROW]],
+            base.x[base.y == lacked[0]][:GRID_PER_ROW],
+            lora.x[lora.y == lacked[0]][:GRID_PER_ROW],
+        ]
+        rows.append(shown)
+        legend.append(f"client {domain.client} ({domain.describe()}; {real.class_names[lacked[0]]})")
+    if not rows:
+        path.unlink(missing_ok=True)
+        return ["no looks.png: no client with a look of its own lacks a class."]
+    write_if_changed(path, image_rows_png(rows))
+    return [
+        f"looks.png: seed {seeds[0]}, one row per client — {'; '.join(legend)}: its real training images, then "
+        "the base's images of a class it lacks (arm diffusion-base), then its LoRA's images of that class with "
+        "the same image seeds (arm diffusion)."
+    ]
+
+
+def image_rows_png(rows: list[list[np.ndarray]], gap: int = 4) -> bytes:
+    """PNG of rows of image groups (each group N×H×W×C uint8), groups side by side with a white gap, 2× upscaled."""
+    from PIL import Image
+
+    side, channels = rows[0][0].shape[1], rows[0][0].shape[3]
+    width = max(sum(len(g) for g in row) for row in rows) * side + gap * (max(len(row) for row in rows) - 1)
+    lines = []
+    for row in rows:
+        parts = []
+        for number, group in enumerate(row):
+            if number:
+                parts.append(np.full((side, gap, channels), 255, np.uint8))
+            parts.append(np.concatenate(list(group), axis=1))
+        line = np.concatenate(parts, axis=1)
+        lines.append(np.pad(line, ((0, gap), (0, width - line.shape[1]), (0, 0)), constant_values=255))
+    grid = np.concatenate(lines, axis=0)
+    image = Image.fromarray(grid[..., 0] if channels == 1 else grid)
+    buffer = io.BytesIO()
+    image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def accuracy_plot_png(curves: dict[str, list[list[dict]]], title: str) -> bytes:

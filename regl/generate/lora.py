@@ -31,7 +31,7 @@ from regl.generate.diffusion_loss import (
     to_pipeline_pixels,
 )
 from regl.generate.generator import ADAPTER, LORA_METADATA, Generator, base_fingerprint, image_seed
-from regl.generate.settings import LoraSettings
+from regl.generate.settings import LoraSettings, check_style_token
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -63,10 +63,9 @@ def _training_set(
 
 def _check_style_token(generator: Generator, token: str) -> None:
     """The token must reach the text encoder: CLIP truncates a prompt that is too long."""
+    check_style_token(token)
     if not token:
         return
-    if token != token.strip() or not token.strip():
-        raise ReglError(f"the style token must be one word without surrounding spaces, got {token!r}")
     limit = generator.pipe.tokenizer.model_max_length
     for c in range(len(generator.class_names)):
         prompt = f"{generator.prompt(c)} {token}"

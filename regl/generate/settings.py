@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from regl.errors import ReglError
 
 CLASSES_OF = "fashion-mnist"  # whose class names, prompt template and image format, when no data says
 TORCH_THREADS = 2  # generation and fine-tuning take both cores of a small CPU
@@ -38,3 +41,12 @@ class LoraSettings:
     style_token: str = ""
     checkpoint_every: int = 100
     seed: int = 0
+
+
+# A style token is one plain word (or empty: none), so every prompt holds it whole.
+STYLE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{0,32}$"
+
+
+def check_style_token(token: str) -> None:
+    if not re.fullmatch(STYLE_TOKEN_PATTERN, token):
+        raise ReglError(f"the style token must be one word of letters, digits, '_' or '-' (at most 32), got {token!r}")
