@@ -1,6 +1,7 @@
 """The service's background jobs: LoRA fine-tunes and fills, their progress, failures and stops."""
 
 import io
+import json
 import time
 
 import numpy as np
@@ -28,11 +29,14 @@ def test_unknown_job_and_images_of_a_finetune_job(api):
 def test_finetune_job_reports_progress_and_activates_its_lora(service_base, client_folder, tmp_path):
     with service(service_base, tmp_path, data=str(client_folder)) as api:
         before = decode(api.post("/v1/generate", json={"class": "cat", "n": 2, **FAST}).json()["images"])
-        started = api.post("/v1/finetune", json={"steps": 4, "batch_size": 2, "prior_per_class": 1, "lr": 0.05})
+        body = {"steps": 4, "batch_size": 2, "prior_per_class": 1, "lr": 0.05, "style_token": "sks"}
+        started = api.post("/v1/finetune", json=body)
         assert started.status_code == 202 and started.json()["kind"] == "finetune"
         job = wait_for(api, started.json()["id"])
         assert (job["status"], job["progress"], job["error"]) == ("done", 1.0, None)
-        assert (tmp_path / "store" / "lora" / job["id"] / "pytorch_lora_weights.safetensors").is_file()
+        lora = tmp_path / "store" / "lora" / job["id"]
+        assert (lora / "pytorch_lora_weights.safetensors").is_file()
+        assert json.loads((lora / "regl_lora.json").read_text())["settings"]["style_token"] == "sks"
         assert api.get("/v1/model").json()["lora"] == job["result"]["lora"]
         after = decode(api.post("/v1/generate", json={"class": "cat", "n": 2, **FAST}).json()["images"])
         assert not np.array_equal(before, after)
