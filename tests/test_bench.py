@@ -181,7 +181,7 @@ def test_looks_shows_real_then_base_then_lora_images_of_a_lacked_class(tmp_path)
     assert notes[1].startswith("looks.png: seed 0, one row per client — client 0 (rotated 0°; ")
     assert "client 1 (rotated 15°; " in notes[1]
     with Image.open(tmp_path / "bench" / "looks.png") as looks:  # 2 rows of 3 groups of 8, gaps of 4, at 2×
-        assert looks.size == (2 * (24 * 28 + 2 * 4), 2 * 2 * (28 + 4))
+        assert looks.size == (2 * (24 * 28 + 2 * 4), 2 * 2 * 28)
         pixels = np.asarray(looks)
     group = 2 * (8 * 28 + 4)
     assert (pixels[:56, group : group + 2 * 8 * 28] == 50).all()  # base images of the lacked class

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,34 +165,14 @@ def write_looks_figure(out_root: Path, finished: list[Cell]) -> list[str]:
     if not rows:
         path.unlink(missing_ok=True)
         return ["no looks.png: no client with a look of its own lacks a class."]
+    from regl.generate.evaluate import image_rows_png
+
     write_if_changed(path, image_rows_png(rows))
     return [
         f"looks.png: seed {seeds[0]}, one row per client — {'; '.join(legend)}: its real training images, then "
         "the base's images of a class it lacks (arm diffusion-base), then its LoRA's images of that class with "
         "the same image seeds (arm diffusion)."
     ]
-
-
-def image_rows_png(rows: list[list[np.ndarray]], gap: int = 4) -> bytes:
-    """PNG of rows of image groups (each group N×H×W×C uint8), groups side by side with a white gap, 2× upscaled."""
-    from PIL import Image
-
-    side, channels = rows[0][0].shape[1], rows[0][0].shape[3]
-    width = max(sum(len(g) for g in row) for row in rows) * side + gap * (max(len(row) for row in rows) - 1)
-    lines = []
-    for row in rows:
-        parts = []
-        for number, group in enumerate(row):
-            if number:
-                parts.append(np.full((side, gap, channels), 255, np.uint8))
-            parts.append(np.concatenate(list(group), axis=1))
-        line = np.concatenate(parts, axis=1)
-        lines.append(np.pad(line, ((0, gap), (0, width - line.shape[1]), (0, 0)), constant_values=255))
-    grid = np.concatenate(lines, axis=0)
-    image = Image.fromarray(grid[..., 0] if channels == 1 else grid)
-    buffer = io.BytesIO()
-    image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def accuracy_plot_png(curves: dict[str, list[list[dict]]], title: str) -> bytes:
@@ -268,12 +247,12 @@ def stored_diffusion_images(settings: ExperimentSettings, fill_summary: dict) ->
 
 
 def save_class_grid(real: ImageDataset, generated: ImageDataset, path: Path) -> list[str]:
-    """`save_grid` over the classes that have generated images; returns the names of the others.
+    """The class grid (`save_grid`) over the classes that have generated images; returns the names of the others.
 
     A row holds as many images as the class with the fewest generated ones has, up to GRID_PER_ROW.
     """
     from regl.data.datasets import ImageDataset
-    from regl.generate.evaluate import save_grid
+    from regl.generate.evaluate import class_grid_png
 
     counts = generated.class_counts()
     shown = np.flatnonzero(counts)
@@ -284,8 +263,5 @@ def save_class_grid(real: ImageDataset, generated: ImageDataset, path: Path) -> 
         return ImageDataset(data.x[keep], np.searchsorted(shown, data.y[keep]), names)
 
     per_row = int(min(GRID_PER_ROW, counts[shown].min(), real.class_counts()[shown].min()))
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-        drawn = Path(scratch) / path.name
-        save_grid(shown_only(real), shown_only(generated), drawn, per_row=per_row)
-        write_if_changed(path, drawn.read_bytes())
+    write_if_changed(path, class_grid_png(shown_only(real), shown_only(generated), per_row))
     return [real.class_names[c] for c in np.flatnonzero(counts == 0)]

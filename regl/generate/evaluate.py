@@ -140,24 +140,42 @@ def save_grid(real: ImageDataset, fake: ImageDataset, path: Path, per_row: int =
 
     Written to a temporary sibling, then renamed; a missing folder is made.
     """
+    from regl.atomic import write_bytes_atomically
+
+    write_bytes_atomically(Path(path), class_grid_png(real, fake, per_row))
+
+
+def class_grid_png(real: ImageDataset, fake: ImageDataset, per_row: int = 8) -> bytes:
+    rows = [[real.x[real.y == c][:per_row], fake.x[fake.y == c][:per_row]] for c in range(real.num_classes)]
+    return image_rows_png(rows)
+
+
+def image_rows_png(rows: list[list[np.ndarray]], gap: int = 4) -> bytes:
+    """PNG of rows of image groups (each N×H×W×C uint8) side by side, a white gap between groups, drawn at 2×.
+
+    A row shorter than the widest is padded with white.
+    """
     import io
 
     from PIL import Image
 
-    from regl.atomic import write_bytes_atomically
-
-    side, gap = real.resolution, 4
-    rows = []
-    for c in range(real.num_classes):
-        picks = [real.x[real.y == c][:per_row], fake.x[fake.y == c][:per_row]]
-        halves = [np.concatenate(list(p), axis=1) for p in picks]
-        spacer = np.full((side, gap, real.channels), 255, np.uint8)
-        rows.append(np.concatenate([halves[0], spacer, halves[1]], axis=1))
-    grid = np.concatenate(rows, axis=0)
-    image = Image.fromarray(grid[..., 0] if real.channels == 1 else grid)
+    side, channels = rows[0][0].shape[1], rows[0][0].shape[3]
+    lines = []
+    for row in rows:
+        parts = []
+        for number, group in enumerate(row):
+            if number:
+                parts.append(np.full((side, gap, channels), 255, np.uint8))
+            parts.append(np.concatenate(list(group), axis=1) if len(group) else np.zeros((side, 0, channels), np.uint8))
+        lines.append(np.concatenate(parts, axis=1))
+    width = max(line.shape[1] for line in lines)
+    grid = np.concatenate(
+        [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255) for line in lines]
+    )
+    image = Image.fromarray(grid[..., 0] if channels == 1 else grid)
     buffer = io.BytesIO()
     image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(buffer, format="PNG")
-    write_bytes_atomically(Path(path), buffer.getvalue())
+    return buffer.getvalue()
 
 
 def format_quality(
