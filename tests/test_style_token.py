@@ -6,6 +6,7 @@ import pytest
 
 from regl.cli import main
 from regl.data.datasets import BUILTINS
+from regl.errors import ReglError
 from regl.generate import lora as lora_module
 from regl.generate.generator import Generator
 from regl.generate.prompts import class_prompts, prompt_words, template_for
@@ -60,9 +61,19 @@ def test_without_a_token_the_prompts_are_the_plain_ones(tmp_path, base):
     assert Generator(base, NAMES, TEMPLATE, lora=tmp_path / "lora").prompt(3) == TEMPLATE.format("3")
 
 
-@pytest.mark.parametrize(("token", "message"), [(" sks", "one word"), ("x" * 40, "more than the text encoder reads")])
-def test_a_token_that_cannot_reach_the_text_encoder_is_refused(tmp_path, base, capsys, token, message):
+@pytest.mark.parametrize(
+    ("token", "message"), [(" sks", "one word"), ("a photo", "one word"), ("x" * 40, "at most 32")]
+)
+def test_a_token_that_is_not_one_short_word_is_refused(tmp_path, base, capsys, token, message):
     assert finetune(tmp_path, base, f"--style-token={token}") == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "lora").exists()
+
+
+def test_a_token_the_text_encoder_would_cut_off_is_refused(base):
+    generator = Generator(base, NAMES, TEMPLATE)
+    tokenizer = generator.pipe.tokenizer
+    tokenizer.model_max_length = max(len(tokenizer(generator.prompt(c)).input_ids) for c in range(len(NAMES)))
+    with pytest.raises(ReglError, match="more than the text encoder reads"):
+        lora_module._check_style_token(generator, "sks")
