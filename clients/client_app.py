@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from regl.data.datasets import ImageDataset
 from regl.fill.mixup import MixupSettings, label_hide_mixup
@@ -78,11 +80,27 @@ def fill(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-@app.train()
+def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
+    """Flower's `fixedclipping_mod` when the server asks for clipped updates (its DP wrapper sends the norm)."""
+    if KEY_CLIPPING_NORM in msg.content["config"]:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@app.train(mods=[dp_clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     settings, client_id = _settings(msg, context)
+    config = msg.content["config"]
     model = new_model(settings)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    metrics = train_client(settings, client_id, model, int(msg.content["config"]["server-round"]), _target(msg))
+    metrics = train_client(
+        settings,
+        client_id,
+        model,
+        int(config["server-round"]),
+        _target(msg),
+        ratio=np.asarray(config["ratio"], dtype=np.float64) if "ratio" in config else None,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),  # what Flower's FedProx sends
+    )
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from clients.fill_phase import run_fill_phase
-from clients.strategy import RecordingFedAvg
+from clients.strategy import build_strategy
 from clients.traffic import TrafficLog
 from regl.atomic import write_json_atomically
 from regl.fl.experiment import ExperimentSettings, evaluate_global, new_model
@@ -39,18 +39,17 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
     num_clients = settings.partition.num_clients
     wait_for_nodes(grid, num_clients)
     traffic = TrafficLog()
-    strategy = RecordingFedAvg(
-        traffic, min_train_nodes=num_clients, min_available_nodes=num_clients, fraction_train=1.0
-    )
     model = new_model(settings)
+    strategy, recording = build_strategy(settings, traffic, _monitor(settings), new_model(settings))
     report = RunReport(Path(settings.out_dir), {"name": settings.name, "mode": "federated", **settings.to_config()})
     started = time.perf_counter()
     warm = {}
     if settings.warm_start_per_class:
         from regl.fl.warm_start import warm_start
 
+        source = "base-generated" if settings.init == "synthetic" else "public-pool"
         write(
-            f"warm start: {settings.warm_start_per_class} base images of every class, "
+            f"warm start: {settings.warm_start_per_class} {source} images of every class, "
             f"{settings.warm_start_epochs} epochs on the server"
         )
         warm = warm_start(settings, model, write)  # round 0's evaluation is the warm-started model's
@@ -64,8 +63,8 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
         eval_started = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
         result = evaluate_global(settings, model)
-        record = {"round": server_round, **result, **_round_timing(strategy.last_round, eval_started)}
-        strategy.last_round = {}
+        record = {"round": server_round, **result, **_round_timing(recording.last_round, eval_started)}
+        recording.last_round = {}
         report.add_round(record)
         progress.round_done(server_round, result["accuracy"], record.get("failed_clients", 0))
         return MetricRecord({"accuracy": result["accuracy"], "loss": result["loss"]})
@@ -84,8 +83,39 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
             "fill": fill,
             "time_split": {**_time_split(fill, report.rounds), **{f"warm_start_{k}": v for k, v in warm.items()}},
             "bytes_sent_per_client": traffic.bytes_per_client(),
+            **_privacy(settings),
+            **_monitor_summary(report.rounds),
         }
     )
+
+
+def _monitor_summary(rounds: list[dict]) -> dict:
+    """The monitor's mean cosine to the true composition over the rounds, and when it saw imbalance."""
+    cosines = [r["monitor_cosine"] for r in rounds if "monitor_cosine" in r]
+    if not cosines:
+        return {}
+    return {
+        "monitor_mean_cosine": sum(cosines) / len(cosines),
+        "monitor_detected_round": rounds[-1].get("monitor_imbalance_detected"),
+    }
+
+
+def _monitor(settings: ExperimentSettings):
+    """The Ratio Loss's composition monitor, on auxiliary images from the public pool; None for other losses."""
+    if settings.loss != "ratio":
+        return None
+    from regl.data.datasets import load_split
+    from regl.fl.monitor import CompositionMonitor, auxiliary_set
+
+    return CompositionMonitor(auxiliary_set(load_split(settings.dataset).public, settings.seed), settings.train)
+
+
+def _privacy(settings: ExperimentSettings) -> dict:
+    if not settings.dp_noise:
+        return {}
+    from regl.fl.privacy import privacy_report
+
+    return {"privacy": privacy_report(settings.dp_noise, settings.dp_clip, settings.dp_clipping, settings.num_rounds)}
 
 
 def _time_split(fill: dict | None, rounds: list[dict]) -> dict:
@@ -115,6 +145,7 @@ def _round_timing(last_round: dict, eval_started: float) -> dict:
         "server_eval_seconds": now - eval_started,
         "client_compute_seconds": sum(c["train-seconds"] + c["eval-seconds"] for c in clients),
         "failed_clients": last_round["failures"],
+        **last_round.get("monitor", {}),
         "personalized_accuracy": sum(c["personalized-accuracy"] for c in clients) / max(len(clients), 1),
         **_mean_in_domain(clients),
         "clients": clients,
@@ -135,6 +166,7 @@ def build_server_app(settings: ExperimentSettings | None = None, write: Write = 
     def main(grid: Grid, context: Context) -> None:
         torch.set_num_threads(1)
         chosen = settings or ExperimentSettings.from_config(dict(context.run_config))
+        chosen.check()
         if not chosen.out_dir:
             chosen = replace(chosen, out_dir=f"runs/{chosen.name}")
         run_federation(grid, chosen, write)

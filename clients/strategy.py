@@ -1,21 +1,44 @@
-"""FedAvg that also keeps each client's reply metrics and the round's timing."""
+"""The server's strategies (Flower's FedAvg, FedProx, FedAvgM, FedAdam) with what ReGL adds to each.
+
+`Recording` keeps each round's client metrics and timing for the run report, sums the
+replies in client order (reproducible float rounding), and can weight the clients by
+class balance (regl/fl/aggregation.py) and run the Ratio Loss's composition monitor
+(regl/fl/monitor.py). `build_strategy` wraps the result in Flower's DP wrapper when asked.
+"""
 
 import time
 from collections.abc import Iterable
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedProx,
+    Strategy,
+)
 
 from clients.traffic import TrafficLog
+from regl.fl.aggregation import class_balanced_weights
+from regl.fl.monitor import CompositionMonitor
+from regl.fl.settings import ExperimentSettings
 
 # Client metrics whose weighted mean over the clients means something; the rest (the
 # client's id, its timings) are kept per client in rounds.json instead.
 AVERAGED_METRICS = ("train-loss", "personalized-accuracy", "in-domain-accuracy")
+# The weight each reply carries into the average, by --aggregate-weight (uniform under DP).
+WEIGHT_KEY = "aggregate-weight"
+FEDAVGM = {"server_learning_rate": 1.0, "server_momentum": 0.9}  # Hsu et al. 2019
+FEDADAM = {"eta": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}  # Reddi et al. 2021's CNN setting
 
 
 def mean_client_metrics(replies: list[RecordDict], weighting_key: str) -> MetricRecord:
-    """AVERAGED_METRICS every client reported, weighted by each one's `weighting_key` (its real image count)."""
+    """AVERAGED_METRICS every client reported, weighted by each one's `weighting_key`."""
     metrics = [reply["metrics"] for reply in replies]
     total = sum(float(m[weighting_key]) for m in metrics)
     names = [name for name in AVERAGED_METRICS if all(name in m for m in metrics)]
@@ -24,18 +47,32 @@ def mean_client_metrics(replies: list[RecordDict], weighting_key: str) -> Metric
     )
 
 
-class RecordingFedAvg(FedAvg):
-    """Plain FedAvg aggregation; `last_round` holds what the run report needs, `traffic` every reply."""
+class Recording:
+    """Mixed in before a Flower strategy; `last_round` holds what the run report needs, `traffic` every reply."""
 
-    def __init__(self, traffic: TrafficLog, **kwargs) -> None:
-        super().__init__(fraction_evaluate=0.0, train_metrics_aggr_fn=mean_client_metrics, **kwargs)
+    def __init__(
+        self,
+        traffic: TrafficLog,
+        weighting: str,
+        monitor: CompositionMonitor | None,
+        model: torch.nn.Module,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            fraction_evaluate=0.0, train_metrics_aggr_fn=mean_client_metrics, weighted_by_key=WEIGHT_KEY, **kwargs
+        )
         self.last_round: dict = {}
-        self.traffic = traffic
+        self.traffic, self.weighting, self.monitor, self.model = traffic, weighting, monitor, model
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.last_round = {"started": time.perf_counter()}
+        if self.monitor is not None:
+            self.model.load_state_dict(arrays.to_torch_state_dict())
+            self.monitor.start_round(self.model)
+            if (ratio := self.monitor.ratio) is not None:
+                config["ratio"] = ratio.tolist()
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -44,13 +81,75 @@ class RecordingFedAvg(FedAvg):
         # Replies arrive in whatever order the clients finish; summing them in client order
         # keeps the float rounding of the average, and so the whole run, reproducible.
         replies = sorted(replies, key=lambda m: m.content["metrics"]["client"] if m.has_content() else -1)
+        answered = [msg for msg in replies if msg.has_content()]
         self.last_round["trained"] = time.perf_counter()
-        for msg in replies:
-            if msg.has_content():
-                self.traffic.add("train", msg)
-        self.last_round["clients"] = sorted(
-            (dict(msg.content["metrics"]) for msg in replies if msg.has_content()),
-            key=lambda m: m["client"],
-        )
-        self.last_round["failures"] = sum(not msg.has_content() for msg in replies)
-        return super().aggregate_train(server_round, replies)
+        for msg in answered:
+            self.traffic.add("train", msg)
+        self._set_weights(answered)
+        self.last_round["clients"] = [
+            {k: v for k, v in msg.content["metrics"].items() if k != "class-counts"} for msg in answered
+        ]
+        self.last_round["failures"] = len(replies) - len(answered)
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if self.monitor is not None and arrays is not None:
+            self.model.load_state_dict(arrays.to_torch_state_dict())
+            counts = [msg.content["metrics"]["class-counts"] for msg in answered]
+            self.last_round["monitor"] = self.monitor.end_round(server_round, self.model, np.sum(counts, axis=0))
+        return arrays, metrics
+
+    def _set_weights(self, replies: list[Message]) -> None:
+        metrics = [msg.content["metrics"] for msg in replies]
+        if self.weighting == "class-balanced":
+            weights = class_balanced_weights(np.array([m["class-counts"] for m in metrics]))
+        elif self.weighting == "uniform":
+            weights = np.ones(len(metrics))
+        else:
+            weights = np.array([float(m["num-examples"]) for m in metrics])
+        for m, weight in zip(metrics, weights, strict=True):
+            m[WEIGHT_KEY] = float(weight)
+
+
+class RecordingFedAvg(Recording, FedAvg):
+    pass
+
+
+class RecordingFedProx(Recording, FedProx):
+    pass
+
+
+class RecordingFedAvgM(Recording, FedAvgM):
+    pass
+
+
+class RecordingFedAdam(Recording, FedAdam):
+    pass
+
+
+def build_strategy(
+    settings: ExperimentSettings, traffic: TrafficLog, monitor: CompositionMonitor | None, model: torch.nn.Module
+) -> tuple[Strategy, Recording]:
+    """The strategy to start and the recording one inside it (the same object unless DP wraps it)."""
+    n = settings.partition.num_clients
+    common = {
+        "traffic": traffic,
+        # under DP the noise is calibrated to a uniform mean: one client moves it by at most clip/N
+        "weighting": "uniform" if settings.dp_noise else settings.aggregate_weight,
+        "monitor": monitor,
+        "model": model,
+        "min_train_nodes": n,
+        "min_available_nodes": n,
+        "fraction_train": 1.0,
+    }
+    recording: Recording = {
+        "fedavg": lambda: RecordingFedAvg(**common),
+        "fedprox": lambda: RecordingFedProx(**common, proximal_mu=settings.fedprox_mu),
+        "fedavgm": lambda: RecordingFedAvgM(**common, **FEDAVGM),
+        "fedadam": lambda: RecordingFedAdam(**common, **FEDADAM, eta_l=settings.train.lr),
+    }[settings.strategy]()
+    if not settings.dp_noise:
+        return recording, recording
+    wrapper = {
+        "client": DifferentialPrivacyClientSideFixedClipping,
+        "server": DifferentialPrivacyServerSideFixedClipping,
+    }[settings.dp_clipping]
+    return wrapper(recording, settings.dp_noise, settings.dp_clip, n), recording

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from regl.errors import ReglError
@@ -18,6 +20,25 @@ def test_arm_settings():
     assert arm_settings(base, "diffusion", "75:25").fill.mix == ""  # one source: the mix does not apply
     with pytest.raises(ReglError, match="unknown fill 'sparkle'"):
         check_arms(["none", "sparkle"])
+
+
+def test_method_arms_alone_and_with_a_fill():
+    base = ExperimentSettings(fill=FillSettings(supplement=0.2))
+    focal = arm_settings(base, "focal", "")
+    assert (focal.loss, focal.fill.mode, focal.strategy) == ("focal", "none", "fedavg")
+    combined = arm_settings(base, "diffusion-base+ratio+fedprox+augment", "")
+    assert (combined.fill.mode, combined.fill.lora, combined.loss) == ("diffusion", False, "ratio")
+    assert (combined.strategy, combined.augment) == ("fedprox", True)
+    assert arm_settings(base, "balanced-aggregation", "").aggregate_weight == "class-balanced"
+    public = arm_settings(base, "init-public", "")
+    assert (public.init, public.warm_start_per_class) == ("public", 1000)
+    assert arm_settings(replace(base, warm_start_per_class=50), "init-synthetic", "").warm_start_per_class == 50
+    assert arm_settings(base, "dp0.5", "").dp_noise == 0.5
+    centralized = arm_settings(replace(base, loss="focal", augment=True), "centralized", "")
+    assert (centralized.loss, centralized.augment, centralized.fill) == ("ce", False, FillSettings())
+    check_arms(["fedadam", "diffusion+noise+fedlc", "dp2"])
+    with pytest.raises(ReglError, match="unknown fill 'fedsgd'"):
+        check_arms(["fedsgd"])
 
 
 def test_table_is_mean_and_std_over_seeds():

@@ -139,6 +139,16 @@ def _option_values() -> dict[str, list]:
         "fill-store": ["/tmp/store", "/tmp/other store"],
         "warm-start-per-class": [100, 2000],
         "warm-start-epochs": [1, 5],
+        "init": ["public"],
+        "init-freeze": [True],
+        "loss": ["focal", "class-balanced", "balanced-softmax", "fedlc", "fedrs", "ratio"],
+        "augment": [True],
+        "strategy": ["fedprox", "fedavgm", "fedadam"],
+        "fedprox-mu": [0.1, 1.0],
+        "aggregate-weight": ["class-balanced"],
+        "dp-noise": [0.5, 2.0],
+        "dp-clip": [0.1, 5.0],
+        "dp-clipping": ["server"],
     }
     assert set(values) == set(EXPERIMENT_OPTIONS.values())
     return {key: [default[key], *choices] for key, choices in values.items()}
@@ -151,6 +161,10 @@ def _normal(config: dict) -> ExperimentSettings:
     config["fill-mix"] = ":".join(str(3 + i) for i in range(len(sources))) if weighted else ""
     config["out-dir"] = config["out-dir"] or "runs/x"
     config["fill-store"] = str(Path(config["fill-store"]).resolve())
+    if config["init-freeze"]:  # a frozen feature extractor needs a warm start
+        config["warm-start-per-class"] = config["warm-start-per-class"] or 100
+    if config["dp-noise"]:  # DP averages uniformly
+        config["aggregate-weight"] = "examples"
     return ExperimentSettings.from_config(config)
 
 

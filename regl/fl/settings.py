@@ -12,8 +12,14 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from regl.data.partitions import PartitionSpec
+from regl.errors import ReglError
 from regl.fill.client import FillSettings
 from regl.train.settings import TrainSettings
+
+INITS = ("synthetic", "public")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam")
+AGGREGATE_WEIGHTS = ("examples", "class-balanced")
+DP_CLIPPING = ("client", "server")
 
 
 @dataclass(frozen=True)
@@ -26,10 +32,20 @@ class ExperimentSettings:
     seed: int = 0
     out_dir: str = ""
     fill: FillSettings = field(default_factory=FillSettings)
-    # before round 1 the server trains the global model on this many base-generated images
-    # of every class (regl/fl/warm_start.py); 0: off
+    # before round 1 the server trains the global model on this many images of every class
+    # (regl/fl/warm_start.py): base-generated (init synthetic) or from the public pool (init public); 0: off
     warm_start_per_class: int = 0
     warm_start_epochs: int = 20
+    init: str = "synthetic"
+    init_freeze: bool = False  # after the warm start, clients train the output layer only
+    loss: str = "ce"  # the clients' local loss (regl/train/losses.py)
+    augment: bool = False  # random shifts, small rotations, brightness/contrast (regl/train/augment.py)
+    strategy: str = "fedavg"  # fedavg, fedprox, fedavgm, fedadam (clients/strategy.py)
+    fedprox_mu: float = 0.01  # FedProx's proximal weight μ
+    aggregate_weight: str = "examples"  # or class-balanced (clients/strategy.py)
+    dp_noise: float = 0.0  # Gaussian noise multiplier on the aggregate; 0: no differential privacy
+    dp_clip: float = 1.0  # the L2 bound on each client's update
+    dp_clipping: str = "client"  # where updates are clipped: client (fixedclipping_mod) or server
 
     def to_config(self) -> dict[str, Any]:
         """Flat, kebab-case keys: the form of Flower's run config and ConfigRecord."""
@@ -49,11 +65,39 @@ class ExperimentSettings:
         fill = FillSettings(**_typed(FillSettings(), {"fill_mode": flat.get("fill", "none"), **flat}, "fill_"))
         return cls(**_typed(cls(), flat, ""), partition=partition, train=train_settings, fill=fill)
 
+    def check(self) -> None:
+        """Reject unknown method names and impossible combinations, naming the option."""
+        from regl.train.losses import check_loss
+
+        check_loss(self.loss)
+        choices = {
+            "init": (self.init, INITS),
+            "strategy": (self.strategy, STRATEGIES),
+            "aggregate-weight": (self.aggregate_weight, AGGREGATE_WEIGHTS),
+            "dp-clipping": (self.dp_clipping, DP_CLIPPING),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ReglError(f"unknown --{key} {value!r}; use one of {', '.join(allowed)}")
+        if self.fedprox_mu < 0 or self.dp_noise < 0 or not self.dp_clip > 0:
+            raise ReglError(
+                f"--fedprox-mu and --dp-noise must be ≥ 0 and --dp-clip > 0, got {self.fedprox_mu}, "
+                f"{self.dp_noise} and {self.dp_clip}"
+            )
+        if self.dp_noise and self.aggregate_weight != "examples":
+            raise ReglError("differential privacy averages the clients' updates uniformly: drop --aggregate-weight")
+        if self.init_freeze and not self.warm_start_per_class:
+            raise ReglError("--init-freeze keeps the warm start's feature extractor: give --warm-start-per-class")
+
     @property
     def name(self) -> str:
         name = f"{self.dataset.rstrip('/').split('/')[-1]}-{self.partition.describe()}-s{self.seed}"
         if self.warm_start_per_class:
-            name += f"-warm{self.warm_start_per_class}"
+            name += f"-warm{self.warm_start_per_class}" + ("-public" if self.init == "public" else "")
+        for value, default in ((self.loss, "ce"), (self.strategy, "fedavg"), (self.aggregate_weight, "examples")):
+            name += "" if value == default else f"-{value}"
+        name += "-augment" if self.augment else ""
+        name += f"-dp{self.dp_noise:g}" if self.dp_noise else ""
         return name if self.fill.mode == "none" else f"{name}-fill-{self.fill.mode}"
 
 

@@ -1,10 +1,12 @@
-"""A server-side warm start: the initial global model trained on base-generated, balanced data.
+"""A server-side warm start: the initial global model trained on balanced data before round 1.
 
-The recipe of Federated Generative Learning (Zhang et al. 2023): before round 1 the server
-generates N images of every class from the class prompts with the *base* model (no client
-data involved) and trains the global model on them, so FedAvg starts from a model that
-already knows every class. The images are kept in a synthetic store beside the clients'
-and reused by any later run with the same key.
+`--init synthetic` is the recipe of Federated Generative Learning (Zhang et al. 2023): the
+server generates N images of every class from the class prompts with the *base* model (no
+client data involved) and trains the global model on them, so FedAvg starts from a model
+that already knows every class; the images are kept in a synthetic store beside the
+clients' and reused by any later run with the same key. `--init public` is transfer
+learning from the public pool instead: N real images of every class, which needs public
+data the synthetic start does not.
 """
 
 from __future__ import annotations
@@ -71,6 +73,17 @@ def warm_start_data(settings: ExperimentSettings, write: Write) -> tuple[ImageDa
     return stored, time.perf_counter() - started
 
 
+def public_data(settings: ExperimentSettings) -> ImageDataset:
+    """N images of every class from the public pool (all it holds of a class with fewer), drawn with the seed."""
+    pool = load_split(settings.dataset).public
+    rng = np.random.default_rng(settings.seed)
+    picks = []
+    for c in range(pool.num_classes):
+        indices = np.flatnonzero(pool.y == c)
+        picks.append(rng.choice(indices, size=min(settings.warm_start_per_class, len(indices)), replace=False))
+    return pool.subset(np.sort(np.concatenate(picks)))
+
+
 def warm_start(settings: ExperimentSettings, model: torch.nn.Module, write: Write) -> dict[str, float]:
     """Train `model` in place on the warm-start images; returns the generate and train seconds.
 
@@ -79,7 +92,10 @@ def warm_start(settings: ExperimentSettings, model: torch.nn.Module, write: Writ
     threads = torch.get_num_threads()
     torch.set_num_threads(TORCH_THREADS)
     try:
-        data, generate_seconds = warm_start_data(settings, write)
+        if settings.init == "public":
+            data, generate_seconds = public_data(settings), 0.0
+        else:
+            data, generate_seconds = warm_start_data(settings, write)
         started = time.perf_counter()
         train(model, data, replace(settings.train, epochs=settings.warm_start_epochs), seed=settings.seed)
         return {"generate_seconds": generate_seconds, "train_seconds": time.perf_counter() - started}

@@ -9,6 +9,9 @@ from torch.nn import functional as F
 
 from regl.data.datasets import ImageDataset
 from regl.train import metrics
+from regl.train.augment import Augment
+from regl.train.losses import Loss, proximal_term
+from regl.train.models import output_layer
 from regl.train.settings import TrainSettings
 
 
@@ -17,13 +20,27 @@ def to_tensor(x: np.ndarray) -> torch.Tensor:
     return torch.tensor(x).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # a copy: x may be read-only
 
 
-def train(model: nn.Module, data: ImageDataset, settings: TrainSettings, seed: int) -> float:
-    """Train in place with cross-entropy; returns the mean loss of the last epoch."""
+def train(
+    model: nn.Module,
+    data: ImageDataset,
+    settings: TrainSettings,
+    seed: int,
+    loss: Loss = F.cross_entropy,
+    augment: Augment | None = None,
+    proximal_mu: float = 0.0,
+    head_only: bool = False,
+) -> float:
+    """Train in place; returns the mean `loss` of the last epoch (without FedProx's proximal term).
+
+    `proximal_mu` > 0 adds μ/2·‖w − w_start‖² (FedProx); `head_only` trains the output layer alone.
+    """
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+    trained = output_layer(model).parameters() if head_only else model.parameters()
+    optimizer = torch.optim.SGD(trained, lr=settings.lr, momentum=settings.momentum)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu else None
     x, y = to_tensor(data.x), torch.tensor(data.y)
     model.train()
-    last_loss = float("nan")
+    last_loss, step = float("nan"), 0
     for _ in range(settings.epochs):
         order = torch.randperm(len(y), generator=generator)
         total, count = 0.0, 0
@@ -31,12 +48,15 @@ def train(model: nn.Module, data: ImageDataset, settings: TrainSettings, seed: i
             batch = order[start : start + settings.batch_size]
             if len(batch) < 2 and count > 0:
                 continue
-            loss = F.cross_entropy(model(x[batch]), y[batch])
+            inputs = x[batch] if augment is None else augment(x[batch], seed * 7919 + step)
+            data_loss = loss(model(inputs), y[batch])
+            objective = data_loss if anchor is None else data_loss + proximal_term(model, anchor, proximal_mu)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             optimizer.step()
-            total += loss.item() * len(batch)
+            total += data_loss.item() * len(batch)
             count += len(batch)
+            step += 1
         last_loss = total / max(count, 1)
     return last_loss
 

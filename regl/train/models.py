@@ -82,3 +82,11 @@ def build_model(name: str, in_channels: int, num_classes: int, resolution: int) 
 def default_model_name(in_channels: int) -> str:
     """Grayscale data gets the small CNN, colour data the ResNet-18."""
     return "cnn" if in_channels == 1 else "resnet18"
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The last linear layer: what a frozen feature extractor leaves to train, and what the monitor reads."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not layers:
+        raise ReglError(f"{type(model).__name__} has no linear output layer")
+    return layers[-1]
