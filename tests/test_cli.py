@@ -46,6 +46,11 @@ def parse(argv: list[str]) -> ExperimentSettings:
         (["fl", "--fill", "noise", "--fill-supplement", "-1"], "fill supplement must be ≥ 0"),
         (["fl", "--fill", "diffusion", "--fill-base", "/no/such/model"], "/no/such/model"),
         (["bench", "--arms", "none,sparkle"], "unknown fill 'sparkle'"),
+        (["fl", "--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
+        (["fl", "--dp-clip", "0"], "--dp-clip > 0"),
+        (["fl", "--dp-noise", "1", "--aggregate-weight", "class-balanced"], "averages the clients' updates uniformly"),
+        (["fl", "--dp-noise", "1", "--loss", "ratio"], "--loss ratio and --dp-noise cannot be combined"),
+        (["fl", "--init-freeze"], "--init-freeze keeps the warm start's feature extractor"),
         (["bench", "--seeds", "0,x"], "--seeds must be comma-separated integers"),
         (["serve", "--threads", "0"], "threads: Input should be greater than or equal to 1"),
         (["sparkle"], "invalid choice: 'sparkle'"),
@@ -163,8 +168,9 @@ def _normal(config: dict) -> ExperimentSettings:
     config["fill-store"] = str(Path(config["fill-store"]).resolve())
     if config["init-freeze"]:  # a frozen feature extractor needs a warm start
         config["warm-start-per-class"] = config["warm-start-per-class"] or 100
-    if config["dp-noise"]:  # DP averages uniformly
+    if config["dp-noise"]:  # DP averages uniformly, and keeps the monitor out
         config["aggregate-weight"] = "examples"
+        config["loss"] = "ce" if config["loss"] == "ratio" else config["loss"]
     return ExperimentSettings.from_config(config)
 
 

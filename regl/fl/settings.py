@@ -86,6 +86,11 @@ class ExperimentSettings:
             )
         if self.dp_noise and self.aggregate_weight != "examples":
             raise ReglError("differential privacy averages the clients' updates uniformly: drop --aggregate-weight")
+        if self.dp_noise and self.loss == "ratio":
+            raise ReglError(
+                "the Ratio Loss's monitor reads each round's aggregate before the DP noise, and its Ra goes back "
+                "to the clients: --loss ratio and --dp-noise cannot be combined"
+            )
         if self.init_freeze and not self.warm_start_per_class:
             raise ReglError("--init-freeze keeps the warm start's feature extractor: give --warm-start-per-class")
 
