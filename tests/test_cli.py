@@ -246,6 +246,13 @@ def test_every_bench_option_reaches_its_childrens_command_lines():
         str(DEFAULT_BASE),
         "--fill-store",
         "/tmp/bench-store",
+        "--loss",
+        "focal",
+        "--augment",
+        "--fedprox-mu",
+        "0.1",
+        "--dp-clip",
+        "0.5",
         "--cpus",
         "3",
         "--verbose",
@@ -262,6 +269,10 @@ def test_every_bench_option_reaches_its_childrens_command_lines():
         "public",
         "iid",
         "centralized",
+        "fedprox",
+        "diffusion+ratio",
+        "dp0.5",
+        "init-public",
     ):
         child = arm_settings(settings, arm, args.arm_mix)
         argv = arm_argv(child, arm, cpus=args.cpus, verbose=args.verbose)
@@ -278,6 +289,8 @@ def test_every_bench_option_reaches_its_childrens_command_lines():
             assert replace(parsed, fill=child.fill) == child
             continue
         assert parsed == child
+        assert (parsed.augment, parsed.fedprox_mu, parsed.dp_clip) == (True, 0.1, 0.5)
+        assert parsed.loss == ("ratio" if arm == "diffusion+ratio" else "focal")
         assert (child_args.cpus, child_args.verbose) == (3, True)
         assert parsed.fill.lora is False  # --fill-no-lora reaches every arm
         assert parsed.fill.mix == ("3:1" if arm == "diffusion+noise" else "")
