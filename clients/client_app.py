@@ -1,8 +1,9 @@
 """ClientApp: the synthetic fill before the first round, then one local update per round.
 
 What each handler sends back is all that ever leaves the client: class counts (only when
-the fill needs them), the mixup images it produces for other clients (mixup fill only),
-fill timings, and model weights with training metrics.
+the fill, the Ratio Loss's monitor or class-balanced aggregation needs them), the mixup
+images it produces for other clients (mixup fill only), fill timings, and model weights
+(clipped under DP) with training metrics.
 """
 
 import json

@@ -4,6 +4,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -32,15 +33,17 @@ def wait_for_nodes(grid: Grid, expected: int) -> None:
 
 
 def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = print_line) -> dict:
-    """Run FedAvg for settings.num_rounds and write the report into settings.out_dir.
+    """Run the strategy (FedAvg unless --strategy says otherwise) for settings.num_rounds; report into settings.out_dir.
 
     `write` gets the progress lines: the fill's, then one per round.
     """
     num_clients = settings.partition.num_clients
     wait_for_nodes(grid, num_clients)
+    if settings.dp_noise:  # Flower draws the DP noise from numpy's global generator: the run's seed decides it
+        np.random.seed(settings.seed)
     traffic = TrafficLog()
     model = new_model(settings)
-    strategy, recording = build_strategy(settings, traffic, _monitor(settings), new_model(settings))
+    strategy, recording = build_strategy(settings, traffic, _monitor(settings))
     report = RunReport(Path(settings.out_dir), {"name": settings.name, "mode": "federated", **settings.to_config()})
     started = time.perf_counter()
     warm = {}
@@ -107,7 +110,8 @@ def _monitor(settings: ExperimentSettings):
     from regl.data.datasets import load_split
     from regl.fl.monitor import CompositionMonitor, auxiliary_set
 
-    return CompositionMonitor(auxiliary_set(load_split(settings.dataset).public, settings.seed), settings.train)
+    aux = auxiliary_set(load_split(settings.dataset).public, settings.seed)
+    return CompositionMonitor(aux, settings.train, new_model(settings))
 
 
 def _privacy(settings: ExperimentSettings) -> dict:

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterable
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -55,22 +54,20 @@ class Recording:
         traffic: TrafficLog,
         weighting: str,
         monitor: CompositionMonitor | None,
-        model: torch.nn.Module,
         **kwargs,
     ) -> None:
         super().__init__(
             fraction_evaluate=0.0, train_metrics_aggr_fn=mean_client_metrics, weighted_by_key=WEIGHT_KEY, **kwargs
         )
         self.last_round: dict = {}
-        self.traffic, self.weighting, self.monitor, self.model = traffic, weighting, monitor, model
+        self.traffic, self.weighting, self.monitor = traffic, weighting, monitor
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.last_round = {"started": time.perf_counter()}
         if self.monitor is not None:
-            self.model.load_state_dict(arrays.to_torch_state_dict())
-            self.monitor.start_round(self.model)
+            self.monitor.start_round(arrays.to_torch_state_dict())
             if (ratio := self.monitor.ratio) is not None:
                 config["ratio"] = ratio.tolist()
         return super().configure_train(server_round, arrays, config, grid)
@@ -92,9 +89,8 @@ class Recording:
         self.last_round["failures"] = len(replies) - len(answered)
         arrays, metrics = super().aggregate_train(server_round, replies)
         if self.monitor is not None and arrays is not None:
-            self.model.load_state_dict(arrays.to_torch_state_dict())
-            counts = [msg.content["metrics"]["class-counts"] for msg in answered]
-            self.last_round["monitor"] = self.monitor.end_round(server_round, self.model, np.sum(counts, axis=0))
+            counts = np.sum([msg.content["metrics"]["class-counts"] for msg in answered], axis=0)
+            self.last_round["monitor"] = self.monitor.end_round(server_round, arrays.to_torch_state_dict(), counts)
         return arrays, metrics
 
     def _set_weights(self, replies: list[Message]) -> None:
@@ -126,7 +122,7 @@ class RecordingFedAdam(Recording, FedAdam):
 
 
 def build_strategy(
-    settings: ExperimentSettings, traffic: TrafficLog, monitor: CompositionMonitor | None, model: torch.nn.Module
+    settings: ExperimentSettings, traffic: TrafficLog, monitor: CompositionMonitor | None
 ) -> tuple[Strategy, Recording]:
     """The strategy to start and the recording one inside it (the same object unless DP wraps it)."""
     n = settings.partition.num_clients
@@ -135,7 +131,6 @@ def build_strategy(
         # under DP the noise is calibrated to a uniform mean: one client moves it by at most clip/N
         "weighting": "uniform" if settings.dp_noise else settings.aggregate_weight,
         "monitor": monitor,
-        "model": model,
         "min_train_nodes": n,
         "min_available_nodes": n,
         "fraction_train": 1.0,

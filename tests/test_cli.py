@@ -51,6 +51,11 @@ def parse(argv: list[str]) -> ExperimentSettings:
         (["fl", "--dp-noise", "1", "--aggregate-weight", "class-balanced"], "averages the clients' updates uniformly"),
         (["fl", "--dp-noise", "1", "--loss", "ratio"], "--loss ratio and --dp-noise cannot be combined"),
         (["fl", "--init-freeze"], "--init-freeze keeps the warm start's feature extractor"),
+        (["fl", "--dp-noise", "1", "--strategy", "fedadam"], "Flower adds the DP noise after fedadam's server step"),
+        (["fl", "--loss", "ratio", "--strategy", "fedavgm"], "which fedavgm's server step changes"),
+        (["fl", "--dp-noise", "1", "--model", "resnet18"], "BatchNorm statistics would be clipped"),
+        (["bench", "--arms", "ratio+dp1"], "arm ratio+dp1: the Ratio Loss's monitor"),
+        (["bench", "--arms", "dp0"], "the DP noise multiplier must be > 0"),
         (["bench", "--seeds", "0,x"], "--seeds must be comma-separated integers"),
         (["serve", "--threads", "0"], "threads: Input should be greater than or equal to 1"),
         (["sparkle"], "invalid choice: 'sparkle'"),
@@ -168,9 +173,12 @@ def _normal(config: dict) -> ExperimentSettings:
     config["fill-store"] = str(Path(config["fill-store"]).resolve())
     if config["init-freeze"]:  # a frozen feature extractor needs a warm start
         config["warm-start-per-class"] = config["warm-start-per-class"] or 100
-    if config["dp-noise"]:  # DP averages uniformly, and keeps the monitor out
+    if config["dp-noise"]:  # DP averages uniformly, noises every weight, and keeps the monitor out
         config["aggregate-weight"] = "examples"
         config["loss"] = "ce" if config["loss"] == "ratio" else config["loss"]
+        config["init-freeze"] = False
+    if config["dp-noise"] or config["loss"] == "ratio":  # both need the plain average of the updates
+        config["strategy"] = "fedavg" if config["strategy"] in ("fedavgm", "fedadam") else config["strategy"]
     return ExperimentSettings.from_config(config)
 
 

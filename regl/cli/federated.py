@@ -34,15 +34,20 @@ DEPLOY_STATE_DIR = Path(".flwr-deploy")
 
 
 def check_data(settings: ExperimentSettings) -> None:
-    """Load the data and partition once up front so bad input fails before Ray starts.
+    """Load the data and partition (and, under DP, build the model) once up front so bad input fails before Ray starts.
 
     The partitioner's warnings are left to the run itself, which keeps them in its log.
     """
-    from regl.fl.experiment import federation
+    from regl.fl.experiment import federation, new_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         federation(settings)
+    if settings.dp_noise and any(True for _ in new_model(settings).buffers()):
+        raise ReglError(
+            "DP clips and noises the whole model the clients send, and this model's BatchNorm statistics would "
+            "be clipped and noised with it: use --model cnn with --dp-noise"
+        )
 
 
 def add_fl_options(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +125,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     check_arms(arms)
     settings = experiment_settings(args)
+    check_arms(arms, settings, args.arm_mix)
     if "oracle" in arms and settings.partition.domain == "none":
         raise ReglError("the oracle arm passes base images through each client's domain: give a --domain")
     check_data(settings)

@@ -78,6 +78,8 @@ def with_method(settings: ExperimentSettings, part: str) -> ExperimentSettings:
             warm_start_per_class=settings.warm_start_per_class or INIT_PART_PER_CLASS,
         )
     if match := DP_PART.fullmatch(part):
+        if not float(match.group(1)) > 0:
+            raise ReglError(f"arm part {part!r}: the DP noise multiplier must be > 0 (no dp part means no DP)")
         return replace(settings, dp_noise=float(match.group(1)))
     return replace(settings, loss=part)
 
@@ -116,7 +118,8 @@ def arm_settings(settings: ExperimentSettings, arm: str, mix: str) -> Experiment
     return replace(settings, fill=fill)
 
 
-def check_arms(arms: list[str]) -> None:
+def check_arms(arms: list[str], settings: ExperimentSettings | None = None, mix: str = "") -> None:
+    """Unknown arm parts raise; with the bench's `settings`, so does an arm whose methods cannot combine."""
     if not arms:
         raise ReglError("give at least one arm, e.g. --arms none,diffusion")
     for arm in arms:
@@ -125,6 +128,11 @@ def check_arms(arms: list[str]) -> None:
         fill_parts = [part for part in arm.split("+") if not is_method_part(part)]
         mode = "+".join(fill_parts).replace("diffusion-base", "diffusion") or "none"
         FillSettings(mode=mode).check()  # raises on unknown parts
+        if settings is not None:
+            try:
+                arm_settings(settings, arm, mix).check()
+            except ReglError as error:
+                raise ReglError(f"arm {arm}: {error}") from None
 
 
 def arm_argv(settings: ExperimentSettings, arm: str, cpus: int, verbose: bool) -> list[str]:

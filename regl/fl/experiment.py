@@ -142,8 +142,8 @@ def train_client(
     uniformly mixed, in its look: a class the client lacks still meets it in its own domain.
     """
     data = client_data(settings, client_id)
-    trained_on = training_data(settings, client_id, target)
     started = time.perf_counter()
+    trained_on = training_data(settings, client_id, target)
     loss = train(
         model,
         trained_on,

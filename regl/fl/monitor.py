@@ -19,6 +19,7 @@ import torch
 from scipy.optimize import nnls
 
 from regl.data.datasets import ImageDataset
+from regl.errors import ReglError
 from regl.train.loop import train
 from regl.train.models import output_layer
 from regl.train.settings import TrainSettings
@@ -30,9 +31,14 @@ MAX_RATIO = 100.0  # Ra's cap: a class the fit puts at 0 would weigh without bou
 
 
 def auxiliary_set(pool: ImageDataset, seed: int, per_class: int = AUX_PER_CLASS) -> ImageDataset:
-    """`per_class` images of every class from `pool`, drawn with `seed`."""
+    """`per_class` images of every class from `pool` (all it holds of a class with fewer), drawn with `seed`."""
     rng = np.random.default_rng(seed)
-    picks = [rng.choice(np.flatnonzero(pool.y == c), size=per_class, replace=False) for c in range(pool.num_classes)]
+    picks = []
+    for c in range(pool.num_classes):
+        indices = np.flatnonzero(pool.y == c)
+        if len(indices) == 0:
+            raise ReglError(f"the monitor needs public images of every class; the pool has none of class {c}")
+        picks.append(rng.choice(indices, size=min(per_class, len(indices)), replace=False))
     return pool.subset(np.sort(np.concatenate(picks)))
 
 
@@ -71,10 +77,11 @@ def ratio_from(composition: np.ndarray) -> np.ndarray:
 
 
 class CompositionMonitor:
-    """Round by round: `start_round` with the incoming global model, `end_round` with the aggregated one."""
+    """Round by round: `start_round` with the incoming global weights, `end_round` with the aggregated ones."""
 
-    def __init__(self, aux: ImageDataset, settings: TrainSettings) -> None:
-        self.aux, self.settings = aux, settings
+    def __init__(self, aux: ImageDataset, settings: TrainSettings, model: torch.nn.Module) -> None:
+        """`model`: a model of the run's architecture, which the monitor loads each round's global weights into."""
+        self.aux, self.settings, self.model = aux, settings, model
         self.estimates: list[np.ndarray] = []
         self.detected_round: int | None = None
         self._start: np.ndarray | None = None
@@ -85,13 +92,16 @@ class CompositionMonitor:
         """Ra from the mean of every round's estimate (the clients' data do not change), once imbalance is detected."""
         return None if self.detected_round is None else ratio_from(np.mean(self.estimates, axis=0))
 
-    def start_round(self, model: torch.nn.Module) -> None:
-        self._start = _head(model)
-        self._directions = class_directions(model, self.aux, self.settings)
+    def start_round(self, weights: dict[str, torch.Tensor]) -> None:
+        """`weights`: the state dict of the global model the round starts from."""
+        self.model.load_state_dict(weights)
+        self._start = _head(self.model)
+        self._directions = class_directions(self.model, self.aux, self.settings)
 
-    def end_round(self, server_round: int, model: torch.nn.Module, true_counts: np.ndarray | None) -> dict:
-        """This round's estimate (and its cosine to `true_counts`' composition), for rounds.json."""
-        composition = estimate_composition(self._directions, _head(model) - self._start)
+    def end_round(self, server_round: int, weights: dict[str, torch.Tensor], true_counts: np.ndarray | None) -> dict:
+        """This round's estimate from the aggregated `weights` (and its cosine to `true_counts`' composition)."""
+        self.model.load_state_dict(weights)
+        composition = estimate_composition(self._directions, _head(self.model) - self._start)
         self.estimates.append(composition)
         uniform = np.full(len(composition), 1.0 / len(composition))
         if self.detected_round is None and cosine(composition, uniform) < DETECTION_COSINE:

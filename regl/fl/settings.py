@@ -79,13 +79,25 @@ class ExperimentSettings:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ReglError(f"unknown --{key} {value!r}; use one of {', '.join(allowed)}")
-        if self.fedprox_mu < 0 or self.dp_noise < 0 or not self.dp_clip > 0:
+        if not (self.fedprox_mu >= 0 and self.dp_noise >= 0 and self.dp_clip > 0):  # NaN fails too
             raise ReglError(
                 f"--fedprox-mu and --dp-noise must be ≥ 0 and --dp-clip > 0, got {self.fedprox_mu}, "
                 f"{self.dp_noise} and {self.dp_clip}"
             )
         if self.dp_noise and self.aggregate_weight != "examples":
             raise ReglError("differential privacy averages the clients' updates uniformly: drop --aggregate-weight")
+        if self.dp_noise and self.strategy in ("fedavgm", "fedadam"):
+            raise ReglError(
+                f"Flower adds the DP noise after {self.strategy}'s server step, which the client-level accounting "
+                "does not cover: use --strategy fedavg or fedprox with --dp-noise"
+            )
+        if self.dp_noise and self.init_freeze:
+            raise ReglError("the DP noise lands on every weight, the frozen feature extractor too: drop --init-freeze")
+        if self.loss == "ratio" and self.strategy in ("fedavgm", "fedadam"):
+            raise ReglError(
+                f"the Ratio Loss's monitor reads the round's averaged update, which {self.strategy}'s server step "
+                "changes: use --strategy fedavg or fedprox with --loss ratio"
+            )
         if self.dp_noise and self.loss == "ratio":
             raise ReglError(
                 "the Ratio Loss's monitor reads each round's aggregate before the DP noise, and its Ra goes back "
