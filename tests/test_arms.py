@@ -71,6 +71,19 @@ def test_table_is_mean_and_std_over_seeds():
     assert table[4].startswith("| mixup | not run yet |")
 
 
+def test_table_adds_the_monitors_cosine_and_the_runs_epsilon():
+    row = {"minority_accuracy": 0.5, "auc": 0.9, "personalized_accuracy": 0.9, "fill_seconds": 0.0}
+    rows = [
+        {**row, "arm": "ratio", "seed": 0, "accuracy": 0.8, "monitor_cosine": 0.99, "wall_seconds": 1.0},
+        {**row, "arm": "ratio", "seed": 1, "accuracy": 0.8, "monitor_cosine": 0.97, "wall_seconds": 1.0},
+        {**row, "arm": "dp2", "seed": 0, "accuracy": 0.6, "epsilon": 8.0794, "wall_seconds": 1.0},
+    ]
+    table = format_table(rows, ["ratio", "dp2"]).splitlines()
+    assert table[0].endswith("| monitor cosine | ε (δ = 10⁻⁵) | fill s | wall s | seeds |")
+    assert "| 0.9800 ± 0.0100 | — |" in table[2]
+    assert "| — | 8.08 |" in table[3]
+
+
 @pytest.mark.e2e
 def test_bench_children_run_with_every_option_given(tmp_path, monkeypatch, capfd):
     """A real bench of two arms: each child's config.json holds every option given to `regl bench`."""

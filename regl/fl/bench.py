@@ -237,6 +237,8 @@ def finished_row(cell: Cell) -> dict[str, Any]:
         "personalized_accuracy": summary.get("final_personalized_accuracy"),
         **({} if in_domain is None else {"in_domain_accuracy": in_domain}),
         **({"own_look": fit["own_look"], "missing_recognised": fit["recognised"]} if fit else {}),
+        **({"monitor_cosine": summary["monitor_mean_cosine"]} if "monitor_mean_cosine" in summary else {}),
+        **({"epsilon": summary["privacy"]["epsilon"]} if "privacy" in summary else {}),
         "fill_seconds": (summary.get("time_split") or {}).get("fill_phase_wall_seconds", 0.0),
         "wall_seconds": _read_json(cell.folder / CELL_RECORD)["wall_seconds"],
         "environment": _read_json(cell.folder / "config.json")["environment"],

@@ -32,26 +32,29 @@ def write_if_changed(path: Path, content: bytes) -> bool:
     return True
 
 
-def _cell(values: list[float | None]) -> str:
+def _cell(values: list[float | None], scale: float = 100.0, digits: int = 2) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "—"
-    mean = 100 * float(np.mean(values))
-    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {100 * float(np.std(values)):.2f}"
+    mean, std = scale * float(np.mean(values)), scale * float(np.std(values))
+    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-# Columns only runs with client domains have (regl/fl/domain_fit.py): row key → heading.
-DOMAIN_COLUMNS = {
-    "in_domain_accuracy": "in-domain acc. %",
-    "own_look": "missing classes' images in own look %",
-    "missing_recognised": "missing classes' images recognised %",
+# Columns only some runs have: row key → (heading, scale, digits). Client domains (regl/fl/domain_fit.py),
+# the Ratio Loss's monitor (its mean cosine to the true composition), DP (the run's ε).
+OPTIONAL_COLUMNS = {
+    "in_domain_accuracy": ("in-domain acc. %", 100.0, 2),
+    "own_look": ("missing classes' images in own look %", 100.0, 2),
+    "missing_recognised": ("missing classes' images recognised %", 100.0, 2),
+    "monitor_cosine": ("monitor cosine", 1.0, 4),
+    "epsilon": ("ε (δ = 10⁻⁵)", 1.0, 2),
 }
 
 
 def format_table(rows: list[dict], arms: list[str]) -> str:
-    """Markdown: one line per arm, mean ± std over seeds; runs with client domains add DOMAIN_COLUMNS."""
-    extra = [key for key in DOMAIN_COLUMNS if any(key in r for r in rows)]
-    headings = "".join(f" {DOMAIN_COLUMNS[key]} |" for key in extra)
+    """Markdown: one line per arm, mean ± std over seeds; OPTIONAL_COLUMNS that some run has are added."""
+    extra = [key for key in OPTIONAL_COLUMNS if any(key in r for r in rows)]
+    headings = "".join(f" {OPTIONAL_COLUMNS[key][0]} |" for key in extra)
     lines = [
         "| arm | accuracy % | minority-class acc. % | AUC % | personalized acc. % |"
         f"{headings} fill s | wall s | seeds |",
@@ -64,7 +67,7 @@ def format_table(rows: list[dict], arms: list[str]) -> str:
             empty = " |" * (6 + len(extra))
             lines.append(f"| {arm} | {'failed: ' + failed[0]['error'] if failed else 'not run yet'}{empty}")
             continue
-        domain_cells = "".join(f" {_cell([r.get(key) for r in done])} |" for key in extra)
+        domain_cells = "".join(f" {_cell([r.get(key) for r in done], *OPTIONAL_COLUMNS[key][1:])} |" for key in extra)
         lines.append(
             f"| {arm} | {_cell([r['accuracy'] for r in done])} | {_cell([r['minority_accuracy'] for r in done])} "
             f"| {_cell([r['auc'] for r in done])} | {_cell([r['personalized_accuracy'] for r in done])} |{domain_cells}"
