@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from regl.errors import ReglError
-from regl.train.losses import class_balanced_weights, make_loss, proximal_term, ratio_weights
+from regl.train.losses import effective_number_weights, make_loss, proximal_term, ratio_weights
 
 LOGITS = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
 LABELS = torch.tensor([0, 1])
@@ -74,7 +74,7 @@ def test_unknown_loss_is_named():
 
 
 def test_class_balanced_weights_leave_absent_classes_out():
-    weights = class_balanced_weights(np.array([5000.0, 5.0, 0.0]))
+    weights = effective_number_weights(np.array([5000.0, 5.0, 0.0]))
     assert weights[2] == 0 and weights[:2].mean() == pytest.approx(1.0)
     assert weights[1] > 100 * weights[0]  # the rare class counts far more
 

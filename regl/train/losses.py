@@ -31,7 +31,7 @@ def check_loss(name: str) -> None:
         raise ReglError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
 
 
-def class_balanced_weights(counts: np.ndarray, beta: float = CLASS_BALANCED_BETA) -> np.ndarray:
+def effective_number_weights(counts: np.ndarray, beta: float = CLASS_BALANCED_BETA) -> np.ndarray:
     """(1 − β) / (1 − β^n_c), scaled so the classes the client holds average 1; 0 for classes it lacks."""
     counts = np.asarray(counts, dtype=np.float64)
     held = counts > 0
@@ -87,7 +87,7 @@ def make_loss(name: str, counts: np.ndarray, ratio: np.ndarray | None = None) ->
     if name == "focal":
         return _focal
     if name == "class-balanced":
-        return _weighted_ce(class_balanced_weights(counts))
+        return _weighted_ce(effective_number_weights(counts))
     if name == "balanced-softmax":
         return _shifted_ce(np.log(clamped))
     if name == "fedlc":
