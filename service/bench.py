@@ -1,9 +1,12 @@
 """`regl bench-service`: what request batching buys.
 
 32 concurrent callers each ask for 1–4 images of some class; the same requests one at a
-time; and one raw batch-64 pipeline call without HTTP. Throughput in images/s, latency
-p50/p95 per request. Each is measured `repeats` times and the fastest run kept: on a
-shared CPU one pipeline call's time varies by ±20%. Run it on an otherwise idle machine.
+time; and raw pipeline calls without HTTP at batch sizes 1–64. Throughput in images/s,
+latency p50/p95 per request. On a 2-core CPU one request already keeps both cores busy, so
+the measure of batching there is the concurrent throughput as a fraction of the best raw
+batch's (target ≥ 90%); ≥ 5× the sequential throughput is the GPU target. Each is measured
+`repeats` times and the fastest run kept: on a shared CPU one pipeline call's time varies by
+±20%. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -61,9 +64,12 @@ def _line(name: str, images: int, seconds: float, latencies: list[float] | None 
     return line
 
 
-def _raw_call(model, steps: int, guidance: float) -> float:
+RAW_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _raw_call(model, batch: int, steps: int, guidance: float) -> float:
     started = time.perf_counter()
-    model.diffusion([i % len(model.class_names) for i in range(64)], list(range(64)), steps, guidance)
+    model.diffusion([i % len(model.class_names) for i in range(batch)], list(range(batch)), steps, guidance)
     return time.perf_counter() - started
 
 
@@ -78,27 +84,31 @@ def run_service_bench(settings: ServiceSettings, callers: int, steps: int, guida
         calls_before = app.state.batcher.stats["calls"]
         con_seconds, con_latencies = min(asyncio.run(_concurrent(server.url, asks)) for _ in range(repeats))
         calls = (app.state.batcher.stats["calls"] - calls_before) / repeats
-        raw_seconds = min(_raw_call(model, steps, guidance) for _ in range(repeats))
-    print(f"fastest of {repeats} runs each")
+        raw = {b: b / min(_raw_call(model, b, steps, guidance) for _ in range(repeats)) for b in RAW_BATCHES}
+        compute = model.compute.describe()
+    print(f"generator on {compute}; fastest of {repeats} runs each")
     print(_line("one request at a time", images, seq_seconds, seq_latencies))
     print(
         _line(f"{callers} concurrent callers", images, con_seconds, con_latencies)
         + f"   ({calls:g} pipeline calls a run)"
     )
-    print(_line("raw batch-64 pipeline call", 64, raw_seconds))
+    print("raw pipeline calls: " + ", ".join(f"batch {b} {speed:.2f}" for b, speed in raw.items()) + " images/s")
+    best = max(raw, key=raw.get)
     speedup = (images / con_seconds) / (images / seq_seconds)
-    of_raw = (images / con_seconds) / (64 / raw_seconds)
+    of_raw = (images / con_seconds) / raw[best]
     print(
-        f"batching: {speedup:.2f}× the sequential throughput (target ≥ 5×), "
-        f"{100 * of_raw:.0f}% of the raw batch-64 call (target ≥ 80%)"
+        f"batching: {100 * of_raw:.0f}% of the best raw batch's throughput (batch {best}, target ≥ 90% on a CPU); "
+        f"{speedup:.2f}× the sequential throughput (≥ 5× is the GPU target)"
     )
     return {
+        "compute": compute,
         "images": images,
         "sequential_seconds": seq_seconds,
         "concurrent_seconds": con_seconds,
-        "raw64_seconds": raw_seconds,
+        "raw_images_per_second": raw,
+        "best_raw_batch": best,
         "speedup": speedup,
-        "fraction_of_raw": of_raw,
+        "fraction_of_best_raw": of_raw,
         "pipeline_calls": calls,
         "concurrent_p50": float(np.percentile(con_latencies, 50)),
         "concurrent_p95": float(np.percentile(con_latencies, 95)),

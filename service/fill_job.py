@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from regl.compute import resolve
 from regl.data.domains import ClientDomain
 from regl.errors import ReglError
 from regl.fill.client import ClientFill, FillSettings, client_plan
@@ -51,6 +52,7 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
             lora_settings,
             show_progress=False,
             on_step=on_step,
+            compute=resolve(settings.device, settings.dtype, "training"),
         )
         if body.activate:
             job.message = "loading the new LoRA"
@@ -75,6 +77,8 @@ def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tu
         guidance=body.guidance,
         base=str(settings.base),
         store=str(Path(settings.store) / "fill"),
+        device=settings.device,
+        dtype=settings.dtype,
     )
     try:
         sources = fill_settings.sources

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from regl.compute import resolve
 from regl.data.datasets import BUILTINS, ImageDataset, class_index, load_dataset
 from regl.errors import ReglError
 from regl.generate.generator import Generator, image_seed, to_dataset_format
@@ -52,7 +53,10 @@ class LocalModel:
             self.class_names, self.resolution, self.channels = sample.class_names, sample.resolution, sample.channels
         self.template = template_for(self.dataset)
         self.lock = threading.Lock()
-        self.generator = Generator(settings.base, self.class_names, self.template, lora=settings.lora)
+        self.compute = resolve(settings.device, settings.dtype)
+        self.generator = Generator(
+            settings.base, self.class_names, self.template, lora=settings.lora, compute=self.compute
+        )
 
     @property
     def lora(self) -> Path | None:
@@ -91,7 +95,7 @@ class LocalModel:
 
     def use_lora(self, lora: Path) -> None:
         """Swap in a freshly trained LoRA; loaded beside the old pipeline, then switched under the lock."""
-        generator = Generator(self.settings.base, self.class_names, self.template, lora=lora)
+        generator = Generator(self.settings.base, self.class_names, self.template, lora=lora, compute=self.compute)
         with self.lock:
             self.generator = generator
 

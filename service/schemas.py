@@ -74,7 +74,8 @@ class ModelInfo(BaseModel):
     classes: list[str]
     resolution: int
     channels: int
-    device: str
+    device: str = Field(description="where the generator runs: cpu or cuda")
+    dtype: str = Field(description="its weights' dtype, and the autocast one when on: e.g. float32, bfloat16 autocast")
     data_images: int | None = Field(description="images in the client's data; null without --data")
     max_images_per_request: int
     max_batch: int

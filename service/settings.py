@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,8 @@ class ServiceSettings(BaseSettings):
     port: int = 8000
     token: SecretStr | None = None
     threads: int = Field(TORCH_THREADS, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # regl/compute.py decides what auto means
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_images_per_request: int = Field(64, ge=1)
     max_batch: int = Field(64, ge=1)
     batch_wait_ms: float = Field(20.0, ge=0)

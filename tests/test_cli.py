@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from regl.cli import command_parser, main
 from regl.cli.argv import settings_to_argv
@@ -25,6 +26,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 def parse(argv: list[str]) -> ExperimentSettings:
     """What `regl ARGV` runs with: argv[0] is the command."""
     return experiment_settings(command_parser(argv[0]).parse_args(argv[1:]))
+
+
+CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine takes these")
 
 
 @pytest.mark.parametrize(
@@ -58,6 +62,11 @@ def parse(argv: list[str]) -> ExperimentSettings:
         (["bench", "--arms", "dp0"], "the DP noise multiplier must be > 0"),
         (["bench", "--seeds", "0,x"], "--seeds must be comma-separated integers"),
         (["serve", "--threads", "0"], "threads: Input should be greater than or equal to 1"),
+        pytest.param(["serve", "--dtype", "float16"], "float16 needs a CUDA device", marks=CPU_ONLY),
+        pytest.param(["fl", "--fill", "diffusion", "--fill-device", "cuda"], "sees no CUDA device", marks=CPU_ONLY),
+        (["generate", "--class", "bag", "--out", "x", "--dtype", "half"], "argument --dtype: invalid choice"),
+        (["bench-sampler", "--out-dir", "x", "--steps", "4,a"], "--steps takes comma-separated numbers"),
+        (["bench-sampler", "--out-dir", "x", "--schedulers", "heun"], "unknown sampler heun"),
         (["sparkle"], "invalid choice: 'sparkle'"),
         ([], "the following arguments are required: COMMAND"),
     ],
@@ -147,6 +156,8 @@ def _option_values() -> dict[str, list]:
         "fill-guidance": [0.0, 7.5],
         "fill-base": [str(DEFAULT_BASE.resolve())],
         "fill-store": ["/tmp/store", "/tmp/other store"],
+        "fill-device": ["cpu"],  # cuda and the half dtypes are refused up front where the run cannot take them
+        "fill-dtype": ["float32"],
         "warm-start-per-class": [100, 2000],
         "warm-start-epochs": [1, 5],
         "init": ["public"],

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,42 @@ def test_generate_then_measure_end_to_end_on_a_tiny_pipeline(tmp_path):
     save_grid(test, fake, tmp_path / "new" / "grid.png")  # its folder is made
     assert (tmp_path / "new" / "grid.png").read_bytes()[:4] == b"\x89PNG"
     assert [f.name for f in (tmp_path / "new").iterdir()] == ["grid.png"]  # no temporary file left
+
+
+def test_sampler_sweep_measures_each_row_once_and_resumes(tmp_path, monkeypatch):
+    from regl.compute import Compute
+    from regl.data.datasets import load_split
+    from regl.generate import sampler_sweep
+    from regl.generate.prompts import class_prompts, prompt_words
+    from regl.generate.tiny_sd import TEST_SD, build_pipeline
+
+    names = load_split("mnist-10k").test.class_names
+    words = prompt_words(class_prompts(names, "a handwritten digit {}"))
+    build_pipeline(TEST_SD, words, tmp_path / "work").save_pretrained(tmp_path / "model")
+    rows = sampler_sweep.sweep_rows(["dpm", "unipc"], [2], [1.0, 1.5])
+    assert [r.name for r in rows] == ["dpm-s2-g1", "dpm-s2-g1.5", "unipc-s2-g1", "unipc-s2-g1.5"]
+    out = tmp_path / "sweep"
+    table = sampler_sweep.run_sweep(tmp_path / "model", "mnist-10k", rows[:2], 5, 0, 1, out, Compute("cpu"))
+    assert sorted(p.name for p in out.iterdir()) == ["dpm-s2-g1.5.json", "dpm-s2-g1.json", "sweep.json", "table.md"]
+    assert table == (out / "table.md").read_text() and table.count("\n| dpm | ") == 2
+    row = json.loads((out / "dpm-s2-g1.json").read_text())
+    assert row["images_per_second"] > 0 and 0 <= row["tstr_accuracy"] <= 1 and 0 <= row["recall"] <= 1
+
+    measured = []
+    real = sampler_sweep._measure_row
+    monkeypatch.setattr(
+        sampler_sweep, "_measure_row", lambda g, d, row, *a: measured.append(row.name) or real(g, d, row, *a)
+    )
+    sampler_sweep.run_sweep(tmp_path / "model", "mnist-10k", rows, 5, 0, 1, out, Compute("cpu"))
+    assert measured == ["unipc-s2-g1", "unipc-s2-g1.5"]  # the dpm rows were kept
+    assert (out / "table.md").read_text().count("\n| ") == 4
+
+
+def test_sampler_sweep_refuses_bad_rows():
+    from regl.errors import ReglError
+    from regl.generate.sampler_sweep import sweep_rows
+
+    with pytest.raises(ReglError, match="unknown sampler heun"):
+        sweep_rows(["heun"], [4], [1.0])
+    with pytest.raises(ReglError, match="guidance ≥ 1"):
+        sweep_rows(["dpm"], [4], [0.5])

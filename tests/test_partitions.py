@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from regl.data.partitions import PartitionSpec, imbalanced_subset, partition_labels
+from regl.data.partitions import PartitionSpec, cached_partition, imbalanced_subset, partition_labels
 from regl.errors import ReglError
 
 LABELS = np.repeat(np.arange(10), 300)
@@ -76,3 +76,40 @@ def test_imbalanced_subset_keeps_all_majority_samples():
 def test_impossible_requests_raise(spec, message):
     with pytest.raises(ReglError, match=message):
         partition_labels(spec, LABELS, 10)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [PartitionSpec("classes", 6, classes_per_client=2), PartitionSpec("imbalance", 4, imbalance_ratio=10, seed=3)],
+)
+def test_the_cached_partition_equals_a_recomputed_one(tmp_path, spec):
+    first = cached_partition(spec, LABELS, 10, tmp_path)
+    assert len(list(tmp_path.glob("partition-*.npz"))) == 1
+    again = cached_partition(spec, LABELS, 10, tmp_path)  # read back from disk
+    fresh = partition_labels(spec, LABELS, 10)
+    for got in (first, again):
+        assert got.minority_classes == fresh.minority_classes
+        assert len(got.client_indices) == len(fresh.client_indices)
+        assert all(np.array_equal(a, b) for a, b in zip(got.client_indices, fresh.client_indices))
+
+
+def test_the_cache_is_rebuilt_when_its_spec_or_labels_change(tmp_path, monkeypatch):
+    from regl.data import partitions
+
+    cut = []
+    real = partitions.partition_labels
+    monkeypatch.setattr(partitions, "partition_labels", lambda *a: cut.append(a[0]) or real(*a))
+    spec = PartitionSpec("classes", 6, classes_per_client=2)
+    cached_partition(spec, LABELS, 10, tmp_path)
+    cached_partition(spec, LABELS, 10, tmp_path)
+    cached_partition(PartitionSpec("classes", 6, classes_per_client=2, domain="rotate"), LABELS, 10, tmp_path)
+    assert len(cut) == 1  # read back twice: a domain changes looks, not indices
+    other = PartitionSpec("classes", 6, classes_per_client=3)
+    assert len(cached_partition(other, LABELS, 10, tmp_path).client_indices) == 6
+    cached_partition(spec, LABELS[::-1].copy(), 10, tmp_path)
+    assert cut == [spec, other, spec]
+    (next(tmp_path.glob("partition-k3-*.npz"))).write_bytes(b"not an npz")
+    rebuilt = cached_partition(other, LABELS, 10, tmp_path)  # a corrupt file is cut again, not trusted
+    assert cut[-1] == other and all(
+        np.array_equal(a, b) for a, b in zip(rebuilt.client_indices, real(other, LABELS, 10).client_indices)
+    )

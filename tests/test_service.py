@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from service_fixtures import CLASSES, FAST, decode, service
 
+from regl.environment import cpu
 from regl.errors import ReglError
 from service.settings import ServiceSettings
 
@@ -20,6 +21,8 @@ def test_healthz_and_model(api, service_base):
     assert info["classes"] == list(CLASSES) and info["lora"] is None
     assert (info["resolution"], info["channels"], info["device"], info["data_images"]) == (20, 1, "cpu", 10)
     assert info["base"] == str(service_base) and len(info["base_fingerprint"]) == 16
+    bf16 = {"avx512_bf16", "amx_bf16"} & set(cpu()["isa_flags"])
+    assert info["dtype"] == ("float32, bfloat16 autocast" if bf16 else "float32")  # auto on this CPU
 
 
 def test_generate_json_by_name_and_index_reproducible_per_seed(api):

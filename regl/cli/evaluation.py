@@ -106,6 +106,8 @@ def generated_images(
 ) -> tuple[ImageDataset, dict[str, Any]]:
     """The set to measure: loaded, or generated (saved as it grows if asked, and then continued
     from what an interrupted call saved), and the settings that drew it."""
+    from regl.compute import resolve
+    from regl.fill.client import compute_key
     from regl.generate.generated_sets import generated_set, load_generated, save_generated, saved_part
     from regl.generate.generator import Generator, base_fingerprint
 
@@ -114,6 +116,7 @@ def generated_images(
         fake, generation = load_generated(path, names, like.resolution, like.channels, per_class)
         return fake, {**generation, "loaded_from": args.load_generated}
     lora = Path(args.lora) if args.lora else None
+    compute = resolve(args.device, args.dtype)
     sampling = {"steps": args.steps, "guidance": args.guidance, "scheduler": args.scheduler}
     generation = {
         "dataset": args.dataset,
@@ -125,6 +128,7 @@ def generated_images(
         **sampling,
         "seed": args.seed,
         "per_class": per_class,
+        **compute_key(compute),  # a set begun in one precision is not finished in another
     }
     save_to = Path(args.save_generated) if args.save_generated else None
     earlier = saved_part(save_to, generation, names, like.resolution, like.channels) if save_to else None
@@ -134,7 +138,7 @@ def generated_images(
         return done, earlier[1]
     if done is not None:
         print(f"continuing {save_to}: {len(done.y)} of {per_class * len(names)} images are there")
-    generator = Generator(Path(args.base), names, template, lora=lora)
+    generator = Generator(Path(args.base), names, template, lora=lora, compute=compute)
     generator.set_lora_scale(args.lora_scale)
 
     def keep(so_far: ImageDataset) -> None:

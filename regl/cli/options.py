@@ -47,6 +47,8 @@ EXPERIMENT_OPTIONS = {
     "fill_guidance": "fill-guidance",
     "fill_base": "fill-base",
     "fill_store": "fill-store",
+    "fill_device": "fill-device",
+    "fill_dtype": "fill-dtype",
     "warm_start_per_class": "warm-start-per-class",
     "warm_start_epochs": "warm-start-epochs",
     "init": "init",
@@ -308,6 +310,25 @@ def add_fill_options(parser: argparse.ArgumentParser, with_mode: bool = True) ->
         default=default["fill_store"],
         help="where clients keep their synthetic stores and LoRAs; reused when nothing changed",
     )
+    add_compute_options(group, "--fill-", default["fill_device"], default["fill_dtype"])
+
+
+def add_compute_options(
+    parser: argparse._ActionsContainer, prefix: str = "--", device: str = "auto", dtype: str = "auto"
+) -> None:
+    """Where the generator and LoRA run and in what precision; the rules are in regl/compute.py."""
+    from regl.compute import DEVICES, DTYPES
+
+    parser.add_argument(
+        f"{prefix}device", default=device, choices=DEVICES, help="auto: cuda when torch sees a GPU, else cpu"
+    )
+    parser.add_argument(
+        f"{prefix}dtype",
+        default=dtype,
+        choices=DTYPES,
+        help="auto: float16 generation on CUDA, a LoRA in bf16 autocast over float32 weights; on a CPU with "
+        "bf16 instructions (AVX512-BF16, AMX) bf16 autocast for generation and float32 for a LoRA, else float32",
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -371,6 +392,8 @@ def experiment_settings(args: argparse.Namespace, out_suffix: str = "") -> Exper
         from regl.generate.generator import check_model_folder
 
         check_model_folder(settings.fill.base_folder())
+        settings.fill.compute()  # --fill-device cuda without a GPU is named here, not in every client
+        settings.fill.compute("training")
     if not settings.out_dir:
         settings = replace(settings, out_dir=f"runs/{settings.name}{out_suffix}")
     return settings

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from regl.cli.argv import options_to_argv
-from regl.cli.options import Command
+from regl.cli.options import Command, add_compute_options
 from regl.errors import ReglError
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ def service_default(name: str) -> Any:
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    from regl.compute import DEVICES, DTYPES
     from regl.data.domains import DOMAIN_KINDS
     from regl.data.partitions import PARTITION_KINDS
 
@@ -65,6 +66,8 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     option("--host", "bind address; anything but loopback needs a token (REGL_TOKEN)")
     option("--port", "TCP port", type=int)
     option("--threads", "torch CPU threads", type=int)
+    option("--device", "where the generator and fine-tunes run; auto: cuda when torch sees a GPU", choices=DEVICES)
+    option("--dtype", "their precision; auto: float16 generation on CUDA, float32 on most CPUs", choices=DTYPES)
     option("--max-images-per-request", "largest n of one request", type=int)
     option("--max-batch", "most images in one pipeline call", type=int)
     option("--batch-wait-ms", "how long a batch waits for more requests", type=float)
@@ -108,6 +111,7 @@ def service_settings(args: argparse.Namespace) -> ServiceSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from regl.compute import resolve
     from regl.generate.generator import check_model_folder
     from service.app import create_app
 
@@ -116,6 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_model_folder(Path(settings.base))
     if settings.lora is not None and not Path(settings.lora).is_dir():
         raise ReglError(f"LoRA folder {settings.lora} does not exist")
+    resolve(settings.device, settings.dtype)  # a device or dtype this machine lacks is named before uvicorn starts
     if settings.data:
         from service.local_model import load_client_data
 
@@ -146,6 +151,7 @@ def add_bench_service_options(parser: argparse.ArgumentParser) -> None:
         help="how long a batch waits for more requests",
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the fastest is kept")
+    add_compute_options(parser)
 
 
 def cmd_bench_service(args: argparse.Namespace) -> int:
@@ -166,6 +172,8 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
         max_queue=max(128, args.callers),
         max_images_per_request=service_default("max_images_per_request"),
         request_timeout_s=3600,
+        device=args.device,
+        dtype=args.dtype,
     )
     run_service_bench(settings, args.callers, args.steps, args.guidance, args.repeats)
     return 0
@@ -185,8 +193,9 @@ COMMANDS = (
         "bench-service",
         "request batching of `regl serve`: concurrent vs sequential vs raw",
         "Start the service on a free loopback port and send it CALLERS concurrent generate requests of "
-        "1–4 images each, then the same requests one at a time, then time one raw batch-64 pipeline call; "
-        "each is run REPEATS times and the fastest kept. Run it on an idle machine.",
+        "1–4 images each, then the same requests one at a time, then time raw pipeline calls at batch 1–64; "
+        "each is run REPEATS times and the fastest kept. Prints the concurrent throughput as a fraction of the "
+        "best raw batch's and p50/p95 latency. Run it on an idle machine.",
         add_bench_service_options,
         cmd_bench_service,
     ),

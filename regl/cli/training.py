@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from regl.cli.generation import add_base_option, add_threads_option, class_list
-from regl.cli.options import Command, add_partition_options, partition_spec
+from regl.cli.options import Command, add_compute_options, add_partition_options, partition_spec
 from regl.errors import ReglError
 
 
@@ -53,12 +53,14 @@ def add_finetune_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="steps")
     add_threads_option(parser)
+    add_compute_options(parser)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     import torch
 
+    from regl.compute import resolve
     from regl.data.datasets import load_dataset
     from regl.generate.lora import finetune_lora
     from regl.generate.prompts import template_for
@@ -90,8 +92,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
     )
-    result = finetune_lora(data, names, template, Path(args.base), Path(args.out), settings, resume=args.resume)
-    print(f"LoRA written to {args.out} ({result.timings['total_seconds']:.0f}s)")
+    compute = resolve(args.device, args.dtype, "training")
+    result = finetune_lora(
+        data, names, template, Path(args.base), Path(args.out), settings, resume=args.resume, compute=compute
+    )
+    print(f"LoRA written to {args.out} ({result.timings['total_seconds']:.0f}s on {compute.describe()})")
     return 0
 
 

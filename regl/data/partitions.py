@@ -9,13 +9,17 @@ indices alone and changes how each client's images look.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+import io
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from regl.errors import ReglError
 
 PARTITION_KINDS = ("iid", "classes", "dirichlet", "imbalance")
+CACHE_FORMAT = 1  # raise when this module's cutting changes: cached partitions then count as stale
 
 
 @dataclass(frozen=True)
@@ -143,3 +147,53 @@ def _iid(indices: np.ndarray, labels: np.ndarray, num_clients: int, seed: int) -
     order = np.random.default_rng(seed).permutation(len(indices))
     shards = _run_partitioner(IidPartitioner(num_clients), labels[order], num_clients)
     return [np.sort(indices[order[shard]]) for shard in shards]
+
+
+def _cache_key(spec: PartitionSpec, labels: np.ndarray, num_classes: int) -> str:
+    """Everything the indices depend on: the labels, the spec's index fields and the partitioner's version."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+    from importlib.metadata import version
+
+    fields = {k: v for k, v in asdict(spec).items() if k != "domain"}  # a look leaves the indices alone
+    payload = json.dumps(
+        {
+            "spec": fields,
+            "classes": num_classes,
+            "flwr-datasets": version("flwr-datasets"),
+            "format": CACHE_FORMAT,
+        },
+        sort_keys=True,
+    ).encode()
+    return hashlib.sha256(payload + np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:20]
+
+
+def cached_partition(spec: PartitionSpec, labels: np.ndarray, num_classes: int, cache: Path) -> Partition:
+    """`partition_labels`, kept in `cache` per (labels, spec): a deployed ClientApp starts a fresh process
+    for every message, and cutting Fashion-MNIST by the partitioner costs it seconds each time."""
+    import zipfile
+
+    from regl.atomic import write_bytes_atomically
+
+    validate(spec, labels, num_classes)
+    name = replace(spec, domain="none").describe()
+    path = Path(cache) / f"partition-{name}-{_cache_key(spec, labels, num_classes)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as stored:
+                splits = np.cumsum(stored["sizes"])[:-1]
+                return Partition(np.split(stored["indices"], splits), tuple(int(c) for c in stored["minority"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # unreadable: cut again and overwrite it
+    partition = partition_labels(spec, labels, num_classes)
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        indices=np.concatenate(partition.client_indices).astype(np.int64),
+        sizes=np.array([len(i) for i in partition.client_indices], dtype=np.int64),
+        minority=np.array(partition.minority_classes, dtype=np.int64),
+    )
+    with contextlib.suppress(OSError):  # a read-only cache (a locked-down node) only costs the next process the cut
+        write_bytes_atomically(path, buffer.getvalue())
+    return partition

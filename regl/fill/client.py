@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from regl.compute import DEVICES, DTYPES, Compute, Purpose, resolve
 from regl.data.datasets import ImageDataset
 from regl.data.domains import ClientDomain
 from regl.errors import ReglError
@@ -47,6 +48,8 @@ class FillSettings:
     base: str = ""  # empty: the shipped base
     store: str = ".regl-cache/fill"
     service: str = ""  # URL of the client's `regl serve`: it makes the diffusion and noise images
+    device: str = "auto"  # where the generator and the LoRA run (regl/compute.py)
+    dtype: str = "auto"
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -86,6 +89,14 @@ class FillSettings:
         if self.steps < 1 or self.lora_steps < 1 or self.prior_per_class < 0:
             raise ReglError("fill steps and LoRA steps must be ≥ 1 and priors per class ≥ 0")
         check_style_token(self.lora_style_token)
+        if self.device not in DEVICES or self.dtype not in DTYPES:
+            raise ReglError(
+                f"fill device/dtype {self.device}/{self.dtype}: use device {', '.join(DEVICES)} "
+                f"and dtype {', '.join(DTYPES)}"
+            )
+
+    def compute(self, purpose: Purpose = "inference") -> Compute:
+        return resolve(self.device, self.dtype, purpose)
 
     def base_folder(self) -> Path:
         from regl.generate.generator import DEFAULT_BASE
@@ -99,12 +110,20 @@ def client_plan(settings: FillSettings, class_counts: np.ndarray, target: np.nda
 
 
 def _settings_key(settings: FillSettings) -> dict:
-    """The settings in a store's key; a setting added later is left out at its default, so older stores still count."""
+    """The settings in a store's key; a setting added later is left out at its default, so older stores still count.
+
+    Device and dtype are keyed by what they resolve to (`compute_key`), not by name.
+    """
     return {
         name: value
         for name, value in asdict(settings).items()
-        if not (name in ADDED_LATER and value == getattr(FillSettings(), name))
+        if not (name in ADDED_LATER and value == getattr(FillSettings(), name)) and name not in ("device", "dtype")
     }
+
+
+def compute_key(compute: Compute) -> dict:
+    """Images and LoRAs made on the CPU in float32 (every store before devices were chosen) carry no key."""
+    return {} if compute == Compute("cpu") else {"compute": compute.describe()}
 
 
 def _digest(payload: dict) -> str:
@@ -113,6 +132,17 @@ def _digest(payload: dict) -> str:
 
 def _seed(run_seed: int, client_id: int, source: str) -> int:
     return int(hashlib.sha256(f"{run_seed}/{client_id}/{source}".encode()).hexdigest()[:12], 16)
+
+
+def _check_made_alike(ours: dict, theirs: dict) -> None:
+    """Images a service made in another precision or with another LoRA recipe must not land under this key."""
+    for part in ("compute", "lora"):
+        if ours.get(part) != theirs.get(part):
+            raise ReglError(
+                f"the fill service made its images with {part} {theirs.get(part) or 'cpu float32'}, this client's "
+                f"fill asks for {ours.get(part) or 'cpu float32'}: the service and this client need the same ReGL "
+                "version, device and dtype"
+            )
 
 
 @dataclass(frozen=True)
@@ -151,6 +181,9 @@ class ClientFill:
             from regl.generate.generator import base_fingerprint
 
             key["base"] = base_fingerprint(self.settings.base_folder())
+            key.update(compute_key(self.settings.compute()))
+        if self.settings.lora and plan.counts["diffusion"].sum() > 0:
+            key["lora"] = {"settings": asdict(self._lora_settings()), **compute_key(self.settings.compute("training"))}
         return key
 
     def store_folder(self, key: dict) -> Path:
@@ -183,6 +216,7 @@ class ClientFill:
             return stored, {"reused": 1}
         if remote is not None:
             shards, timings = remote(plan)
+            _check_made_alike(key, timings.pop("made_with"))
             timings = {"reused": 0, **timings}
         else:
             timings = {"reused": 0}
@@ -231,7 +265,7 @@ class ClientFill:
         if lora:
             generator = self._lora_generator(data, base, report)
         else:
-            generator = Generator(base, data.class_names, self.template)
+            generator = Generator(base, data.class_names, self.template, compute=self.settings.compute())
         timings["finetune_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
         labels = [c for c, n in enumerate(counts) for _ in range(int(n))]
@@ -264,6 +298,7 @@ class ClientFill:
             "steps": self.settings.steps,
             "guidance": self.settings.guidance,
             "base": base_fingerprint(self.settings.base_folder()),
+            **compute_key(self.settings.compute()),
         }
         store = SyntheticStore(Path(self.settings.store) / f"base-client-{self.client_id}-{_digest(key)}")
         if (kept := store.load_shards(key)) is not None:
@@ -273,17 +308,21 @@ class ClientFill:
         store.write(key, {"diffusion": images}, {"diffusion": seed}, data.class_names)
         return images
 
-    def _lora_generator(self, data: ImageDataset, base: Path, report: Progress):
-        """The client's LoRA: trained once per (client data, settings, base weights), kept beside the store."""
-        from regl.generate.generator import LORA_FILE, Generator, base_fingerprint
-        from regl.generate.lora import finetune_lora
-
-        lora_settings = LoraSettings(
+    def _lora_settings(self) -> LoraSettings:
+        return LoraSettings(
             steps=self.settings.lora_steps,
             prior_per_class=self.settings.prior_per_class,
             style_token=self.settings.lora_style_token,
             seed=_seed(self.run_seed, self.client_id, "lora") % 2**31,
         )
+
+    def _lora_generator(self, data: ImageDataset, base: Path, report: Progress):
+        """The client's LoRA: trained once per (client data, settings, base weights), kept beside the store."""
+        from regl.generate.generator import LORA_FILE, Generator, base_fingerprint
+        from regl.generate.lora import finetune_lora
+
+        lora_settings = self._lora_settings()
+        compute = self.settings.compute("training")
         digest = _digest(
             {
                 "dataset": self.dataset,
@@ -292,14 +331,15 @@ class ClientFill:
                 "settings": asdict(lora_settings),
                 "base": base_fingerprint(base),
                 **self._domain_key(),
+                **compute_key(compute),
             }
         )
         folder = Path(self.settings.store) / f"lora-client-{self.client_id}-{digest}"
         if (folder / LORA_FILE).is_file():
-            return Generator(base, data.class_names, self.template, lora=folder)
+            return Generator(base, data.class_names, self.template, lora=folder, compute=self.settings.compute())
         resume = (folder / "checkpoint" / "state.pt").is_file()
         steps = lora_settings.steps
-        return finetune_lora(
+        generator = finetune_lora(
             data,
             data.class_names,
             self.template,
@@ -309,7 +349,10 @@ class ClientFill:
             resume=resume,
             show_progress=False,
             on_step=lambda step: report(f"LoRA step {step}/{steps}", step / steps),
+            compute=compute,
         ).generator
+        generator.set_compute(self.settings.compute())
+        return generator
 
     def _noise(self, data: ImageDataset, counts: np.ndarray) -> ImageDataset:
         from regl.generate.natural_noise import natural_noise

@@ -76,7 +76,8 @@ def remote_fill(
             with np.load(io.BytesIO(_checked(response, "GET images", raw=True))) as arrays:
                 x, y, source = arrays["x"], arrays["y"].astype(np.int64), arrays["source"]
         shards = {str(s): ImageDataset(x[source == s], y[source == s], data.class_names) for s in np.unique(source)}
-        return shards, {**job["result"]["timings"], "service_seconds": time.perf_counter() - started}
+        timings = {**job["result"]["timings"], "service_seconds": time.perf_counter() - started}
+        return shards, {**timings, "made_with": job["result"]["key"]}
 
     return make
 

@@ -47,6 +47,8 @@ SAMPLING_KEYS = (
     "fill-steps",
     "fill-guidance",
     "fill-base",
+    "fill-device",
+    "fill-dtype",
 )
 
 

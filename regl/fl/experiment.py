@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from regl.data.datasets import ImageDataset, load_split, mirror_safe
+from regl.data.datasets import ImageDataset, cache_dir, load_split, mirror_safe
 from regl.data.domains import ClientDomain, round_robin
-from regl.data.partitions import Partition, partition_labels
+from regl.data.partitions import Partition, cached_partition
 from regl.fill.client import ClientFill, client_plan, with_fill
 from regl.fl.settings import ExperimentSettings
 from regl.train.augment import Augment
@@ -30,7 +30,7 @@ PERSONALIZED_TEST_SIZE = 1000
 @lru_cache(maxsize=8)
 def federation(settings: ExperimentSettings) -> Partition:
     split = load_split(settings.dataset)
-    return partition_labels(settings.partition, split.private.y, split.private.num_classes)
+    return cached_partition(settings.partition, split.private.y, split.private.num_classes, cache_dir() / "partitions")
 
 
 def client_domain(settings: ExperimentSettings, client_id: int) -> ClientDomain:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from regl.data.datasets import ImageDataset, load_split
+from regl.fill.client import compute_key
 from regl.fill.store import SyntheticStore
 from regl.fl.progress import Write, count_progress
 from regl.fl.settings import ExperimentSettings
@@ -41,6 +42,7 @@ def warm_start_key(settings: ExperimentSettings) -> dict:
         "steps": settings.fill.steps,
         "guidance": settings.fill.guidance,
         "base": base_fingerprint(settings.fill.base_folder()),
+        **compute_key(settings.fill.compute()),
     }
 
 
@@ -56,7 +58,9 @@ def warm_start_data(settings: ExperimentSettings, write: Write) -> tuple[ImageDa
         return stored, 0.0
     started = time.perf_counter()
     like = load_split(settings.dataset).test
-    generator = Generator(settings.fill.base_folder(), like.class_names, template_for(settings.dataset))
+    generator = Generator(
+        settings.fill.base_folder(), like.class_names, template_for(settings.dataset), compute=settings.fill.compute()
+    )
     labels = [c for c in range(like.num_classes) for _ in range(settings.warm_start_per_class)]
     seed = settings.seed * 1_000_003 + 7  # apart from every client's fill seeds
     images = generator.generate(

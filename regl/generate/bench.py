@@ -1,12 +1,14 @@
-"""`regl bench-generator`: generation and LoRA speed, with the fraction of CPU peak reached.
+"""`regl bench-generator`: generation, LoRA and one client's fill, with the fraction of peak reached.
 
-Peak FP32 is estimated as cores × FLOP/cycle × clock; the defaults describe this
+A CPU's peak FP32 is estimated as cores × FLOP/cycle × clock; the defaults describe this
 project's machine (AMD EPYC with AVX-512: 32 FP32 FLOP/cycle/core from two 256-bit FMA
-pipes) and can be overridden, as nanoGPT's estimate_mfu assumes an A100's peak.
+pipes) and can be overridden, as nanoGPT's estimate_mfu assumes an A100's peak. A GPU's
+is its dense tensor-core figure from the vendor's data sheet (`GPU_PEAK_TFLOPS`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -14,8 +16,16 @@ from pathlib import Path
 
 import torch
 
+from regl.compute import Compute
 from regl.data.datasets import load_split
 from regl.generate.generator import Generator, image_seed
+from regl.generate.settings import FILL_SAMPLING, LoraSettings, SamplingSettings
+
+# Dense float16/bfloat16 tensor-core TFLOP/s by the name torch reports (float32: the TF32 figure is
+# not used, FP32 CUDA-core figures are in the second place).
+GPU_PEAK_TFLOPS = {"H200": (989.0, 67.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5), "L4": (121.0, 30.3)}
+# The demo's fill settings (`make demo`), for the one-client fill profile.
+DEMO_FILL = {"supplement": 0.2, "lora_steps": 100, "prior_per_class": 8}
 
 
 def cpu_clock_ghz() -> float:
@@ -37,10 +47,11 @@ def unet_flops_per_call(pipe, batch: int) -> int:
 
     unet = pipe.unet
     size = unet.config.sample_size
-    latents = torch.randn(batch, unet.config.in_channels, size, size)
-    context = torch.randn(batch, pipe.tokenizer.model_max_length, unet.config.cross_attention_dim)
+    like = {"device": unet.device, "dtype": unet.dtype}
+    latents = torch.randn(batch, unet.config.in_channels, size, size, **like)
+    context = torch.randn(batch, pipe.tokenizer.model_max_length, unet.config.cross_attention_dim, **like)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(latents, torch.full((batch,), 500), context)
+        unet(latents, torch.full((batch,), 500, device=unet.device), context)
     return counter.get_total_flops()
 
 
@@ -49,29 +60,44 @@ def bench_generation(generator: Generator, batch: int, steps: int, guidance: flo
     generator.generate(labels[:2], [0, 1], steps=2, guidance=guidance)  # warm-up
     best = float("inf")
     for r in range(repeats):
+        _synchronize(generator.compute)
         started = time.perf_counter()
         generator.generate(
             labels, [image_seed(r, i) for i in range(batch)], steps=steps, guidance=guidance, batch_size=batch
         )
+        _synchronize(generator.compute)
         best = min(best, time.perf_counter() - started)
     unet_batch = batch * (2 if guidance > 1 else 1)
     flops = unet_flops_per_call(generator.pipe, unet_batch) * steps
     return {"images_per_second": batch / best, "seconds": best, "unet_flops_per_second": flops / best}
 
 
-def bench_lora_finetune(base: Path, dataset: str, steps: int) -> dict:
+def _synchronize(compute: Compute) -> None:
+    if compute.device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_lora_finetune(base: Path, dataset: str, steps: int, compute: Compute) -> dict:
     """A default per-client fine-tune on client 0 of a one-class-per-client partition."""
     from regl.data.partitions import PartitionSpec
     from regl.fl.experiment import ExperimentSettings, client_data
     from regl.generate.lora import finetune_lora
     from regl.generate.prompts import template_for
-    from regl.generate.settings import LoraSettings
 
     settings = ExperimentSettings(dataset=dataset, partition=PartitionSpec("classes", 10, classes_per_client=1))
     data = client_data(settings, 0)
     names = load_split(dataset).test.class_names
     with tempfile.TemporaryDirectory() as out:
-        result = finetune_lora(data, names, template_for(dataset), base, Path(out) / "lora", LoraSettings(steps=steps))
+        result = finetune_lora(
+            data,
+            names,
+            template_for(dataset),
+            base,
+            Path(out) / "lora",
+            LoraSettings(steps=steps),
+            show_progress=False,
+            compute=compute,
+        )
     timings = dict(result.timings)
     timings["steps_per_second"] = steps / timings["train_seconds"]
     timings["client_images"] = len(data)
@@ -91,34 +117,95 @@ def bench_natural_noise(resolution: int, channels: int, n: int = 512) -> float:
     return n / best
 
 
-def run_benchmark(base: Path, dataset: str, threads: int, flop_per_cycle: int, lora_steps: int) -> str:
+def bench_client_fill(base: Path, compute_names: tuple[str, str]) -> dict:
+    """Client 0 of `make demo` (mnist-10k, 2 classes per client): its LoRA and diffusion fill, end to end."""
+    from regl.data.partitions import PartitionSpec
+    from regl.fill.client import ClientFill, FillSettings, client_plan
+    from regl.fl.experiment import ExperimentSettings, client_data
+    from regl.generate.generator import LORA_METADATA
+    from regl.generate.prompts import template_for
+
+    dataset = "mnist-10k"
+    data = client_data(ExperimentSettings(dataset=dataset, partition=PartitionSpec("classes", 10)), 0)
+    with tempfile.TemporaryDirectory() as store:
+        device, dtype = compute_names
+        settings = FillSettings(mode="diffusion", base=str(base), store=store, device=device, dtype=dtype, **DEMO_FILL)
+        fill = ClientFill(dataset, template_for(dataset), 0, 0, settings)
+        plan = client_plan(settings, data.class_counts(), None)
+        started = time.perf_counter()
+        images, timings = fill.make(data, plan, None)
+        timings["total_seconds"] = time.perf_counter() - started
+        lora = next(Path(store).glob(f"lora-client-0-*/{LORA_METADATA}"))
+        timings["lora"] = json.loads(lora.read_text())["timings"]
+    timings["images"] = len(images)
+    timings["store_seconds"] = timings["total_seconds"] - timings["finetune_seconds"] - timings["generate_seconds"]
+    return timings
+
+
+def peak_flops(compute: Compute, threads: int, flop_per_cycle: int) -> tuple[float, str]:
+    """The hardware's peak for the generator's arithmetic, and how it was found."""
+    if compute.device == "cuda":
+        name = torch.cuda.get_device_name()
+        half = compute.weights != "float32" or compute.autocast is not None
+        for model, (tensor, fp32) in GPU_PEAK_TFLOPS.items():
+            if model in name:
+                peak = tensor if half else fp32
+                return peak * 1e12, f"{name}: {peak:.0f} TFLOP/s ({'tensor-core 16-bit' if half else 'FP32'}, dense)"
+        return float("nan"), f"{name}: peak unknown (add it to GPU_PEAK_TFLOPS)"
+    peak = threads * flop_per_cycle * cpu_clock_ghz() * 1e9
+    how = f"{flop_per_cycle} FP32 FLOP/cycle/core at {cpu_clock_ghz():.2f} GHz"
+    if compute.autocast == "bfloat16":  # AVX512-BF16's dot products: twice the FP32 FLOPs per instruction
+        peak, how = 2 * peak, how + ", ×2 for BF16 dot products"
+    return peak, f"{peak / 1e9:.0f} GFLOP/s ({how})"
+
+
+def run_benchmark(
+    base: Path,
+    dataset: str,
+    threads: int,
+    flop_per_cycle: int,
+    lora_steps: int,
+    compute_names: tuple[str, str] = ("auto", "auto"),
+) -> str:
+    from regl.compute import resolve
     from regl.generate.prompts import template_for
 
     torch.set_num_threads(threads)
     names = load_split(dataset).test.class_names
-    generator = Generator(base, names, template_for(dataset))
-    peak = threads * flop_per_cycle * cpu_clock_ghz() * 1e9
+    generator = Generator(base, names, template_for(dataset), compute=resolve(*compute_names))
+    peak, how = peak_flops(generator.compute, threads, flop_per_cycle)
     lines = [
-        f"machine: {os.cpu_count()} CPUs, torch threads {threads}, assumed peak "
-        f"{peak / 1e9:.0f} GFLOP/s ({flop_per_cycle} FP32 FLOP/cycle/core at {cpu_clock_ghz():.2f} GHz)"
+        f"machine: {os.cpu_count()} CPUs, torch threads {threads}; generator on {generator.compute.describe()}; "
+        f"assumed peak {how}"
     ]
-    for guidance in (3.0, 1.0):
-        result = bench_generation(generator, batch=64, steps=20, guidance=guidance)
+    for label, sampling in (("the fill's sampling", FILL_SAMPLING), ("plain generation", SamplingSettings())):
+        result = bench_generation(generator, batch=64, steps=sampling.steps, guidance=sampling.guidance)
         lines.append(
-            f"generate batch 64, 20 steps, guidance {guidance:g}: {result['images_per_second']:.1f} images/s "
-            f"({result['seconds']:.2f}s); UNet {result['unet_flops_per_second'] / 1e9:.1f} GFLOP/s "
-            f"= {100 * result['unet_flops_per_second'] / peak:.1f}% of peak"
+            f"generate ({label}: batch 64, {sampling.steps} {sampling.scheduler} steps, guidance "
+            f"{sampling.guidance:g}): {result['images_per_second']:.1f} images/s ({result['seconds']:.2f}s); UNet "
+            f"{result['unet_flops_per_second'] / 1e9:.1f} GFLOP/s = "
+            f"{100 * result['unet_flops_per_second'] / peak:.1f}% of peak"
         )
     test = load_split(dataset).test
     lines.append(
         f"natural noise {test.resolution}×{test.resolution}×{test.channels}: "
         f"{bench_natural_noise(test.resolution, test.channels):.0f} images/s"
     )
-    timings = bench_lora_finetune(base, dataset, lora_steps)
+    timings = bench_lora_finetune(base, dataset, lora_steps, resolve(*compute_names, "training"))
     lines.append(
-        f"LoRA fine-tune ({timings['client_images']} client images, {lora_steps} steps, batch 32): "
-        f"{timings['steps_per_second']:.2f} steps/s; wall {timings['total_seconds']:.1f}s = prior images "
-        f"{timings['prior_seconds']:.1f}s + caching {timings['cache_seconds']:.1f}s + training "
-        f"{timings['train_seconds']:.1f}s"
+        f"LoRA fine-tune ({timings['client_images']} client images, {lora_steps} steps, "
+        f"batch {LoraSettings().batch_size}): "
+        f"{timings['steps_per_second']:.2f} steps/s; wall {timings['total_seconds']:.1f}s = pipeline load "
+        f"{timings['load_seconds']:.1f}s + prior images {timings['prior_seconds']:.1f}s + caching "
+        f"{timings['cache_seconds']:.1f}s + training {timings['train_seconds']:.1f}s"
+    )
+    fill = bench_client_fill(base, compute_names)
+    lora = fill["lora"]
+    lines.append(
+        f"one client's fill (make demo's client 0: {fill['images']} images, {DEMO_FILL['lora_steps']} LoRA steps): "
+        f"{fill['total_seconds']:.1f}s = LoRA {fill['finetune_seconds']:.1f}s (load {lora['load_seconds']:.1f}s, "
+        f"priors {lora['prior_seconds']:.1f}s, caching {lora['cache_seconds']:.1f}s, training "
+        f"{lora['train_seconds']:.1f}s) + generation {fill['generate_seconds']:.1f}s + store "
+        f"{fill['store_seconds']:.1f}s"
     )
     return "\n".join(lines)

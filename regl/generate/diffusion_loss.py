@@ -35,7 +35,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
     ids = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
-    return text_encoder(ids)[0]
+    return text_encoder(ids.to(text_encoder.device))[0]
 
 
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -54,11 +54,13 @@ def denoising_loss(
     snr_gamma: float | None,
 ) -> torch.Tensor:
     """ε-prediction MSE at uniformly drawn timesteps, optionally Min-SNR weighted."""
-    noise = torch.randn(latents.shape, generator=generator)
+    # drawn on the CPU, so a seed gives the same noise on any device
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     predicted = unet(noisy, timesteps, text_embeddings).sample
-    per_sample = F.mse_loss(predicted, noise, reduction="none").mean(dim=(1, 2, 3))
+    per_sample = F.mse_loss(predicted.float(), noise, reduction="none").mean(dim=(1, 2, 3))
     if snr_gamma:
         per_sample = per_sample * min_snr_weights(scheduler, timesteps, snr_gamma)
     return per_sample.mean()

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from regl.atomic import write_bytes_atomically
+from regl.compute import Compute, resolve
 from regl.errors import ReglError
 from regl.generate.settings import SamplingSettings
 
@@ -28,6 +29,7 @@ MAX_IMAGES = 100_000
 # three are stochastic: fresh noise at every step, drawn from each image's own generator.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpm": ("DPMSolverMultistepScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
@@ -59,8 +61,8 @@ def check_model_folder(folder: Path) -> None:
             raise ReglError(f"model folder {folder} lacks the `{part}` component")
 
 
-def load_pipeline(base: Path):
-    """StableDiffusionPipeline from a local folder, never touching the hub."""
+def load_pipeline(base: Path, dtype=None):
+    """StableDiffusionPipeline from a local folder, never touching the hub; `dtype`: its weights' torch dtype."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -74,7 +76,7 @@ def load_pipeline(base: Path):
     transformers_logging.disable_progress_bar()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            base, safety_checker=None, requires_safety_checker=False, local_files_only=True
+            base, safety_checker=None, requires_safety_checker=False, local_files_only=True, dtype=dtype
         )
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ReglError(f"cannot load the pipeline in {base}: {str(exc).splitlines()[0]}") from exc
@@ -162,10 +164,21 @@ def check_count(n: int) -> None:
 
 
 class Generator:
-    """A loaded pipeline plus the dataset's class names and prompt template."""
+    """A loaded pipeline plus the dataset's class names and prompt template.
 
-    def __init__(self, base: Path, class_names: tuple[str, ...], template: str, lora: Path | None = None) -> None:
-        self.pipe = load_pipeline(Path(base))
+    `compute` says where it runs and in what precision (default: `resolve()`, auto for inference).
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        class_names: tuple[str, ...],
+        template: str,
+        lora: Path | None = None,
+        compute: Compute | None = None,
+    ) -> None:
+        self.compute = compute or resolve()
+        self.pipe = load_pipeline(Path(base), self.compute.weights_dtype).to(self.compute.device)
         self.base_scheduler_config = self.pipe.scheduler.config  # every sampler starts from the base's own
         self.base = Path(base)
         self.lora = Path(lora) if lora else None
@@ -176,6 +189,13 @@ class Generator:
         self.class_names = class_names
         self.template = template
         self.resolution = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    def set_compute(self, compute: Compute) -> None:
+        """Run on from here in `compute`: a fine-tune's generator trains in one precision and samples in another."""
+        if compute.weights != self.compute.weights:
+            self.pipe.to(dtype=compute.weights_dtype)
+        self.pipe.to(compute.device)
+        self.compute = compute
 
     def set_lora_scale(self, scale: float) -> None:
         if self.lora:
@@ -212,7 +232,7 @@ class Generator:
         out = []
         for start in range(0, len(labels), batch_size):
             chunk = range(start, min(start + batch_size, len(labels)))
-            with torch.no_grad():
+            with torch.no_grad(), self.compute.autocast_context():
                 images = self.pipe(
                     prompt=[self.prompt(labels[i]) for i in chunk],
                     height=self.resolution,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from regl.compute import Compute, resolve
 from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
 from regl.generate.diffusion_loss import (
@@ -52,7 +53,7 @@ def _training_set(
     if settings.prior_per_class and missing:
         prior_labels = [c for c in missing for _ in range(settings.prior_per_class)]
         seeds = [image_seed(settings.seed + 7919, i) for i in range(len(prior_labels))]
-        prior = generator.generate(prior_labels, seeds)
+        prior = generator.generate(prior_labels, seeds, steps=settings.prior_steps, guidance=settings.prior_guidance)
         prior_pixels = torch.from_numpy(prior).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         pixels = torch.cat([pixels, prior_pixels])
         labels = np.concatenate([labels, prior_labels])
@@ -120,10 +121,13 @@ def finetune_lora(
     resume: bool = False,
     show_progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    compute: Compute | None = None,
 ) -> FinetuneResult:
     """Train a LoRA on `data` and write `out/pytorch_lora_weights.safetensors`.
 
-    `on_step(steps_done)` is called after every step (the service's job progress).
+    `on_step(steps_done)` is called after every step (the service's job progress). `compute`
+    (default: `resolve(purpose="training")`) keeps the weights in float32 whatever the
+    autocast dtype, so the saved adapter is float32.
     """
     from diffusers import DDPMScheduler
     from peft import LoraConfig
@@ -138,19 +142,26 @@ def finetune_lora(
         raise ReglError("rank, steps and batch size must all be at least 1")
     timings = {}
     started = time.perf_counter()
-    generator = Generator(base, class_names, template)
+    compute = compute or resolve(purpose="training")
+    if compute.weights != "float32":
+        raise ReglError(f"a LoRA trains with float32 weights (autocast for lower precision), got {compute.describe()}")
+    generator = Generator(base, class_names, template, compute=compute)
+    timings["load_seconds"] = time.perf_counter() - started
     pipe = generator.pipe
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
     _check_style_token(generator, settings.style_token)
+    prior_started = time.perf_counter()
     pixels, labels, draw_weights, is_prior = _training_set(generator, data, settings)
-    timings["prior_seconds"] = time.perf_counter() - started
+    timings["prior_seconds"] = time.perf_counter() - prior_started
 
     cached = time.perf_counter()
-    latents = encode_latents(pipe.vae, pixels)
+    with compute.autocast_context():
+        latents = encode_latents(pipe.vae, pixels.to(compute.device)).float()
     plain = [generator.prompt(c) for c in range(len(class_names))]
     own = [f"{prompt} {settings.style_token}" if settings.style_token else prompt for prompt in plain]
-    embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, own + plain)  # own images', then priors'
+    with compute.autocast_context():  # own images', then priors'
+        embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, own + plain).float()
     labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64) + len(class_names) * is_prior)
     timings["cache_seconds"] = time.perf_counter() - cached
 
@@ -165,7 +176,7 @@ def finetune_lora(
     optimizer = torch.optim.AdamW(params, lr=settings.lr)
     start_step, rng = 0, torch.Generator().manual_seed(settings.seed)
     if resume:
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location="cpu")  # the optimizer moves it back
         set_peft_model_state_dict(pipe.unet, state["adapter"], adapter_name=ADAPTER)
         optimizer.load_state_dict(state["optimizer"])
         start_step, rng = state["step"], restore_rng(state["rng"])
@@ -183,9 +194,10 @@ def finetune_lora(
     )
     for step in progress:
         rows = torch.multinomial(draw_weights, settings.batch_size, replacement=True, generator=rng)
-        loss = denoising_loss(
-            pipe.unet, noise_scheduler, latents[rows], embeddings[labels_t[rows]], rng, settings.snr_gamma
-        )
+        with compute.autocast_context():
+            loss = denoising_loss(
+                pipe.unet, noise_scheduler, latents[rows], embeddings[labels_t[rows]], rng, settings.snr_gamma
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
