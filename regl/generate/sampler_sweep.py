@@ -10,6 +10,7 @@ table.md is rewritten after every row.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -130,9 +131,14 @@ def run_sweep(
         real = train_and_test(draw_per_class(split.public, per_class, seed), split.test, epochs, seed)
         record = {"settings": settings, "real_tstr_accuracy": real, "environment": describe()}
         write_json_atomically(record_file, record)
-    generator = Generator(base, split.test.class_names, template_for(dataset), compute=compute)
-    generator.generate([0, 1], [0, 1], steps=2)  # warm-up: the first call's one-time costs stay out of row 1
-    classifier = reference_classifier(dataset, seed)
+
+    @functools.cache
+    def measuring_tools():
+        """The generator and the reference classifier, made only when some row is not kept."""
+        generator = Generator(base, split.test.class_names, template_for(dataset), compute=compute)
+        generator.generate([0, 1], [0, 1], steps=2)  # warm-up: the first call's one-time costs stay out of row 1
+        return generator, reference_classifier(dataset, seed)
+
     measured = []
     for i, row in enumerate(rows, 1):
         row_file = out_dir / f"{row.name}.json"
@@ -141,6 +147,7 @@ def run_sweep(
             print(f"[{i}/{len(rows)}] {row.name}: measured before, kept")
         else:
             print(f"[{i}/{len(rows)}] {row.name}: measuring")
+            generator, classifier = measuring_tools()
             kept = {"settings": settings, **_measure_row(generator, dataset, row, per_class, seed, epochs, classifier)}
             write_json_atomically(row_file, kept)
         measured.append(kept)
