@@ -1,7 +1,7 @@
 """Where and in what precision the generator, the LoRA and the classifier run: decided here, once.
 
 `--device auto` takes CUDA when torch reports a device. `--dtype auto`, by measurement
-(README, "Speed, precision and the fill's cost"): on CUDA, generation holds float16 weights and a
+(README, "Speed: device, precision and the fill's cost"): on CUDA, generation holds float16 weights and a
 LoRA trains in bfloat16 autocast over float32 weights (the saved adapter is float32; float32 alone
 on a GPU without bfloat16). On a CPU with bfloat16
 instructions (AVX512-BF16 or AMX), generation runs in bfloat16 autocast — 1.5× the UNet's
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from regl.errors import ReglError
@@ -68,26 +69,32 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve(device: str = "auto", dtype: str = "auto", purpose: Purpose = "inference") -> Compute:
-    """The device and precision a generator (`inference`) or a LoRA fine-tune (`training`) runs in."""
+@lru_cache(maxsize=1)
+def _isa_flags() -> tuple[str, ...]:
+    """This CPU's instruction sets, read once: every fill store's key asks for the resolved precision."""
     from regl.environment import cpu
 
+    return tuple(cpu()["isa_flags"])
+
+
+def resolve(device: str = "auto", dtype: str = "auto", purpose: Purpose = "inference") -> Compute:
+    """The device and precision a generator (`inference`) or a LoRA fine-tune (`training`) runs in."""
     if dtype not in DTYPES:
         raise ReglError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     where = resolve_device(device)
     if where == "cpu":
-        return cpu_compute(dtype, cpu()["isa_flags"], purpose)
+        return cpu_compute(dtype, _isa_flags(), purpose)
     return cuda_compute(dtype, purpose)
 
 
 def cpu_compute(dtype: str, flags: Iterable[str], purpose: Purpose = "inference") -> Compute:
     """The precision on a CPU with instruction-set `flags` (/proc/cpuinfo's)."""
-    flags = list(flags)
+    bf16 = cpu_has_bf16(flags)
     if dtype == "float16":
         raise ReglError("float16 needs a CUDA device; on a CPU use bfloat16 or float32")
-    if dtype == "bfloat16" and not cpu_has_bf16(flags):
+    if dtype == "bfloat16" and not bf16:
         raise ReglError("this CPU has no bfloat16 instructions (avx512_bf16 or amx_bf16); use float32")
-    if dtype == "bfloat16" or (dtype == "auto" and purpose == "inference" and cpu_has_bf16(flags)):
+    if dtype == "bfloat16" or (dtype == "auto" and purpose == "inference" and bf16):
         return Compute("cpu", "float32", "bfloat16")
     return Compute("cpu")
 
