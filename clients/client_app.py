@@ -4,37 +4,48 @@ What each handler sends back is all that ever leaves the client: class counts (o
 the fill, the Ratio Loss's monitor or class-balanced aggregation needs them), the mixup
 images it produces for other clients (mixup fill only), fill timings, and model weights
 (clipped under DP) with training metrics.
+
+The node config says where the work runs: `data-dir` (the node's own images, else its
+share of the run's dataset), `fill-service` and `train-service` (its `regl serve`, else
+in this process). Torch is imported only by a handler that trains or fills here: Flower
+starts a fresh process for every message, and a node whose service trains pays no import.
 """
 
 import json
 from dataclasses import replace
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from regl.data.datasets import ImageDataset
-from regl.fill.mixup import MixupSettings, label_hide_mixup
-from regl.fl.experiment import ExperimentSettings, client_data, new_model, prepare_fill, train_client
+from regl.fl.settings import ExperimentSettings
 
 app = ClientApp()
 
 
 def _settings(msg: Message, context: Context) -> tuple[ExperimentSettings, int]:
-    """The run's settings; a node's own `fill-service` (its `regl serve`) wins over the run config's."""
-    torch.set_num_threads(1)
+    """The run's settings with this node's own: its data folder and its `regl serve` for the fill."""
     settings = ExperimentSettings.from_config(dict(msg.content["config"]))
-    if context.node_config.get("fill-service"):
-        settings = replace(settings, fill=replace(settings.fill, service=str(context.node_config["fill-service"])))
-    num_nodes = int(context.node_config["num-partitions"])
+    node = context.node_config
+    if node.get("fill-service"):
+        settings = replace(settings, fill=replace(settings.fill, service=str(node["fill-service"])))
+    if node.get("data-dir"):
+        settings = replace(settings, data_dir=str(node["data-dir"]))
+    num_nodes = int(node["num-partitions"])
     if num_nodes != settings.partition.num_clients:
         raise ValueError(
             f"the run config asks for {settings.partition.num_clients} clients but the federation has {num_nodes} nodes"
         )
-    return settings, int(context.node_config["partition-id"])
+    return settings, int(node["partition-id"])
+
+
+def _in_process() -> None:
+    """This process computes: one torch thread, as every client of the simulation."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _target(msg: Message) -> np.ndarray | None:
@@ -44,6 +55,8 @@ def _target(msg: Message) -> np.ndarray | None:
 
 @app.query("class_counts")
 def class_counts(msg: Message, context: Context) -> Message:
+    from regl.fl.experiment import client_data
+
     settings, client_id = _settings(msg, context)
     counts = client_data(settings, client_id).class_counts()
     return Message(
@@ -54,6 +67,9 @@ def class_counts(msg: Message, context: Context) -> Message:
 @app.query("produce_mixup")
 def produce_mixup(msg: Message, context: Context) -> Message:
     """Mix this client's images for the labels other clients lack (DP-LabelHide: labels are not mixed)."""
+    from regl.fill.mixup import MixupSettings, label_hide_mixup
+    from regl.fl.experiment import client_data
+
     settings, client_id = _settings(msg, context)
     orders = json.loads(msg.content["config"]["orders"])
     data = client_data(settings, client_id)
@@ -71,6 +87,10 @@ def produce_mixup(msg: Message, context: Context) -> Message:
 
 @app.query("fill")
 def fill(msg: Message, context: Context) -> Message:
+    from regl.data.datasets import ImageDataset
+    from regl.fl.experiment import client_data, prepare_fill
+
+    _in_process()
     settings, client_id = _settings(msg, context)
     mixed = None
     if "mixed-images" in msg.content:
@@ -92,16 +112,16 @@ def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
 def train(msg: Message, context: Context) -> Message:
     settings, client_id = _settings(msg, context)
     config = msg.content["config"]
-    model = new_model(settings)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    metrics = train_client(
-        settings,
-        client_id,
-        model,
-        int(config["server-round"]),
-        _target(msg),
-        ratio=np.asarray(config["ratio"], dtype=np.float64) if "ratio" in config else None,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),  # what Flower's FedProx sends
-    )
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
-    return Message(content=content, reply_to=msg)
+    weights = {name: array.numpy() for name, array in msg.content["arrays"].items()}
+    if service := context.node_config.get("train-service"):
+        from regl.fl.remote_update import remote_update
+
+        run_config = {**dict(config), **settings.to_config()}  # with this node's fill service
+        updated, metrics = remote_update(str(service), run_config, client_id, settings.data_dir, weights)
+    else:
+        from regl.fl.experiment import local_update
+
+        _in_process()
+        updated, metrics = local_update(settings, client_id, weights, dict(config))
+    arrays = ArrayRecord({name: Array(np.ascontiguousarray(array)) for name, array in updated.items()})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)

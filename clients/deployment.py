@@ -1,9 +1,14 @@
 """`regl deploy`: the federation as separate processes on loopback, the way it runs across machines.
 
 A client node is a Flower SuperNode plus its own `regl serve`, which holds that client's
-data partition and makes its fill. One SuperLink coordinates them; `flwr run` submits the
+data (its share of the run's dataset, or with --data-dirs a folder of its own), makes its
+fill and trains its rounds warm. One SuperLink coordinates them; `flwr run` submits the
 app. Every process binds 127.0.0.1 inside the loopback-only sandbox and is stopped when
 the run ends.
+
+Faults: a node whose service does not come up joins without it (its ClientApp then says
+why it cannot work, each round, in rounds.json); a SuperNode that dies is started again,
+as an operator's supervisor would, and rejoins from the next round.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from pathlib import Path
 
 import httpx
 
+from regl.atomic import write_json_atomically
 from regl.cli.serving import service_argv
+from regl.data.node_data import run_class_names
 from regl.errors import ReglError
 from regl.fl.experiment import ExperimentSettings
 from service.settings import ServiceSettings
@@ -26,6 +33,8 @@ from service.settings import ServiceSettings
 SUPERLINK_PORT = 9090
 SUPERNODE_PORT = 9100  # + node index: each SuperNode's runtime API
 SERVICE_PORT = 8100  # + node index: each node's `regl serve`
+MAX_RESTARTS = 3  # per SuperNode: one that keeps dying is left dead
+POLL_SECONDS = 0.5
 CONNECTION_TOML = """\
 # Written by `regl deploy`: the SuperLink it starts on loopback.
 [superlink]
@@ -54,19 +63,26 @@ class Processes:
     """Started processes, each logging to its own file; all stopped on exit."""
 
     def __init__(self, log_dir: Path, bin_dir: Path) -> None:
-        self.log_dir, self.running = log_dir, []
+        self.log_dir, self.running, self.argv = log_dir, {}, {}
         log_dir.mkdir(parents=True, exist_ok=True)
         # the SuperLink and SuperNodes start `flower-superexec` and the apps by name
         self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        with open(self.log_dir / f"{name}.log", "w") as log:  # the child keeps its own descriptor
+    def start(self, name: str, argv: list[str], mode: str = "w") -> subprocess.Popen:
+        with open(self.log_dir / f"{name}.log", mode) as log:  # the child keeps its own descriptor
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.running.append((name, process))
+        self.running[name], self.argv[name] = process, argv
         return process
 
+    def restart(self, name: str) -> subprocess.Popen:
+        """The same command again, its log appended to."""
+        return self.start(name, self.argv[name], mode="a")
+
+    def exited(self, name: str) -> int | None:
+        return self.running[name].poll()
+
     def check_alive(self) -> None:
-        for name, process in self.running:
+        for name, process in self.running.items():
             if process.poll() is not None:
                 raise ReglError(f"{name} exited with code {process.returncode}; see {self.log_dir / name}.log")
 
@@ -75,10 +91,10 @@ class Processes:
 
     def __exit__(self, *exc) -> None:
         """SIGTERM to all, one shared 30 s grace period, then SIGKILL to what is left."""
-        for _, process in reversed(self.running):
+        for process in reversed(self.running.values()):
             process.terminate()
         deadline = time.monotonic() + 30
-        for _, process in self.running:
+        for process in self.running.values():
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -86,13 +102,15 @@ class Processes:
                 process.wait()
 
 
-def _wait_for_service(url: str, processes: Processes, timeout_s: float = 300) -> None:
+def _service_up(name: str, url: str, processes: Processes, timeout_s: float = 300) -> bool:
+    """Whether the node's service answers /healthz; False as soon as its process has exited."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        processes.check_alive()
+        if processes.exited(name) is not None:
+            return False
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
+                return True
         except httpx.TransportError:
             pass
         time.sleep(0.5)
@@ -110,26 +128,65 @@ def _wait_for_port(port: int, processes: Processes, timeout_s: float = 60) -> No
     raise ReglError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g} s")
 
 
-def node_service_settings(settings: ExperimentSettings, node: int, store: Path) -> ServiceSettings:
-    """Node `node`'s `regl serve`: the client's own share of the run's partition, its port and store."""
-    return ServiceSettings(
-        data=settings.dataset,
-        client=node,
-        **ServiceSettings.partition_fields(settings.partition),
-        base=settings.fill.base_folder(),
-        port=SERVICE_PORT + node,
-        threads=1,
-        store=store,
-    )
+def node_service_settings(settings: ExperimentSettings, node: int, store: Path, data_dir: str = "") -> ServiceSettings:
+    """Node `node`'s `regl serve`: its own data folder, or the client's share of the run's partition."""
+    if data_dir:
+        data = {
+            "data": data_dir,
+            "classes": ",".join(run_class_names(settings.dataset, settings.classes)),
+            "dataset": settings.dataset,
+        }
+    else:
+        data = {"data": settings.dataset, "client": node, **ServiceSettings.partition_fields(settings.partition)}
+    return ServiceSettings(**data, base=settings.fill.base_folder(), port=SERVICE_PORT + node, threads=1, store=store)
 
 
-def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) -> dict:
-    """Start SuperLink, per node `regl serve` (when it makes the fill) and SuperNode; run; stop all.
+def _node_config(node: int, nodes: int, service: str | None, service_fill: bool, data_dir: str) -> str:
+    """The SuperNode's --node-config: who it is, its data, and what its `regl serve` does for it."""
+    config = f"partition-id={node} num-partitions={nodes}"
+    if data_dir:
+        config += f" data-dir={json.dumps(str(Path(data_dir).resolve()))}"
+    if service and service_fill:
+        config += f" fill-service={json.dumps(service)}"
+    if service:
+        config += f" train-service={json.dumps(service)}"
+    return config
 
-    Returns the run's summary.json content.
+
+def _supervise(flwr_run: subprocess.Popen, processes: Processes, nodes: int) -> dict[int, int]:
+    """Wait for `flwr run`; start a SuperNode that dies again (at most MAX_RESTARTS times). Restarts per node."""
+    restarts = {node: 0 for node in range(nodes)}
+    while flwr_run.poll() is None:
+        for node in range(nodes):
+            name = f"supernode-{node}"
+            code = processes.exited(name)
+            if code is not None and restarts[node] < MAX_RESTARTS:
+                restarts[node] += 1
+                print(
+                    f"{name} exited with code {code}; starting it again ({restarts[node]} of {MAX_RESTARTS})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                processes.restart(name)
+        time.sleep(POLL_SECONDS)
+    return {node: count for node, count in restarts.items() if count}
+
+
+def deploy(
+    settings: ExperimentSettings,
+    service_fill: bool,
+    state_dir: Path,
+    data_dirs: tuple[str, ...] = (),
+    service_train: bool = True,
+) -> dict:
+    """Start SuperLink, per node `regl serve` (when it fills or trains) and SuperNode; run; stop all.
+
+    `data_dirs`: one folder (or npz) per node, its own data. Returns the run's summary.json content.
     """
     out_dir = Path(settings.out_dir).resolve()
     nodes = settings.partition.num_clients
+    if data_dirs and len(data_dirs) != nodes:
+        raise ReglError(f"{len(data_dirs)} data folders for {nodes} nodes")
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "config.toml").write_text(CONNECTION_TOML.format(port=SUPERLINK_PORT))
     bin_dir = Path(sys.executable).parent
@@ -143,18 +200,24 @@ def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) ->
             [str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(SUPERLINK_PORT)],
         )
         _wait_for_port(SUPERLINK_PORT, processes)
-        services = {}
-        if service_fill:
+        services: dict[int, str] = {}
+        if service_fill or service_train:
             for node in range(nodes):
-                service = node_service_settings(settings, node, out_dir / f"service-{node}")
+                data_dir = data_dirs[node] if data_dirs else ""
+                service = node_service_settings(settings, node, out_dir / f"service-{node}", data_dir)
                 processes.start(f"service-{node}", [sys.executable, "-m", "regl.cli", *service_argv(service)])
                 services[node] = f"http://127.0.0.1:{SERVICE_PORT + node}"
-            for url in services.values():
-                _wait_for_service(url, processes)
+            for node, url in list(services.items()):
+                if not _service_up(f"service-{node}", url, processes):
+                    del services[node]
+                    print(
+                        f"node {node}: its regl serve exited (see {out_dir / 'logs'}/service-{node}.log); "
+                        "the node joins without it",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         for node in range(nodes):
-            config = f"partition-id={node} num-partitions={nodes}"
-            if node in services:
-                config += f" fill-service={json.dumps(services[node])}"
+            config = _node_config(node, nodes, services.get(node), service_fill, data_dirs[node] if data_dirs else "")
             processes.start(
                 f"supernode-{node}",
                 [
@@ -169,10 +232,12 @@ def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) ->
                 ],
             )
         time.sleep(2)  # the SuperNodes register with the SuperLink
-        processes.check_alive()
+        for node in range(nodes):
+            if processes.exited(f"supernode-{node}") is not None:
+                raise ReglError(f"supernode-{node} exited at start; see {out_dir / 'logs'}/supernode-{node}.log")
         setup_seconds = time.perf_counter() - started
         project = Path(__file__).resolve().parents[1]
-        code = subprocess.call(
+        flwr_run = subprocess.Popen(
             [
                 str(bin_dir / "flwr"),
                 "run",
@@ -185,17 +250,22 @@ def deploy(settings: ExperimentSettings, service_fill: bool, state_dir: Path) ->
             cwd=project,
             env=processes.env,
         )
-        if code != 0:
-            raise ReglError(f"flwr run exited with code {code}; logs in {out_dir / 'logs'}")
+        restarts = _supervise(flwr_run, processes, nodes)
+        if flwr_run.returncode != 0:
+            raise ReglError(f"flwr run exited with code {flwr_run.returncode}; logs in {out_dir / 'logs'}")
     summary_file = out_dir / "summary.json"
     if not summary_file.exists():
         raise ReglError(f"the deployed run ended without a summary in {out_dir}; logs in {out_dir / 'logs'}")
     summary = json.loads(summary_file.read_text())
     summary["deployment"] = {
         "nodes": nodes,
-        "service_fill": service_fill,
+        "service_fill": service_fill and bool(services),
+        "service_train": service_train and bool(services),
+        "nodes_without_service": sorted(set(range(nodes)) - set(services)) if service_fill or service_train else [],
+        "data_dirs": [str(Path(d).resolve()) for d in data_dirs],
+        "supernode_restarts": restarts,
         "setup_seconds": setup_seconds,
         "total_seconds": time.perf_counter() - started,
     }
-    (out_dir / "deployment.json").write_text(json.dumps(summary["deployment"], indent=2))
+    write_json_atomically(out_dir / "deployment.json", summary["deployment"])
     return summary

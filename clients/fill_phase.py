@@ -5,6 +5,9 @@
    holders mix their own images (DP-LabelHide) and the server routes the mixes back;
 3. every client plans, fine-tunes its LoRA, generates and stores its fill; a progress line
    as each one finishes.
+
+A node that fails a step is left out of what follows and named in the fill's summary;
+the run goes on with the others (its rounds then report it missing), unless none is left.
 """
 
 import json
@@ -30,9 +33,11 @@ def _exchange(
     action: str,
     content: Callable[[int], RecordDict],
     traffic: TrafficLog,
+    failures: list[dict],
     on_reply: Callable[[Message], None] | None = None,
 ) -> list[Message]:
-    """Send every node its message and wait for all replies; `on_reply` sees each one as it comes."""
+    """Send every node its message and wait for all replies; `on_reply` sees each one as it comes, `failures`
+    gets each error reply (a node whose ClientApp raised, or one the SuperLink found dead)."""
     messages = [Message(content(node), dst_node_id=node, message_type=f"query.{action}") for node in nodes]
     waiting = set(grid.push_messages(messages))
     replies: list[Message] = []
@@ -40,13 +45,17 @@ def _exchange(
         for reply in grid.pull_messages(waiting):
             waiting.discard(reply.metadata.reply_to_message_id)
             if reply.has_error():
-                raise RuntimeError(f"a client failed in the fill phase ({action}): {reply.error.reason}")
+                failures.append({"step": action, "node": reply.metadata.src_node_id, "reason": reply.error.reason})
+                continue
             traffic.add(action, reply)
             replies.append(reply)
             if on_reply is not None:
                 on_reply(reply)
         if waiting:
             time.sleep(PULL_SECONDS)
+    if not replies:
+        reasons = "; ".join(sorted({f["reason"][:300] for f in failures}))
+        raise RuntimeError(f"every client failed in the fill phase ({action}): {reasons}")
     return replies
 
 
@@ -84,9 +93,10 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
     started = time.perf_counter()
     counts: dict[int, np.ndarray] = {}
     node_of: dict[int, int] = {}
+    failures: list[dict] = []
     if "mixup" in fill.sources or fill.target == "global":
         for reply in _exchange(
-            grid, nodes, "class_counts", lambda _: RecordDict({"config": ConfigRecord(config)}), traffic
+            grid, nodes, "class_counts", lambda _: RecordDict({"config": ConfigRecord(config)}), traffic, failures
         ):
             record = reply.content["class-counts"]
             counts[int(record["client"])] = np.asarray(record["counts"], dtype=np.int64)
@@ -111,7 +121,7 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
             return RecordDict({"config": ConfigRecord({**config, "orders": json.dumps(assignments[client_of[node]])})})
 
         producers = [node_of[client] for client in assignments]
-        replies = _exchange(grid, producers, "produce_mixup", orders, traffic)
+        replies = _exchange(grid, producers, "produce_mixup", orders, traffic, failures)
         mixed = mixes_by_requester(
             [
                 (
@@ -134,7 +144,7 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
         metrics = reply.content["metrics"]
         progress.client_done(int(metrics["client"]), int(metrics["synthetic-images"]))
 
-    replies = _exchange(grid, nodes, "fill", fill_content, traffic, client_done)
+    replies = _exchange(grid, nodes, "fill", fill_content, traffic, failures, client_done)
     clients = sorted((dict(reply.content["metrics"]) for reply in replies), key=lambda m: m["client"])
     return {
         "summary": {
@@ -142,6 +152,7 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
             "clients": clients,
             "unserved_mixup_requests": unserved,
             "target": "uniform" if target is None else target.tolist(),
+            "failures": failures,
         },
         "train_config": {k: v for k, v in config.items() if k == "fill-target-composition"},
     }

@@ -18,10 +18,14 @@ from regl.fl.progress import RoundProgress, Write, print_line
 from regl.fl.report import RunReport
 
 NODE_WAIT_SECONDS = 120.0
+# a round's replies are awaited this long; a node that dies is reported by the SuperLink sooner
+# (its heartbeat lapses within about a minute), so this bounds only a live node that hangs
+ROUND_TIMEOUT_SECONDS = 1800.0
 
 
 def wait_for_nodes(grid: Grid, expected: int) -> None:
-    """FedAvg would wait forever for missing nodes; fail with the mismatch instead."""
+    """All nodes must join before the fill and round 1 (each holds classes the others may lack); fail with the
+    mismatch instead of waiting forever. Later rounds go on with the nodes that are there (clients/strategy.py)."""
     deadline = time.monotonic() + NODE_WAIT_SECONDS
     while (found := len(list(grid.get_node_ids()))) < expected:
         if time.monotonic() > deadline:
@@ -69,7 +73,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
         record = {"round": server_round, **result, **_round_timing(recording.last_round, eval_started)}
         recording.last_round = {}
         report.add_round(record)
-        progress.round_done(server_round, result["accuracy"], record.get("failed_clients", 0))
+        progress.round_done(server_round, result["accuracy"], tuple(record.get("missing_clients", ())))
         return MetricRecord({"accuracy": result["accuracy"], "loss": result["loss"]})
 
     strategy.start(
@@ -78,6 +82,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
         num_rounds=settings.num_rounds,
         train_config=ConfigRecord({**settings.to_config(), **train_extras}),
         evaluate_fn=evaluate_fn,
+        timeout=ROUND_TIMEOUT_SECONDS,
     )
     write_json_atomically(Path(settings.out_dir) / "traffic.json", traffic.messages())
     return report.finish(
@@ -149,6 +154,8 @@ def _round_timing(last_round: dict, eval_started: float) -> dict:
         "server_eval_seconds": now - eval_started,
         "client_compute_seconds": sum(c["train-seconds"] + c["eval-seconds"] for c in clients),
         "failed_clients": last_round["failures"],
+        "missing_clients": last_round["missing_clients"],
+        "errors": last_round["errors"],
         **last_round.get("monitor", {}),
         "personalized_accuracy": sum(c["personalized-accuracy"] for c in clients) / max(len(clients), 1),
         **_mean_in_domain(clients),

@@ -54,6 +54,7 @@ class Recording:
         traffic: TrafficLog,
         weighting: str,
         monitor: CompositionMonitor | None,
+        num_clients: int,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -61,6 +62,8 @@ class Recording:
         )
         self.last_round: dict = {}
         self.traffic, self.weighting, self.monitor = traffic, weighting, monitor
+        self.num_clients = num_clients
+        self.client_of_node: dict[int, int] = {}  # learnt from replies: a node that fails is named by its client
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -87,11 +90,27 @@ class Recording:
             {k: v for k, v in msg.content["metrics"].items() if k != "class-counts"} for msg in answered
         ]
         self.last_round["failures"] = len(replies) - len(answered)
+        self.last_round.update(self._missing(answered, [msg for msg in replies if msg.has_error()]))
         arrays, metrics = super().aggregate_train(server_round, replies)
         if self.monitor is not None and arrays is not None:
             counts = np.sum([msg.content["metrics"]["class-counts"] for msg in answered], axis=0)
             self.last_round["monitor"] = self.monitor.end_round(server_round, arrays.to_torch_state_dict(), counts)
         return arrays, metrics
+
+    def _missing(self, answered: list[Message], failed: list[Message]) -> dict:
+        """Which clients sent no update this round, and why where a node said (an error reply or a dead node)."""
+        for msg in answered:
+            self.client_of_node[msg.metadata.src_node_id] = int(msg.content["metrics"]["client"])
+        clients = {int(msg.content["metrics"]["client"]) for msg in answered}
+        errors = [
+            {
+                "node": msg.metadata.src_node_id,
+                "client": self.client_of_node.get(msg.metadata.src_node_id),
+                "reason": msg.error.reason[:1000],
+            }
+            for msg in failed
+        ]
+        return {"missing_clients": sorted(set(range(self.num_clients)) - clients), "errors": errors}
 
     def _set_weights(self, replies: list[Message]) -> None:
         metrics = [msg.content["metrics"] for msg in replies]
@@ -131,9 +150,12 @@ def build_strategy(
         # under DP the noise is calibrated to a uniform mean: one client moves it by at most clip/N
         "weighting": "uniform" if settings.dp_noise else settings.aggregate_weight,
         "monitor": monitor,
-        "min_train_nodes": n,
-        "min_available_nodes": n,
+        "num_clients": n,
+        # every node that is connected trains (a skewed client holds classes the others lack), and a round
+        # goes on with as few as one: a dead node is left out instead of the run waiting for it forever
         "fraction_train": 1.0,
+        "min_train_nodes": 1,
+        "min_available_nodes": 1,
     }
     recording: Recording = {
         "fedavg": lambda: RecordingFedAvg(**common),

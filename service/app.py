@@ -21,7 +21,7 @@ from service.errors import UNAUTHORIZED
 from service.jobs import JobRunner
 from service.local_model import LocalModel
 from service.openapi import service_openapi
-from service.routes import generate, health, jobs, model, page
+from service.routes import generate, health, jobs, model, page, train
 from service.settings import ServiceSettings
 
 log = logging.getLogger("regl.service")
@@ -68,7 +68,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(page.router)
     app.include_router(health.router)
     guarded = {"dependencies": [Depends(require_token)], "responses": UNAUTHORIZED} if settings.token else {}
-    for router in (model.router, generate.router, jobs.router):
+    for router in (model.router, generate.router, jobs.router, train.router):
         app.include_router(router, **guarded)
 
     @app.exception_handler(ReglError)

@@ -19,9 +19,14 @@ from service.settings import ServiceSettings
 
 
 def load_client_data(settings: ServiceSettings) -> ImageDataset | None:
-    """The client's own images: a folder, a built-in dataset, or one client's share of it."""
+    """The client's own images: a folder, a built-in dataset, one client's share of it, or a federation node's
+    training split (with `classes`)."""
     if not settings.data:
         return None
+    if settings.classes:
+        from regl.data.node_data import load_node_data
+
+        return load_node_data(settings.data, tuple(settings.classes.split(","))).train
     if settings.client < 0:
         return load_dataset(settings.data)
     if settings.data not in BUILTINS:
@@ -42,7 +47,13 @@ class LocalModel:
 
         self.settings = settings
         self.data = load_client_data(settings)
+        # what the fill store's keys name the data by; the prompts are the dataset's, a folder's own or a node's
         self.dataset = settings.data or settings.dataset
+        prompts_of = self.dataset
+        if settings.classes:
+            from regl.data.node_data import node_key
+
+            self.dataset, prompts_of = node_key(settings.dataset, settings.data), settings.dataset
         if self.data is not None:
             self.class_names = self.data.class_names
             self.resolution, self.channels = self.data.resolution, self.data.channels
@@ -51,7 +62,7 @@ class LocalModel:
         else:
             sample = load_dataset(settings.dataset)
             self.class_names, self.resolution, self.channels = sample.class_names, sample.resolution, sample.channels
-        self.template = template_for(self.dataset)
+        self.template = template_for(prompts_of)
         self.lock = threading.Lock()
         self.compute = resolve(settings.device, settings.dtype)
         self.generator = Generator(

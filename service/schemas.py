@@ -184,3 +184,21 @@ class JobInfo(BaseModel):
     created: float
     started: float | None
     finished: float | None
+
+
+class TrainRequest(BaseModel):
+    """One federated round's local update, as a node's ClientApp forwards it (regl/fl/remote_update.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, str | int | float | bool | list[str] | list[int] | list[float] | list[bool]] = Field(
+        description="the run config as the server sent it for this round (kebab-case keys, server-round included)"
+    )
+    client: JsonInt = Field(ge=0, description="the node's partition-id")
+    data_dir: StrictStr = Field("", max_length=4096, description="the node's own data folder; empty: a partition")
+    weights: StrictStr = Field(description="the global model: base64 npz of its arrays and their names")
+
+
+class TrainResponse(BaseModel):
+    weights: str = Field(description="the client's updated model, packed as the request's")
+    metrics: dict[str, str | int | float | bool | list[int] | list[float]]

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from regl.data.partitions import PartitionSpec
@@ -24,6 +24,9 @@ class ServiceSettings(BaseSettings):
     lora: Path | None = None
     data: str = ""  # the client's images: a folder (one subfolder per class) or a built-in dataset
     dataset: str = CLASSES_OF  # class names, prompt template and image shape when there is no data
+    # a federation node's own `data`: its run's class list, comma-separated (regl/data/node_data.py);
+    # the service then fine-tunes, fills and trains on the node's training split only
+    classes: str = ""
     client: int = -1  # with a built-in `data`: this client's share of the partition below
     clients: int = PARTITION.num_clients
     partition: str = PARTITION.kind
@@ -51,6 +54,12 @@ class ServiceSettings(BaseSettings):
     def empty_token_is_none(cls, value):
         """REGL_TOKEN= (empty) means no token, not a token nobody can send."""
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def classes_need_data(self) -> ServiceSettings:
+        if self.classes and not self.data:
+            raise ValueError("classes names a federation node's class list: give the node's --data too")
+        return self
 
     def partition_spec(self) -> PartitionSpec:
         """The partition a built-in `data` is cut by: the one `regl fl` cuts with the same fields."""

@@ -62,6 +62,11 @@ CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine 
         (["bench", "--arms", "dp0"], "the DP noise multiplier must be > 0"),
         (["bench", "--seeds", "0,x"], "--seeds must be comma-separated integers"),
         (["serve", "--threads", "0"], "threads: Input should be greater than or equal to 1"),
+        (["serve", "--classes", "cat,dog"], "give the node's --data too"),
+        (["deploy", "--data-dirs", "/no/a,/no/b"], "--data-dirs: /no/a does not exist"),
+        (["deploy", "--data-dirs", "/tmp"], "--data-dirs needs a folder for each of at least two nodes"),
+        (["deploy", "--classes", "cat,dog"], "give the server's --test-data too"),
+        (["deploy", "--test-data", "/no/such/test"], "data folder /no/such/test does not exist"),
         pytest.param(["serve", "--dtype", "float16"], "float16 needs a CUDA device", marks=CPU_ONLY),
         pytest.param(["fl", "--fill", "diffusion", "--fill-device", "cuda"], "sees no CUDA device", marks=CPU_ONLY),
         (["generate", "--class", "bag", "--out", "x", "--dtype", "half"], "argument --dtype: invalid choice"),
@@ -171,8 +176,11 @@ def _option_values() -> dict[str, list]:
         "dp-clip": [0.1, 5.0],
         "dp-clipping": ["server"],
     }
-    assert set(values) == set(EXPERIMENT_OPTIONS.values())
+    assert set(values) | DEPLOY_ONLY == set(EXPERIMENT_OPTIONS.values())
     return {key: [default[key], *choices] for key, choices in values.items()}
+
+
+DEPLOY_ONLY = {"classes", "test-data"}  # node-local data: options of regl deploy, not of regl fl
 
 
 def _normal(config: dict) -> ExperimentSettings:
@@ -203,6 +211,15 @@ def test_every_fl_option_survives_settings_to_argv_and_back():
         argv = settings_to_argv(settings)
         assert argv[0] == "fl"
         assert parse(argv) == settings, argv
+
+
+def test_node_local_data_options_are_deploys():
+    settings = _normal({**ExperimentSettings().to_config(), "classes": "cat,dog,owl", "test-data": "/data/server test"})
+    argv = settings_to_argv(settings, "deploy")
+    assert argv[:5] == ["deploy", "--classes", "cat,dog,owl", "--test-data", "/data/server test"]
+    assert experiment_settings(command_parser("deploy").parse_args(argv[1:])) == settings
+    with pytest.raises(ValueError, match="has no option for classes, test_data"):
+        settings_to_argv(settings)
 
 
 def test_settings_without_an_option_are_refused():

@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from regl.cli import command_parser, main
 
@@ -72,3 +74,111 @@ def test_deployed_run_gets_each_clients_fill_from_its_own_service(tmp_path, monk
         ("train", "arrays"),
         ("train", "metrics"),
     }
+
+
+def _digit_folders(root: Path, holdings: dict[str, range], per_class: int) -> list[Path]:
+    """PNG folders of real mnist-10k digits: one per node, a subfolder per digit it holds."""
+    from regl.data.datasets import load_split
+
+    private = load_split("mnist-10k").private
+    folders = []
+    for name, digits in holdings.items():
+        for digit in digits:
+            (root / name / str(digit)).mkdir(parents=True)
+            for i, index in enumerate(np.flatnonzero(private.y == digit)[:per_class]):
+                Image.fromarray(private.x[index, :, :, 0]).save(root / name / str(digit) / f"{i}.png")
+        folders.append(root / name)
+    return folders
+
+
+@pytest.mark.e2e
+def test_nodes_on_their_own_png_folders_fill_and_train_through_their_services(tmp_path, monkeypatch, capfd):
+    """Three nodes, each its own folder of PNGs, and a fourth whose folder names a class the run lacks."""
+    nodes = _digit_folders(tmp_path / "data", {"a": range(0, 4), "b": range(3, 7), "c": range(6, 10)}, 30)
+    test_folder = _digit_folders(tmp_path / "data", {"server-test": range(10)}, 10)[0]
+    bad = tmp_path / "data" / "d"
+    (bad / "cat").mkdir(parents=True)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(bad / "cat" / "0.png")
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    argv = ["deploy", "--dataset", "mnist-10k", "--data-dirs", ",".join(map(str, [*nodes, bad]))]
+    argv += ["--test-data", str(test_folder), "--rounds", "2", "--local-epochs", "5", "--batch-size", "16"]
+    argv += ["--lr", "0.05", "--fill", "noise", "--fill-supplement", "0.5"]
+    code = main([*argv, "--fill-store", str(tmp_path / "store"), "--out-dir", str(out)])
+    terminal = capfd.readouterr()
+    assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
+    deployment = json.loads((out / "deployment.json").read_text())
+    assert deployment["nodes"] == 4 and deployment["nodes_without_service"] == [3]
+    assert deployment["data_dirs"] == [str(f) for f in (*nodes, bad)]
+    summary = json.loads((out / "summary.json").read_text())
+    fill = summary["fill"]
+    assert [c["client"] for c in fill["clients"]] == [0, 1, 2]
+    for client in fill["clients"]:  # 4 classes × 30 images, 6 of each held out: 96 trained on, 48 noise
+        assert client["real-images"] == 96 and client["synthetic-images"] == client["planned-noise"] == 48
+    assert [f["step"] for f in fill["failures"]] == ["fill"] and "cat" in fill["failures"][0]["reason"]
+    rounds = [r for r in json.loads((out / "rounds.json").read_text()) if r["round"] > 0]
+    assert len(rounds) == 2
+    for record in rounds:
+        assert record["missing_clients"] == [3] and "does not know: cat" in record["errors"][0]["reason"]
+        assert sorted(c["client"] for c in record["clients"]) == [0, 1, 2]
+        assert all(c["num-examples"] == 96 for c in record["clients"])
+    assert summary["final_accuracy"] > 0.2  # 10 classes, tested on the server's own folder
+    for node in range(3):  # each node's service filled once and trained both rounds
+        log = (out / "logs" / f"service-{node}.log").read_text()
+        assert log.count("POST /v1/fill") == 1 and log.count("POST /v1/train") == 2
+    assert "node 3: its regl serve exited" in terminal.err
+
+
+def _pid_of(*words: str) -> int:
+    """The process whose command line holds all `words` (the SuperNode to kill)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if all(word in cmdline for word in words):
+                return int(proc.name)
+    raise AssertionError(f"no process with {words}")
+
+
+@pytest.mark.e2e
+def test_a_supernode_killed_in_round_2_is_reported_missing_and_rejoins(tmp_path, monkeypatch, capfd):
+    import os
+    import signal
+    import threading
+    import time
+
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    killed = {}
+
+    def kill_node_1_in_round_2() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                rounds = json.loads((out / "rounds.json").read_text())
+            except (OSError, ValueError):
+                rounds = []
+            if any(r["round"] == 1 for r in rounds):  # round 1 evaluated: round 2 has begun
+                os.kill(_pid_of("--port", "9101"), signal.SIGKILL)
+                killed["after_round"] = max(r["round"] for r in rounds)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_node_1_in_round_2, daemon=True)
+    killer.start()
+    argv = ["deploy", "--dataset", "mnist-10k", "-k", "5", "--clients", "3", "--rounds", "5", "--local-epochs", "2"]
+    code = main([*argv, "--out-dir", str(out)])
+    killer.join(timeout=5)
+    terminal = capfd.readouterr()
+    assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
+    assert killed == {"after_round": 1}
+    rounds = [r for r in json.loads((out / "rounds.json").read_text()) if r["round"] > 0]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]  # the run finished its rounds
+    assert rounds[0]["missing_clients"] == [] and rounds[1]["missing_clients"] == [1]
+    assert sorted(c["client"] for c in rounds[1]["clients"]) == [0, 2]
+    assert rounds[-1]["missing_clients"] == []  # restarted, node 1 is back
+    assert json.loads((out / "deployment.json").read_text())["supernode_restarts"] == {"1": 1}
+    assert "supernode-1 exited with code -9; starting it again" in terminal.err
+    assert "no update from client 1" in terminal.out

@@ -52,10 +52,10 @@ def test_progress_lines():
     lines = []
     rounds = RoundProgress(3, started=0.0, write=lines.append)
     rounds.round_done(0, 0.1)
-    rounds.round_done(1, 0.5, failed_clients=2)
+    rounds.round_done(1, 0.5, missing_clients=(2, 5))
     assert lines[0] == "round 0/3: accuracy 10.00% (the initial model)"
     assert lines[1].startswith("round 1/3: accuracy 50.00%, ") and lines[1].endswith(
-        "left; 2 clients failed (see the run's log)"
+        "left; no update from clients 2, 5 (see rounds.json)"
     )
     fill = FillProgress(2, lines.append)
     fill.client_done(1, 120)

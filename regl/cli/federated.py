@@ -21,6 +21,7 @@ from regl.cli.options import (
     add_run_options,
     add_training_options,
     add_warm_start_options,
+    experiment_defaults,
     experiment_settings,
 )
 from regl.errors import ReglError
@@ -33,16 +34,21 @@ FLOWER_STATE_DIR = Path(".flwr")
 DEPLOY_STATE_DIR = Path(".flwr-deploy")
 
 
-def check_data(settings: ExperimentSettings) -> None:
+def check_data(settings: ExperimentSettings, node_local: bool = False) -> None:
     """Load the data and partition (and, under DP, build the model) once up front so bad input fails before Ray starts.
 
     The partitioner's warnings are left to the run itself, which keeps them in its log.
+    With node-local data only the server's test set is checked: each node reads its own.
     """
-    from regl.fl.experiment import federation, new_model
+    from regl.fl.experiment import class_names, federation, new_model, test_data
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        federation(settings)
+    class_names(settings)
+    if settings.test_data or node_local:
+        test_data(settings)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            federation(settings)
     if settings.dp_noise and any(True for _ in new_model(settings).buffers()):
         raise ReglError(
             "DP clips and noises the whole model the clients send, and this model's BatchNorm statistics would "
@@ -149,27 +155,60 @@ def add_deploy_options(parser: argparse.ArgumentParser) -> None:
     add_fill_options(parser)
     add_warm_start_options(parser)
     add_method_options(parser)
+    group = parser.add_argument_group("node-local data", "every node trains, fills and evaluates on its own images")
+    group.add_argument(
+        "--data-dirs",
+        default="",
+        help="one folder (a subfolder per class it holds, named as the run's classes) or npz per node, "
+        "comma-separated; sets --clients to their number. --dataset still names the prompts and base model",
+    )
+    group.add_argument(
+        "--classes",
+        default=experiment_defaults()["classes"],
+        help="the federation's class list, comma-separated; empty: --dataset's (needs --test-data when given)",
+    )
+    group.add_argument(
+        "--test-data",
+        default=experiment_defaults()["test_data"],
+        help="the server's own test set (a folder or npz labelled by the run's classes); empty: --dataset's",
+    )
     parser.add_argument(
         "--in-process-fill",
         action="store_true",
         help="make the fill inside each ClientApp instead of in the node's regl serve",
     )
+    parser.add_argument(
+        "--in-process-train",
+        action="store_true",
+        help="train each round inside a fresh ClientApp process (imports torch every round) instead of in the "
+        "node's warm regl serve",
+    )
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    data_dirs = tuple(d for d in args.data_dirs.split(",") if d) if args.data_dirs else ()
+    if args.data_dirs and len(data_dirs) < 2:
+        raise ReglError(f"--data-dirs needs a folder for each of at least two nodes, got {args.data_dirs!r}")
+    for folder in data_dirs:
+        if not Path(folder).exists():
+            raise ReglError(f"--data-dirs: {folder} does not exist")
+    if data_dirs:
+        args.clients = len(data_dirs)
     settings = experiment_settings(args, out_suffix="-deploy")
     settings = replace(settings, out_dir=str(Path(settings.out_dir).resolve()))
-    check_data(settings)
+    check_data(settings, node_local=bool(data_dirs))
     service_fill = settings.fill.synthetic and not args.in_process_fill
     if not in_sandbox():
         return rerun_self_isolated(args.argv, DEPLOY_STATE_DIR)
     from clients.deployment import deploy
 
-    summary = deploy(settings, service_fill, DEPLOY_STATE_DIR)
+    absolute = tuple(str(Path(d).resolve()) for d in data_dirs)
+    summary = deploy(settings, service_fill, DEPLOY_STATE_DIR, absolute, service_train=not args.in_process_train)
     done = summary["deployment"]
+    with_service = done["service_fill"] or done["service_train"]
     print(
         f"final global accuracy {100 * summary['final_accuracy']:.2f}%, {done['nodes']} SuperNodes"
-        f"{' each with its regl serve' if service_fill else ''}, set-up {done['setup_seconds']:.0f}s, "
+        f"{' each with its regl serve' if with_service else ''}, set-up {done['setup_seconds']:.0f}s, "
         f"{done['total_seconds']:.0f}s in all; results and logs in {settings.out_dir}"
     )
     print(format_time_split(summary["time_split"], settings.partition.num_clients))

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # `regl fl` option (its argparse dest) → its key in ExperimentSettings.to_config()
 EXPERIMENT_OPTIONS = {
     "dataset": "dataset",
+    "classes": "classes",
+    "test_data": "test-data",
     "partition": "partition-kind",
     "clients": "partition-num-clients",
     "classes_per_client": "partition-classes-per-client",

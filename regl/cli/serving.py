@@ -55,6 +55,11 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         "(with --client: that client's share); needed for mixup, fine-tune, fill",
     )
     option("--dataset", "class names, prompt template and image size when there is no --data")
+    option(
+        "--classes",
+        "a federation node's class list, comma-separated: --data (folder or npz) is that node's own data, "
+        "and the service trains and fills on the node's training split (regl deploy --data-dirs)",
+    )
     option("--client", "with a built-in --data: serve this client of the partition; -1: all of --data", type=int)
     option("--clients", "number of clients in that partition", type=int)
     option("--partition", "that partition's label skew", choices=PARTITION_KINDS)

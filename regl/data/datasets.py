@@ -230,8 +230,14 @@ def load_image_folder(root: Path) -> ImageDataset:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if len(class_dirs) < 2:
         raise ReglError(f"data folder {root} needs one subfolder per class (found {len(class_dirs)})")
+    x, y = read_class_folders(list(enumerate(class_dirs)))
+    return ImageDataset(x, y, tuple(p.name for p in class_dirs))
+
+
+def read_class_folders(labelled: list[tuple[int, Path]]) -> tuple[np.ndarray, np.ndarray]:
+    """The images of each (label, folder) as uint8 N×H×W×C, resized to the first image's size and mode."""
     images, labels, size, mode = [], [], None, None
-    for label, class_dir in enumerate(class_dirs):
+    for label, class_dir in labelled:
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ReglError(f"class folder {class_dir} holds no images")
@@ -252,7 +258,7 @@ def load_image_folder(root: Path) -> ImageDataset:
     x = np.stack(images)
     if x.ndim == 3:
         x = x[..., None]
-    return ImageDataset(x, np.asarray(labels, dtype=np.int64), tuple(p.name for p in class_dirs))
+    return x, np.asarray(labels, dtype=np.int64)
 
 
 @lru_cache(maxsize=4)

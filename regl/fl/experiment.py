@@ -7,6 +7,7 @@ so every arm uses the same data, model, optimiser and seeds.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -15,7 +16,9 @@ import torch
 
 from regl.data.datasets import ImageDataset, cache_dir, load_split, mirror_safe
 from regl.data.domains import ClientDomain, round_robin
+from regl.data.node_data import NodeData, load_labelled, load_node_data, node_key, run_class_names
 from regl.data.partitions import Partition, cached_partition
+from regl.errors import ReglError
 from regl.fill.client import ClientFill, client_plan, with_fill
 from regl.fl.settings import ExperimentSettings
 from regl.train.augment import Augment
@@ -33,15 +36,29 @@ def federation(settings: ExperimentSettings) -> Partition:
     return cached_partition(settings.partition, split.private.y, split.private.num_classes, cache_dir() / "partitions")
 
 
+def class_names(settings: ExperimentSettings) -> tuple[str, ...]:
+    return run_class_names(settings.dataset, settings.classes)
+
+
+def node_data(settings: ExperimentSettings) -> NodeData:
+    """A node's own images (settings.data_dir), split into what it trains on and its local test set."""
+    return load_node_data(settings.data_dir, class_names(settings))
+
+
 def client_domain(settings: ExperimentSettings, client_id: int) -> ClientDomain:
+    """The look a simulated client's images are given; a node's own images keep theirs."""
     spec = settings.partition  # its seed is the run's --seed (tests/test_cli.py)
-    return ClientDomain(spec.domain, client_id, spec.num_clients, spec.seed)
+    return ClientDomain("none" if settings.data_dir else spec.domain, client_id, spec.num_clients, spec.seed)
 
 
 @lru_cache(maxsize=16)
 def client_data(settings: ExperimentSettings, client_id: int) -> ImageDataset:
     """The client's private images, in its domain's look; made once per process (a rotation costs ~0.7 s
-    per 5,000 images, and every round asks twice), read-only so no caller can change the cached copy."""
+    per 5,000 images, and every round asks twice), read-only so no caller can change the cached copy.
+
+    On a node with its own data: the training part of that data."""
+    if settings.data_dir:
+        return node_data(settings).train
     split = load_split(settings.dataset)
     data = client_domain(settings, client_id).apply(
         split.private.subset(federation(settings).client_indices[client_id])
@@ -53,28 +70,34 @@ def client_data(settings: ExperimentSettings, client_id: int) -> ImageDataset:
 
 @lru_cache(maxsize=4)
 def test_data(settings: ExperimentSettings) -> ImageDataset:
-    """The global test set; with a domain, image i is shown in client i mod N's look."""
+    """The global test set: the run's `test-data`, else the dataset's; with a domain, image i is shown in
+    client i mod N's look."""
+    if settings.test_data:
+        return load_labelled(settings.test_data, class_names(settings))
     spec = settings.partition
     return round_robin(load_split(settings.dataset).test, spec.domain, spec.num_clients, spec.seed)
 
 
 def new_model(settings: ExperimentSettings) -> torch.nn.Module:
-    """The initial global model; identical for every arm with the same seed."""
-    test = test_data(settings)
-    name = settings.model or default_model_name(test.channels)
+    """The initial global model; identical for every arm with the same seed. Its input format is the test
+    set's, on a node with its own data that data's (a node whose images differ fails to load the global one)."""
+    like = node_data(settings).train if settings.data_dir else test_data(settings)
+    name = settings.model or default_model_name(like.channels)
     torch.manual_seed(settings.seed)
-    return build_model(name, test.channels, test.num_classes, test.resolution)
+    return build_model(name, like.channels, len(class_names(settings)), like.resolution)
 
 
 def evaluate_global(settings: ExperimentSettings, model: torch.nn.Module) -> dict[str, Any]:
-    return evaluate(model, test_data(settings), federation(settings).minority_classes)
+    """On the server's test set; minority classes are the simulated partition's (none with `test-data`)."""
+    minority = () if settings.test_data else federation(settings).minority_classes
+    return evaluate(model, test_data(settings), minority)
 
 
 def client_fill(settings: ExperimentSettings, client_id: int) -> ClientFill:
     from regl.generate.prompts import template_for
 
     return ClientFill(
-        settings.dataset,
+        node_key(settings.dataset, settings.data_dir) if settings.data_dir else settings.dataset,
         template_for(settings.dataset),
         client_id,
         settings.seed,
@@ -155,23 +178,63 @@ def train_client(
         head_only=settings.init_freeze,
     )
     train_seconds = time.perf_counter() - started
-    test, domain = load_split(settings.dataset).test, client_domain(settings, client_id)
-    subset = personalized_test_indices(
-        test.y, data.class_counts(), PERSONALIZED_TEST_SIZE, seed=settings.seed + client_id
-    )
     metrics = {
         "client": client_id,
         "num-examples": len(data),
         "train-loss": loss,
         "train-seconds": train_seconds,
-        "personalized-accuracy": evaluate(model, domain.apply(test.subset(subset), "test"))["accuracy"],
+        "personalized-accuracy": evaluate(model, personalized_test_set(settings, client_id))["accuracy"],
     }
     if sends_class_counts(settings):
         metrics["class-counts"] = trained_on.class_counts().tolist()
+    domain = client_domain(settings, client_id)
     if domain.kind != "none":
+        test = load_split(settings.dataset).test
         uniform = uniform_test_indices(test.y, test.num_classes, PERSONALIZED_TEST_SIZE, seed=settings.seed + client_id)
         metrics["in-domain-accuracy"] = evaluate(model, domain.apply(test.subset(uniform), "test"))["accuracy"]
     return {**metrics, "eval-seconds": time.perf_counter() - started - train_seconds}
+
+
+def local_update(
+    settings: ExperimentSettings, client_id: int, weights: dict[str, np.ndarray], round_config: Mapping[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """train_client from the global weights as arrays to the client's weights as arrays: what a ClientApp
+    and a node's `regl serve` (POST /v1/train) both run.
+
+    `round_config` is what the server sent with the round: its number, the fill's target
+    composition, the monitor's Ra (Ratio Loss) and FedProx's μ when there are any.
+    """
+    model = new_model(settings)
+    try:
+        model.load_state_dict({name: torch.from_numpy(np.array(array)) for name, array in weights.items()})
+    except RuntimeError as exc:
+        like = client_data(settings, client_id)
+        raise ReglError(
+            f"client {client_id}'s model ({like.resolution}×{like.resolution}×{like.channels} images, "
+            f"{len(class_names(settings))} classes) does not fit the global model: {str(exc).splitlines()[0]}"
+        ) from exc
+    composition, ratio = round_config.get("fill-target-composition"), round_config.get("ratio")
+    metrics = train_client(
+        settings,
+        client_id,
+        model,
+        int(round_config["server-round"]),
+        np.asarray(composition, dtype=np.float64) if composition else None,
+        np.asarray(ratio, dtype=np.float64) if ratio is not None else None,
+        float(round_config.get("proximal-mu", 0.0)),  # what Flower's FedProx sends
+    )
+    return {name: tensor.numpy() for name, tensor in model.state_dict().items()}, metrics
+
+
+def personalized_test_set(settings: ExperimentSettings, client_id: int) -> ImageDataset:
+    """Test images in the client's own class mix and look: a node's local test split, or for a simulated
+    client a subset of the dataset's test set drawn by its real class distribution."""
+    if settings.data_dir:
+        return node_data(settings).test
+    test, domain = load_split(settings.dataset).test, client_domain(settings, client_id)
+    counts = client_data(settings, client_id).class_counts()
+    subset = personalized_test_indices(test.y, counts, PERSONALIZED_TEST_SIZE, seed=settings.seed + client_id)
+    return domain.apply(test.subset(subset), "test")
 
 
 def sends_class_counts(settings: ExperimentSettings) -> bool:

@@ -34,7 +34,7 @@ class RoundProgress:
         self.num_rounds, self.started, self.write = num_rounds, started, write
         self.rounds_started = started
 
-    def round_done(self, server_round: int, accuracy: float, failed_clients: int = 0) -> None:
+    def round_done(self, server_round: int, accuracy: float, missing_clients: tuple[int, ...] = ()) -> None:
         now = time.perf_counter()
         line = f"round {server_round}/{self.num_rounds}: accuracy {100 * accuracy:.2f}%"
         if server_round == 0:
@@ -45,8 +45,9 @@ class RoundProgress:
         left = self.num_rounds - server_round
         if left:
             line += f", about {duration((now - self.rounds_started) / server_round * left)} left"
-        if failed_clients:
-            line += f"; {failed_clients} client{'s' if failed_clients > 1 else ''} failed (see the run's log)"
+        if missing_clients:
+            names = ", ".join(map(str, missing_clients))
+            line += f"; no update from client{'s' if len(missing_clients) > 1 else ''} {names} (see rounds.json)"
         self.write(line)
 
 

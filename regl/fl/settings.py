@@ -25,6 +25,8 @@ DP_CLIPPING = ("client", "server")
 @dataclass(frozen=True)
 class ExperimentSettings:
     dataset: str = "mnist-10k"  # shipped with the package: runs offline out of the box
+    classes: str = ""  # the federation's class list, comma-separated; empty: the dataset's
+    test_data: str = ""  # the server's own test set (folder or npz, by `classes`); empty: the dataset's test split
     partition: PartitionSpec = field(default_factory=PartitionSpec)
     model: str = ""  # empty: the default for the data's channel count
     num_rounds: int = 20
@@ -46,10 +48,13 @@ class ExperimentSettings:
     dp_noise: float = 0.0  # Gaussian noise multiplier on the aggregate; 0: no differential privacy
     dp_clip: float = 1.0  # the L2 bound on each client's update
     dp_clipping: str = "client"  # where updates are clipped: client (fixedclipping_mod) or server
+    # one node's own images (its SuperNode's --node-config data-dir), instead of a cut of `dataset`;
+    # never in the run config: each node sets its own
+    data_dir: str = ""
 
     def to_config(self) -> dict[str, Any]:
         """Flat, kebab-case keys: the form of Flower's run config and ConfigRecord."""
-        flat = {k: v for k, v in asdict(self).items() if k not in ("partition", "train", "fill")}
+        flat = {k: v for k, v in asdict(self).items() if k not in ("partition", "train", "fill", "data_dir")}
         flat.update({f"partition-{k}": v for k, v in asdict(self.partition).items() if k != "seed"})
         flat.update({f"train-{k}": v for k, v in asdict(self.train).items()})
         flat.update({("fill" if k == "mode" else f"fill-{k}"): v for k, v in asdict(self.fill).items()})
@@ -103,6 +108,8 @@ class ExperimentSettings:
                 "the Ratio Loss's monitor reads each round's aggregate before the DP noise, and its Ra goes back "
                 "to the clients: --loss ratio and --dp-noise cannot be combined"
             )
+        if self.classes and not self.test_data:
+            raise ReglError("--classes gives the federation its own class list: give the server's --test-data too")
         if self.init_freeze and not self.warm_start_per_class:
             raise ReglError("--init-freeze keeps the warm start's feature extractor: give --warm-start-per-class")
 
