@@ -35,6 +35,7 @@ SUPERNODE_PORT = 9100  # + node index: each SuperNode's runtime API
 SERVICE_PORT = 8100  # + node index: each node's `regl serve`
 MAX_RESTARTS = 3  # per SuperNode: one that keeps dying is left dead
 POLL_SECONDS = 0.5
+SUPEREXEC_POLL_SECONDS = "0.1"
 CONNECTION_TOML = """\
 # Written by `regl deploy`: the SuperLink it starts on loopback.
 [superlink]
@@ -65,8 +66,13 @@ class Processes:
     def __init__(self, log_dir: Path, bin_dir: Path) -> None:
         self.log_dir, self.running, self.argv = log_dir, {}, {}
         log_dir.mkdir(parents=True, exist_ok=True)
-        # the SuperLink and SuperNodes start `flower-superexec` and the apps by name
-        self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        # the SuperLink and SuperNodes start `flower-superexec` and the apps by name; that looks for
+        # new tasks every second unless told otherwise, a wait every message of every round pays
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_SECONDS,
+        }
 
     def start(self, name: str, argv: list[str], mode: str = "w") -> subprocess.Popen:
         with open(self.log_dir / f"{name}.log", mode) as log:  # the child keeps its own descriptor

@@ -18,13 +18,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from clients.polling import pull_replies
 from clients.traffic import TrafficLog
 from regl.fill.client import client_plan
 from regl.fill.mixup import assign_requests
 from regl.fl.experiment import ExperimentSettings
 from regl.fl.progress import FillProgress, Write
-
-PULL_SECONDS = 0.5
 
 
 def _exchange(
@@ -39,20 +38,18 @@ def _exchange(
     """Send every node its message and wait for all replies; `on_reply` sees each one as it comes, `failures`
     gets each error reply (a node whose ClientApp raised, or one the SuperLink found dead)."""
     messages = [Message(content(node), dst_node_id=node, message_type=f"query.{action}") for node in nodes]
-    waiting = set(grid.push_messages(messages))
     replies: list[Message] = []
-    while waiting:
-        for reply in grid.pull_messages(waiting):
-            waiting.discard(reply.metadata.reply_to_message_id)
-            if reply.has_error():
-                failures.append({"step": action, "node": reply.metadata.src_node_id, "reason": reply.error.reason})
-                continue
-            traffic.add(action, reply)
-            replies.append(reply)
-            if on_reply is not None:
-                on_reply(reply)
-        if waiting:
-            time.sleep(PULL_SECONDS)
+
+    def received(reply: Message) -> None:
+        if reply.has_error():
+            failures.append({"step": action, "node": reply.metadata.src_node_id, "reason": reply.error.reason})
+            return
+        traffic.add(action, reply)
+        replies.append(reply)
+        if on_reply is not None:
+            on_reply(reply)
+
+    pull_replies(grid, set(grid.push_messages(messages)), timeout=None, on_reply=received)
     if not replies:
         reasons = "; ".join(sorted({f["reason"][:300] for f in failures}))
         raise RuntimeError(f"every client failed in the fill phase ({action}): {reasons}")

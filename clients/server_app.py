@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from clients.fill_phase import run_fill_phase
+from clients.polling import QuickGrid
 from clients.strategy import build_strategy
 from clients.traffic import TrafficLog
 from regl.atomic import write_json_atomically
@@ -77,7 +78,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
         return MetricRecord({"accuracy": result["accuracy"], "loss": result["loss"]})
 
     strategy.start(
-        grid=grid,
+        grid=QuickGrid(grid),
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=settings.num_rounds,
         train_config=ConfigRecord({**settings.to_config(), **train_extras}),
