@@ -24,9 +24,9 @@ def load_client_data(settings: ServiceSettings) -> ImageDataset | None:
     if not settings.data:
         return None
     if settings.classes:
-        from regl.data.node_data import load_node_data
+        from regl.data.node_data import load_node_data, run_class_names
 
-        return load_node_data(settings.data, tuple(settings.classes.split(","))).train
+        return load_node_data(settings.data, run_class_names(settings.dataset, settings.classes)).train
     if settings.client < 0:
         return load_dataset(settings.data)
     if settings.data not in BUILTINS:

@@ -104,7 +104,7 @@ def test_service_trains_a_round_for_its_own_node_only(service_base, tmp_path):
         "data_dir": str(folder),
         "weights": pack_arrays(weights),
     }
-    with service(service_base, tmp_path, data=str(folder), classes=",".join(CLASSES)) as api:
+    with service(service_base, tmp_path, data=str(folder), classes="cat, dog, owl") as api:  # spaces as a user types
         assert api.get("/v1/model").json()["data_images"] == 14  # the training split: 8 + 4 + 2
         reply = api.post("/v1/train", json=body)
         assert reply.status_code == 200, reply.text

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, status
 
+from regl.data.node_data import run_class_names
 from regl.fl.settings import ExperimentSettings
 from service.deps import SettingsDep
 from service.errors import INVALID, field_error
@@ -27,7 +28,7 @@ def _run_settings(body: TrainRequest, settings: ServiceSettings) -> ExperimentSe
                 status.HTTP_409_CONFLICT, f"this service holds {settings.data}, the request is for {body.data_dir!r}"
             )
         run = replace(run, data_dir=settings.data)
-        if class_names(run) != tuple(settings.classes.split(",")):
+        if class_names(run) != run_class_names(settings.dataset, settings.classes):
             raise field_error("config", "the run's classes are not the ones this service was started with")
         return run
     same = (run.dataset, run.partition, body.client) == (settings.data, settings.partition_spec(), settings.client)
