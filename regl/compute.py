@@ -53,8 +53,13 @@ class Compute:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device, dtype=getattr(torch, self.autocast))
 
+    @property
+    def precision(self) -> str:
+        """The weights' dtype, and the autocast one when on: e.g. `float32, bfloat16 autocast`."""
+        return self.weights + (f", {self.autocast} autocast" if self.autocast else "")
+
     def describe(self) -> str:
-        return f"{self.device} {self.weights}" + (f", {self.autocast} autocast" if self.autocast else "")
+        return f"{self.device} {self.precision}"
 
 
 def resolve_device(device: str) -> str:

@@ -47,13 +47,13 @@ class LocalModel:
 
         self.settings = settings
         self.data = load_client_data(settings)
-        # what the fill store's keys name the data by; the prompts are the dataset's, a folder's own or a node's
-        self.dataset = settings.data or settings.dataset
-        prompts_of = self.dataset
-        if settings.classes:
+        # what the fill store's keys name the data by, and whose prompt template it takes
+        if settings.classes:  # a federation node's own data, prompted as its run's dataset
             from regl.data.node_data import node_key
 
             self.dataset, prompts_of = node_key(settings.dataset, settings.data), settings.dataset
+        else:
+            self.dataset = prompts_of = settings.data or settings.dataset
         if self.data is not None:
             self.class_names = self.data.class_names
             self.resolution, self.channels = self.data.resolution, self.data.channels

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from regl.compute import DEVICES, DTYPES
 from regl.data.partitions import PartitionSpec
 from regl.errors import ReglError
 from regl.generate.generator import DEFAULT_BASE
@@ -39,8 +40,8 @@ class ServiceSettings(BaseSettings):
     port: int = 8000
     token: SecretStr | None = None
     threads: int = Field(TORCH_THREADS, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # regl/compute.py decides what auto means
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal[DEVICES] = "auto"  # regl/compute.py decides what auto means
+    dtype: Literal[DTYPES] = "auto"
     max_images_per_request: int = Field(64, ge=1)
     max_batch: int = Field(64, ge=1)
     batch_wait_ms: float = Field(20.0, ge=0)

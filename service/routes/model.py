@@ -24,7 +24,7 @@ async def model_info(model: ModelDep, settings: SettingsDep) -> ModelInfo:
         resolution=model.resolution,
         channels=model.channels,
         device=model.compute.device,
-        dtype=model.compute.describe().removeprefix(f"{model.compute.device} "),
+        dtype=model.compute.precision,
         data_images=None if model.data is None else len(model.data),
         max_images_per_request=settings.max_images_per_request,
         max_batch=settings.max_batch,
