@@ -28,7 +28,7 @@ from regl.cli.serving import service_argv
 from regl.data.node_data import run_class_names
 from regl.errors import ReglError
 from regl.fl.experiment import ExperimentSettings
-from service.settings import ServiceSettings
+from regl.service.settings import ServiceSettings
 
 SUPERLINK_PORT = 9090
 SUPERNODE_PORT = 9100  # + node index: each SuperNode's runtime API

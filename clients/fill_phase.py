@@ -18,10 +18,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from clients.polling import pull_replies
-from clients.traffic import TrafficLog
-from regl.fill.client import client_plan
+from regl.clients.polling import pull_replies
+from regl.clients.traffic import TrafficLog
 from regl.fill.mixup import assign_requests
+from regl.fill.settings import client_plan
 from regl.fl.experiment import ExperimentSettings
 from regl.fl.progress import FillProgress, Write
 

@@ -9,11 +9,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from clients.fill_phase import run_fill_phase
-from clients.polling import QuickGrid
-from clients.strategy import build_strategy
-from clients.traffic import TrafficLog
 from regl.atomic import write_json_atomically
+from regl.clients.fill_phase import run_fill_phase
+from regl.clients.polling import QuickGrid
+from regl.clients.strategy import build_strategy
+from regl.clients.traffic import TrafficLog
 from regl.fl.experiment import ExperimentSettings, evaluate_global, new_model
 from regl.fl.progress import RoundProgress, Write, print_line
 from regl.fl.report import RunReport

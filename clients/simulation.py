@@ -18,8 +18,8 @@ from typing import TextIO
 from flwr.common.logger import update_console_handler
 from flwr.simulation import run_simulation
 
-from clients.client_app import app as client_app
-from clients.server_app import build_server_app
+from regl.clients.client_app import app as client_app
+from regl.clients.server_app import build_server_app
 from regl.errors import ReglError
 from regl.fl.experiment import ExperimentSettings
 from regl.fl.sandbox import in_sandbox

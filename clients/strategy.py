@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from clients.traffic import TrafficLog
+from regl.clients.traffic import TrafficLog
 from regl.fl.aggregation import class_balanced_weights
 from regl.fl.monitor import CompositionMonitor
 from regl.fl.settings import ExperimentSettings

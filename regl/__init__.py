@@ -9,7 +9,8 @@ The library, importable without Flower or FastAPI:
 - `regl.fl`: federated experiments without Flower code: settings, bench arms, sandbox, reports;
 - `regl.cli`: the `regl` command.
 
-The Flower apps live in the top-level `clients/`, the local service in `service/`.
+The Flower apps live in the top-level `clients/`, the local service in `service/`; both
+install as `regl.clients` and `regl.service` and import the library, never the reverse.
 """
 
 __version__ = "0.1.0"

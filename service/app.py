@@ -15,14 +15,14 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from regl.errors import ReglError
-from service.batching import Batcher
-from service.deps import require_token
-from service.errors import UNAUTHORIZED
-from service.jobs import JobRunner
-from service.local_model import LocalModel
-from service.openapi import service_openapi
-from service.routes import generate, health, jobs, model, page, train
-from service.settings import ServiceSettings
+from regl.service.batching import Batcher
+from regl.service.deps import require_token
+from regl.service.errors import UNAUTHORIZED
+from regl.service.jobs import JobRunner
+from regl.service.local_model import LocalModel
+from regl.service.openapi import service_openapi
+from regl.service.routes import generate, health, jobs, model, page, train
+from regl.service.settings import ServiceSettings
 
 log = logging.getLogger("regl.service")
 MAX_PENDING_JOBS = 8

@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from service.app import create_app
-from service.settings import ServiceSettings
-from service.threaded_server import ThreadedServer
+from regl.service.app import create_app
+from regl.service.settings import ServiceSettings
+from regl.service.threaded_server import ThreadedServer
 
 
 def _requests(callers: int, num_classes: int, steps: int, guidance: float) -> list[dict]:

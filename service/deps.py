@@ -13,10 +13,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.batching import Batcher
-from service.jobs import JobRunner
-from service.local_model import LocalModel
-from service.settings import ServiceSettings
+from regl.service.batching import Batcher
+from regl.service.jobs import JobRunner
+from regl.service.local_model import LocalModel
+from regl.service.settings import ServiceSettings
 
 
 def get_settings(request: Request) -> ServiceSettings:

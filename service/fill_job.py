@@ -15,12 +15,13 @@ import numpy as np
 from regl.compute import resolve
 from regl.data.domains import ClientDomain
 from regl.errors import ReglError
-from regl.fill.client import ClientFill, FillSettings, client_plan
-from service.errors import field_error
-from service.jobs import Job
-from service.local_model import LocalModel
-from service.schemas import FillRequest, FinetuneRequest
-from service.settings import ServiceSettings
+from regl.fill.client import ClientFill
+from regl.fill.settings import FillSettings, client_plan
+from regl.service.errors import field_error
+from regl.service.jobs import Job
+from regl.service.local_model import LocalModel
+from regl.service.schemas import FillRequest, FinetuneRequest
+from regl.service.settings import ServiceSettings
 
 
 def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSettings) -> Callable[[Job], dict]:

@@ -15,7 +15,7 @@ from regl.compute import resolve
 from regl.data.datasets import BUILTINS, ImageDataset, class_index, load_dataset
 from regl.errors import ReglError
 from regl.generate.generator import Generator, image_seed, to_dataset_format
-from service.settings import ServiceSettings
+from regl.service.settings import ServiceSettings
 
 
 def load_client_data(settings: ServiceSettings) -> ImageDataset | None:

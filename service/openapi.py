@@ -14,9 +14,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.local_model import LocalModel
-from service.schemas import MAX_SEED
-from service.settings import ServiceSettings
+from regl.service.local_model import LocalModel
+from regl.service.schemas import MAX_SEED
+from regl.service.settings import ServiceSettings
 
 MAX_INDEX_DIGITS = 9  # class "0007" is index 7; longer strings are names only (regl.data.datasets.class_index)
 

@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, StrictStr
 
-from regl.fill.client import FillSettings
 from regl.fill.plan import SOURCES
+from regl.fill.settings import FillSettings
 from regl.generate.settings import STYLE_TOKEN_PATTERN, LoraSettings, SamplingSettings
 
 MAX_SEED = 2**63 - 1

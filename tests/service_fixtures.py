@@ -11,8 +11,8 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.settings import ServiceSettings
+from regl.service.app import create_app
+from regl.service.settings import ServiceSettings
 
 CLASSES = ("cat", "dog", "owl")
 

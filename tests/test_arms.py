@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 
 from regl.errors import ReglError
-from regl.fill.client import FillSettings
+from regl.fill.settings import FillSettings
 from regl.fl.bench import arm_settings, check_arms
 from regl.fl.bench_report import format_table
 from regl.fl.settings import ExperimentSettings

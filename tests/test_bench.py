@@ -10,7 +10,7 @@ import pytest
 
 from regl.atomic import write_json_atomically
 from regl.data.datasets import ImageDataset
-from regl.fill.client import FillSettings
+from regl.fill.settings import FillSettings
 from regl.fl.bench import CELL_RECORD, bench_cells, bench_record, finished_row, why_unfinished
 from regl.fl.bench_report import save_class_grid, write_figures
 from regl.fl.report import RunReport
@@ -137,7 +137,7 @@ def test_grid_leaves_out_classes_without_generated_images(tmp_path):
 
 def store_diffusion_images(cell, pixel: int) -> None:
     """What the cell's clients' fill would keep: its planned diffusion images, every pixel `pixel`."""
-    from regl.fill.client import client_plan
+    from regl.fill.settings import client_plan
     from regl.fill.store import SyntheticStore
     from regl.fl.experiment import client_data, client_fill
 

@@ -13,7 +13,7 @@ import torch
 from regl.cli import command_parser, main
 from regl.cli.argv import settings_to_argv
 from regl.cli.options import EXPERIMENT_OPTIONS, experiment_settings
-from regl.fill.client import FillSettings
+from regl.fill.settings import FillSettings
 from regl.fl.bench import arm_argv, arm_settings
 from regl.fl.settings import ExperimentSettings
 from regl.generate.generator import DEFAULT_BASE

@@ -12,9 +12,9 @@ from regl.cli import command_parser, main
 
 def test_node_service_command_line_is_its_settings(monkeypatch):
     """What `regl deploy` starts as a node's `regl serve` parses back to that node's ServiceSettings."""
-    from clients.deployment import node_service_settings
     from regl.cli.options import experiment_settings
     from regl.cli.serving import service_argv, service_settings
+    from regl.clients.deployment import node_service_settings
 
     monkeypatch.setenv("REGL_TOKEN", "secret")
     run = experiment_settings(

@@ -11,7 +11,8 @@ from regl.data.datasets import BUILTINS, load_split
 from regl.data.domains import ClientDomain
 from regl.data.partitions import PartitionSpec
 from regl.errors import ReglError
-from regl.fill.client import ClientFill, FillSettings, client_plan
+from regl.fill.client import ClientFill
+from regl.fill.settings import FillSettings, client_plan
 from regl.fl import experiment
 from regl.fl.experiment import ExperimentSettings, client_data, client_fill, new_model, train_client
 from regl.generate.prompts import class_prompts, prompt_words, template_for

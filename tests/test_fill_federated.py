@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from regl.cli import main
-from regl.fill.client import FillSettings
+from regl.fill.settings import FillSettings
 from regl.fl.experiment import ExperimentSettings, new_model
 
 

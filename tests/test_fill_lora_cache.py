@@ -9,7 +9,8 @@ import torch
 from regl.data.datasets import BUILTINS
 from regl.data.partitions import PartitionSpec
 from regl.errors import ReglError
-from regl.fill.client import ClientFill, FillSettings, client_plan
+from regl.fill.client import ClientFill
+from regl.fill.settings import FillSettings, client_plan
 from regl.fl.experiment import ExperimentSettings, client_data
 from regl.generate.generator import load_pipeline
 from regl.generate.prompts import class_prompts, prompt_words, template_for

@@ -70,7 +70,7 @@ def _train_message(arrays: dict, config: dict) -> Message:
 def test_client_side_clipping_bounds_each_update(monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
 
-    from clients.client_app import dp_clipping_mod
+    from regl.clients.client_app import dp_clipping_mod
 
     for name in ("_run_id", "_node_id", "_task_id"):  # what a running ClientApp has
         monkeypatch.setattr(TaskIdentity, name, 1)

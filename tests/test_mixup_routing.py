@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 
-from clients.fill_phase import mixes_by_requester
+from regl.clients.fill_phase import mixes_by_requester
 
 
 def reply(producer: int, requesters: list[int]) -> tuple[int, dict[str, np.ndarray]]:

@@ -6,7 +6,8 @@ import pytest
 from regl.data.datasets import load_split
 from regl.data.partitions import PartitionSpec
 from regl.errors import ReglError
-from regl.fill.client import ClientFill, FillSettings, client_plan
+from regl.fill.client import ClientFill
+from regl.fill.settings import FillSettings, client_plan
 from regl.fl.experiment import ExperimentSettings, client_data
 
 SETTINGS = ExperimentSettings(dataset="mnist-10k", partition=PartitionSpec("classes", 10, classes_per_client=1))

@@ -12,7 +12,7 @@ from service_fixtures import CLASSES, FAST, decode, service
 
 from regl.environment import cpu
 from regl.errors import ReglError
-from service.settings import ServiceSettings
+from regl.service.settings import ServiceSettings
 
 
 def test_healthz_and_model(api, service_base):

@@ -7,12 +7,12 @@ import pytest
 
 from regl.data.partitions import PartitionSpec
 from regl.errors import ReglError
-from regl.fill.client import FillSettings
+from regl.fill.settings import FillSettings
 from regl.fill.store import SyntheticStore
 from regl.fl.experiment import ExperimentSettings, client_data, prepare_fill, training_data
-from service.app import create_app
-from service.settings import ServiceSettings
-from service.threaded_server import ThreadedServer
+from regl.service.app import create_app
+from regl.service.settings import ServiceSettings
+from regl.service.threaded_server import ThreadedServer
 
 PARTITION = PartitionSpec(kind="classes", num_clients=2, classes_per_client=5)
 pytestmark = pytest.mark.e2e  # each test serves uvicorn on loopback

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from service_fixtures import FAST, build_client_folder, decode, service, wait_for
 
-from service.app import create_app
-from service.settings import ServiceSettings
+from regl.service.app import create_app
+from regl.service.settings import ServiceSettings
 
 
 def test_unknown_job_and_images_of_a_finetune_job(api):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from service_fixtures import CLASSES
 
-from service.app import create_app
-from service.settings import ServiceSettings
-from service.threaded_server import ThreadedServer, free_port
+from regl.service.app import create_app
+from regl.service.settings import ServiceSettings
+from regl.service.threaded_server import ThreadedServer, free_port
 
 pytestmark = pytest.mark.e2e  # every test serves uvicorn on loopback
 FAST = {"steps": 2, "guidance": 2.0}

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from service.app import create_app
-from service.settings import ServiceSettings
-from service.threaded_server import ThreadedServer
+from regl.service.app import create_app
+from regl.service.settings import ServiceSettings
+from regl.service.threaded_server import ThreadedServer
 
 CHROMIUM = shutil.which("chromium")
 TOKEN = "page-t0ken"

@@ -2,7 +2,7 @@
 
 import torch
 
-from regl.fill.client import FillSettings
+from regl.fill.settings import FillSettings
 from regl.fl.experiment import ExperimentSettings, new_model
 from regl.fl.progress import count_progress
 from regl.fl.warm_start import warm_start, warm_start_data

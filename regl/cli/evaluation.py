@@ -107,7 +107,7 @@ def generated_images(
     """The set to measure: loaded, or generated (saved as it grows if asked, and then continued
     from what an interrupted call saved), and the settings that drew it."""
     from regl.compute import resolve
-    from regl.fill.client import compute_key
+    from regl.fill.keys import compute_key
     from regl.generate.generated_sets import generated_set, load_generated, save_generated, saved_part
     from regl.generate.generator import Generator, base_fingerprint
 

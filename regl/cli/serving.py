@@ -17,7 +17,7 @@ from regl.cli.options import Command, add_compute_options
 from regl.errors import ReglError
 
 if TYPE_CHECKING:
-    from service.settings import ServiceSettings
+    from regl.service.settings import ServiceSettings
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class FromEnvironment:
 
 
 def service_default(name: str) -> Any:
-    from service.settings import ServiceSettings
+    from regl.service.settings import ServiceSettings
 
     return ServiceSettings.model_fields[name].default
 
@@ -102,7 +102,7 @@ def service_settings(args: argparse.Namespace) -> ServiceSettings:
     """The options given on the command line over REGL_* over the fields' defaults."""
     from pydantic import ValidationError
 
-    from service.settings import ServiceSettings
+    from regl.service.settings import ServiceSettings
 
     given = {
         k: v for k, v in vars(args).items() if k in ServiceSettings.model_fields and not isinstance(v, FromEnvironment)
@@ -118,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from regl.compute import resolve
     from regl.generate.generator import check_model_folder
-    from service.app import create_app
+    from regl.service.app import create_app
 
     settings = service_settings(args)
     settings.check_exposure()
@@ -127,7 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ReglError(f"LoRA folder {settings.lora} does not exist")
     resolve(settings.device, settings.dtype)  # a device or dtype this machine lacks is named before uvicorn starts
     if settings.data:
-        from service.local_model import load_client_data
+        from regl.service.local_model import load_client_data
 
         load_client_data(settings)  # a missing folder or a corrupt image is named before uvicorn starts
     uvicorn.run(
@@ -160,8 +160,8 @@ def add_bench_service_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench_service(args: argparse.Namespace) -> int:
-    from service.bench import run_service_bench
-    from service.settings import ServiceSettings
+    from regl.service.bench import run_service_bench
+    from regl.service.settings import ServiceSettings
 
     if args.callers < 1 or args.repeats < 1:
         raise ReglError(f"--callers and --repeats must be at least 1, got {args.callers} and {args.repeats}")

@@ -8,8 +8,6 @@ reruns and other arms with the same settings reuse it instead of generating agai
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,132 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from regl.compute import DEVICES, DTYPES, Compute, Purpose, resolve
 from regl.data.datasets import ImageDataset
 from regl.data.domains import ClientDomain
 from regl.errors import ReglError
-from regl.fill.plan import SOURCES, FillPlan, parse_source_mix, plan_fill
-from regl.generate.settings import FILL_SAMPLING, LoraSettings, check_style_token
+from regl.fill.keys import check_made_alike, compute_key, digest, settings_key, source_seed
+from regl.fill.plan import FillPlan
+from regl.fill.settings import FillSettings
+from regl.generate.settings import LoraSettings
 
-MODES = ("none", "public")
-ADDED_LATER = ("lora_style_token",)  # FillSettings fields newer than the stores in use
 RemoteFill = Callable[[FillPlan], tuple[dict[str, ImageDataset], dict]]
 # (the stage, e.g. "LoRA step 40/100"; the fraction of that stage done); it may raise to stop the fill
 Progress = Callable[[str, float], None]
-
-
-@dataclass(frozen=True)
-class FillSettings:
-    """`mode`: none, public, or sources joined by '+' (diffusion, noise, mixup)."""
-
-    mode: str = "none"
-    supplement: float = 1.0  # synthetic images as a fraction of the client's real ones
-    mix: str = ""  # weights of the mode's sources, e.g. "75:25"; empty: equal
-    target: str = "uniform"  # or "global": the federation's class composition
-    lora: bool = True  # diffusion: fine-tune the client's LoRA first (ReGL) or use the base as is
-    lora_steps: int = LoraSettings().steps
-    prior_per_class: int = LoraSettings().prior_per_class
-    lora_style_token: str = LoraSettings().style_token  # the client's look's word in its LoRA's prompts; empty: off
-    steps: int = FILL_SAMPLING.steps  # diffusion sampling steps
-    guidance: float = FILL_SAMPLING.guidance
-    base: str = ""  # empty: the shipped base
-    store: str = ".regl-cache/fill"
-    service: str = ""  # URL of the client's `regl serve`: it makes the diffusion and noise images
-    device: str = "auto"  # where the generator and the LoRA run (regl/compute.py)
-    dtype: str = "auto"
-
-    @property
-    def sources(self) -> tuple[str, ...]:
-        if self.mode in MODES:
-            return ()
-        parts = tuple(self.mode.split("+"))
-        unknown = [p for p in parts if p not in SOURCES]
-        if unknown or len(set(parts)) != len(parts):
-            raise ReglError(
-                f"unknown fill {self.mode!r}: use none, public, or a '+'-joined combination of {', '.join(SOURCES)}"
-            )
-        return parts
-
-    @property
-    def synthetic(self) -> bool:
-        return bool(self.sources)
-
-    def source_mix(self) -> dict[str, float]:
-        """Source → weight; the mix is given in the order the mode names the sources."""
-        sources = self.sources
-        if not self.mix:
-            return {s: 1.0 for s in sources}
-        weights = self.mix.split(":")
-        if len(weights) != len(sources):
-            raise ReglError(
-                f"fill mix {self.mix!r} gives {len(weights)} weights for the {len(sources)} sources of {self.mode!r}"
-            )
-        return parse_source_mix(",".join(f"{s}={w}" for s, w in zip(sources, weights)))
-
-    def check(self) -> None:
-        """Raise on settings a client would only trip over after the run started."""
-        self.source_mix()
-        if self.supplement < 0:
-            raise ReglError(f"fill supplement must be ≥ 0, got {self.supplement}")
-        if self.target not in ("uniform", "global"):
-            raise ReglError(f"fill target must be uniform or global, got {self.target!r}")
-        if self.steps < 1 or self.lora_steps < 1 or self.prior_per_class < 0:
-            raise ReglError("fill steps and LoRA steps must be ≥ 1 and priors per class ≥ 0")
-        check_style_token(self.lora_style_token)
-        if self.device not in DEVICES or self.dtype not in DTYPES:
-            raise ReglError(
-                f"fill device/dtype {self.device}/{self.dtype}: use device {', '.join(DEVICES)} "
-                f"and dtype {', '.join(DTYPES)}"
-            )
-
-    def compute(self, purpose: Purpose = "inference") -> Compute:
-        return resolve(self.device, self.dtype, purpose)
-
-    def base_folder(self) -> Path:
-        from regl.generate.generator import DEFAULT_BASE
-
-        return Path(self.base) if self.base else DEFAULT_BASE
-
-
-def client_plan(settings: FillSettings, class_counts: np.ndarray, target: np.ndarray | None) -> FillPlan:
-    mix = settings.source_mix()
-    return plan_fill(class_counts, settings.supplement, mix, target if settings.target == "global" else None)
-
-
-def _settings_key(settings: FillSettings) -> dict:
-    """The settings in a store's key; a setting added later is left out at its default, so older stores still count.
-
-    Device and dtype are keyed by what they resolve to (`compute_key`), not by name.
-    """
-    return {
-        name: value
-        for name, value in asdict(settings).items()
-        if not (name in ADDED_LATER and value == getattr(FillSettings(), name)) and name not in ("device", "dtype")
-    }
-
-
-def compute_key(compute: Compute) -> dict:
-    """Images and LoRAs made on the CPU in float32 (every store before devices were chosen) carry no key."""
-    return {} if compute == Compute("cpu") else {"compute": compute.describe()}
-
-
-def _digest(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _seed(run_seed: int, client_id: int, source: str) -> int:
-    return int(hashlib.sha256(f"{run_seed}/{client_id}/{source}".encode()).hexdigest()[:12], 16)
-
-
-def _check_made_alike(ours: dict, theirs: dict) -> None:
-    """Images a service made in another precision or with another LoRA recipe must not land under this key."""
-    for part in ("compute", "lora"):
-        if ours.get(part) != theirs.get(part):
-            raise ReglError(
-                f"the fill service made its images with {part} {theirs.get(part) or 'cpu float32'}, this client's "
-                f"fill asks for {ours.get(part) or 'cpu float32'}: the service and this client need the same ReGL "
-                "version, device and dtype"
-            )
 
 
 @dataclass(frozen=True)
@@ -174,7 +57,7 @@ class ClientFill:
             "client": self.client_id,
             "seed": self.run_seed,
             "plan": plan.to_json(),
-            "settings": _settings_key(self.settings),
+            "settings": settings_key(self.settings),
             **self._domain_key(),
         }
         if any(plan.counts[source].sum() > 0 for source in ("diffusion", "oracle")):
@@ -187,7 +70,7 @@ class ClientFill:
         return key
 
     def store_folder(self, key: dict) -> Path:
-        return Path(self.settings.store) / f"client-{self.client_id}-{_digest(key)}"
+        return Path(self.settings.store) / f"client-{self.client_id}-{digest(key)}"
 
     def load(self, plan: FillPlan) -> ImageDataset | None:
         from regl.fill.store import SyntheticStore
@@ -216,14 +99,14 @@ class ClientFill:
             return stored, {"reused": 1}
         if remote is not None:
             shards, timings = remote(plan)
-            _check_made_alike(key, timings.pop("made_with"))
+            check_made_alike(key, timings.pop("made_with"))
             timings = {"reused": 0, **timings}
         else:
             timings = {"reused": 0}
             shards = self.make_shards(data, plan, timings, on_progress)
         if mixed is not None and len(mixed):
             shards["mixup"] = mixed
-        seeds = {source: _seed(self.run_seed, self.client_id, source) for source in shards}
+        seeds = {source: source_seed(self.run_seed, self.client_id, source) for source in shards}
         return store.write(key, shards, seeds, data.class_names), timings
 
     def make_shards(
@@ -269,7 +152,7 @@ class ClientFill:
         timings["finetune_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
         labels = [c for c, n in enumerate(counts) for _ in range(int(n))]
-        seed = _seed(self.run_seed, self.client_id, "diffusion")
+        seed = source_seed(self.run_seed, self.client_id, "diffusion")
         images = generator.generate(
             labels,
             [image_seed(seed, i) for i in range(len(labels))],
@@ -300,11 +183,11 @@ class ClientFill:
             "base": base_fingerprint(self.settings.base_folder()),
             **compute_key(self.settings.compute()),
         }
-        store = SyntheticStore(Path(self.settings.store) / f"base-client-{self.client_id}-{_digest(key)}")
+        store = SyntheticStore(Path(self.settings.store) / f"base-client-{self.client_id}-{digest(key)}")
         if (kept := store.load_shards(key)) is not None:
             return kept["diffusion"]
         images = self._diffusion(data, counts, timings, on_progress, lora=False)
-        seed = _seed(self.run_seed, self.client_id, "diffusion")
+        seed = source_seed(self.run_seed, self.client_id, "diffusion")
         store.write(key, {"diffusion": images}, {"diffusion": seed}, data.class_names)
         return images
 
@@ -313,7 +196,7 @@ class ClientFill:
             steps=self.settings.lora_steps,
             prior_per_class=self.settings.prior_per_class,
             style_token=self.settings.lora_style_token,
-            seed=_seed(self.run_seed, self.client_id, "lora") % 2**31,
+            seed=source_seed(self.run_seed, self.client_id, "lora") % 2**31,
         )
 
     def _lora_generator(self, data: ImageDataset, base: Path, report: Progress):
@@ -323,7 +206,7 @@ class ClientFill:
 
         lora_settings = self._lora_settings()
         compute = self.settings.compute("training")
-        digest = _digest(
+        lora_digest = digest(
             {
                 "dataset": self.dataset,
                 "counts": data.class_counts().tolist(),
@@ -334,7 +217,7 @@ class ClientFill:
                 **compute_key(compute),
             }
         )
-        folder = Path(self.settings.store) / f"lora-client-{self.client_id}-{digest}"
+        folder = Path(self.settings.store) / f"lora-client-{self.client_id}-{lora_digest}"
         if (folder / LORA_FILE).is_file():
             return Generator(base, data.class_names, self.template, lora=folder, compute=self.settings.compute())
         resume = (folder / "checkpoint" / "state.pt").is_file()
@@ -359,7 +242,7 @@ class ClientFill:
 
         labels = np.asarray([c for c, n in enumerate(counts) for _ in range(int(n))], dtype=np.int64)
         x = natural_noise(
-            len(labels), _seed(self.run_seed, self.client_id, "noise") % 2**31, data.resolution, data.channels
+            len(labels), source_seed(self.run_seed, self.client_id, "noise") % 2**31, data.resolution, data.channels
         )
         return ImageDataset(x, labels, data.class_names)
 
@@ -368,7 +251,7 @@ class ClientFill:
         from regl.data.datasets import load_split
 
         public = load_split(self.dataset).public
-        rng = np.random.default_rng(_seed(self.run_seed, self.client_id, "public-equal"))
+        rng = np.random.default_rng(source_seed(self.run_seed, self.client_id, "public-equal"))
         picked = []
         for c, n in enumerate(counts):
             pool = np.flatnonzero(public.y == c)

@@ -15,8 +15,9 @@ import numpy as np
 
 from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
-from regl.fill.client import FillSettings, RemoteFill
+from regl.fill.client import RemoteFill
 from regl.fill.plan import FillPlan
+from regl.fill.settings import FillSettings
 
 POLL_SECONDS = 0.5
 

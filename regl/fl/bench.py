@@ -24,7 +24,7 @@ from typing import Any
 from regl.atomic import write_json_atomically
 from regl.cli.argv import settings_to_argv
 from regl.errors import ReglError
-from regl.fill.client import FillSettings
+from regl.fill.settings import FillSettings
 from regl.fl.bench_report import format_table, write_figures, write_if_changed
 from regl.fl.settings import ExperimentSettings
 

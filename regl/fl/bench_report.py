@@ -217,7 +217,7 @@ def stored_shards(settings: ExperimentSettings, fill_summary: dict) -> list[dict
     """
     import warnings
 
-    from regl.fill.client import client_plan
+    from regl.fill.settings import client_plan
     from regl.fill.store import SyntheticStore
     from regl.fl.experiment import client_data, client_fill
 

@@ -19,7 +19,8 @@ from regl.data.domains import ClientDomain, round_robin
 from regl.data.node_data import NodeData, load_labelled, load_node_data, node_key, run_class_names
 from regl.data.partitions import Partition, cached_partition
 from regl.errors import ReglError
-from regl.fill.client import ClientFill, client_plan, with_fill
+from regl.fill.client import ClientFill, with_fill
+from regl.fill.settings import client_plan
 from regl.fl.settings import ExperimentSettings
 from regl.train.augment import Augment
 from regl.train.loop import evaluate, train

@@ -13,7 +13,7 @@ from typing import Any
 
 from regl.data.partitions import PartitionSpec
 from regl.errors import ReglError
-from regl.fill.client import FillSettings
+from regl.fill.settings import FillSettings
 from regl.train.settings import TrainSettings
 
 INITS = ("synthetic", "public")

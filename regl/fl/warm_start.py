@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from regl.data.datasets import ImageDataset, load_split
-from regl.fill.client import compute_key
+from regl.fill.keys import compute_key
 from regl.fill.store import SyntheticStore
 from regl.fl.progress import Write, count_progress
 from regl.fl.settings import ExperimentSettings

@@ -120,7 +120,8 @@ def bench_natural_noise(resolution: int, channels: int, n: int = 512) -> float:
 def bench_client_fill(base: Path, compute_names: tuple[str, str]) -> dict:
     """Client 0 of `make demo` (mnist-10k, 2 classes per client): its LoRA and diffusion fill, end to end."""
     from regl.data.partitions import PartitionSpec
-    from regl.fill.client import ClientFill, FillSettings, client_plan
+    from regl.fill.client import ClientFill
+    from regl.fill.settings import FillSettings, client_plan
     from regl.fl.experiment import ExperimentSettings, client_data
     from regl.generate.generator import LORA_METADATA
     from regl.generate.prompts import template_for

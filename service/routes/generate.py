@@ -9,13 +9,13 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response
 
 from regl.errors import ReglError
-from service import encoding
-from service.batching import Batcher, QueueFull
-from service.deps import BatcherDep, ModelDep, SettingsDep
-from service.errors import BUSY, INVALID, UNREADABLE_BODY, busy, field_error
-from service.local_model import LocalModel, request_seeds
-from service.schemas import GenerateRequest, GenerateResponse
-from service.settings import ServiceSettings
+from regl.service import encoding
+from regl.service.batching import Batcher, QueueFull
+from regl.service.deps import BatcherDep, ModelDep, SettingsDep
+from regl.service.errors import BUSY, INVALID, UNREADABLE_BODY, busy, field_error
+from regl.service.local_model import LocalModel, request_seeds
+from regl.service.schemas import GenerateRequest, GenerateResponse
+from regl.service.settings import ServiceSettings
 
 router = APIRouter(tags=["generation"])
 

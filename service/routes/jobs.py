@@ -10,13 +10,13 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from service import encoding
-from service.deps import JobsDep, ModelDep, SettingsDep
-from service.errors import BUSY, INVALID, UNREADABLE_BODY, busy, field_error
-from service.fill_job import fill_images, fill_work, finetune_work
-from service.jobs import Job, JobRunner, JobsFull
-from service.local_model import LocalModel
-from service.schemas import FillRequest, FinetuneRequest, JobInfo
+from regl.service import encoding
+from regl.service.deps import JobsDep, ModelDep, SettingsDep
+from regl.service.errors import BUSY, INVALID, UNREADABLE_BODY, busy, field_error
+from regl.service.fill_job import fill_images, fill_work, finetune_work
+from regl.service.jobs import Job, JobRunner, JobsFull
+from regl.service.local_model import LocalModel
+from regl.service.schemas import FillRequest, FinetuneRequest, JobInfo
 
 router = APIRouter(tags=["jobs"])
 Body = TypeVar("Body", bound=BaseModel)

@@ -6,8 +6,8 @@ import asyncio
 
 from fastapi import APIRouter
 
-from service.deps import ModelDep, SettingsDep
-from service.schemas import ModelInfo
+from regl.service.deps import ModelDep, SettingsDep
+from regl.service.schemas import ModelInfo
 
 router = APIRouter(tags=["service"])
 

@@ -9,10 +9,10 @@ from fastapi import APIRouter, HTTPException, status
 
 from regl.data.node_data import run_class_names
 from regl.fl.settings import ExperimentSettings
-from service.deps import SettingsDep
-from service.errors import INVALID, field_error
-from service.schemas import TrainRequest, TrainResponse
-from service.settings import ServiceSettings
+from regl.service.deps import SettingsDep
+from regl.service.errors import INVALID, field_error
+from regl.service.schemas import TrainRequest, TrainResponse
+from regl.service.settings import ServiceSettings
 
 router = APIRouter(tags=["federated"])
 
