@@ -69,6 +69,7 @@ def produce_mixup(msg: Message, context: Context) -> Message:
     """Mix this client's images for the labels other clients lack (DP-LabelHide: labels are not mixed)."""
     from regl.fill.mixup import MixupSettings, label_hide_mixup
     from regl.fl.experiment import client_data
+    from regl.seeds import derive_seed
 
     settings, client_id = _settings(msg, context)
     orders = json.loads(msg.content["config"]["orders"])
@@ -79,7 +80,7 @@ def produce_mixup(msg: Message, context: Context) -> Message:
             data,
             {int(c): int(n) for c, n in requests.items()},
             MixupSettings(),
-            seed=settings.seed * 1009 + client_id * 31 + int(requester),
+            seed=derive_seed(settings.seed, "mixup", client_id, int(requester)),
         )
         arrays[f"x-{requester}"], arrays[f"y-{requester}"] = Array(mixed.x), Array(mixed.y)
     return Message(RecordDict({"mixed-images": ArrayRecord(arrays)}), reply_to=msg)

@@ -24,11 +24,11 @@ from pathlib import Path
 import httpx
 
 from regl.atomic import write_json_atomically
-from regl.cli.serving import service_argv
 from regl.data.node_data import run_class_names
 from regl.errors import ReglError
 from regl.fl.experiment import ExperimentSettings
 from regl.service.settings import ServiceSettings
+from regl.stopping import end
 
 SUPERLINK_PORT = 9090
 SUPERNODE_PORT = 9100  # + node index: each SuperNode's runtime API
@@ -64,7 +64,7 @@ class Processes:
     """Started processes, each logging to its own file; all stopped on exit."""
 
     def __init__(self, log_dir: Path, bin_dir: Path) -> None:
-        self.log_dir, self.running, self.argv = log_dir, {}, {}
+        self.log_dir, self.running, self.argv, self.extra_env = log_dir, {}, {}, {}
         log_dir.mkdir(parents=True, exist_ok=True)
         # the SuperLink and SuperNodes start `flower-superexec` and the apps by name; that looks for
         # new tasks every second unless told otherwise, a wait every message of every round pays
@@ -74,15 +74,16 @@ class Processes:
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_SECONDS,
         }
 
-    def start(self, name: str, argv: list[str], mode: str = "w") -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], mode: str = "w", env: dict[str, str] | None = None) -> subprocess.Popen:
+        """`env`: this process's own variables on top of the shared ones."""
         with open(self.log_dir / f"{name}.log", mode) as log:  # the child keeps its own descriptor
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.running[name], self.argv[name] = process, argv
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})})
+        self.running[name], self.argv[name], self.extra_env[name] = process, argv, env
         return process
 
     def restart(self, name: str) -> subprocess.Popen:
         """The same command again, its log appended to."""
-        return self.start(name, self.argv[name], mode="a")
+        return self.start(name, self.argv[name], mode="a", env=self.extra_env[name])
 
     def exited(self, name: str) -> int | None:
         return self.running[name].poll()
@@ -96,16 +97,8 @@ class Processes:
         return self
 
     def __exit__(self, *exc) -> None:
-        """SIGTERM to all, one shared 30 s grace period, then SIGKILL to what is left."""
-        for process in reversed(self.running.values()):
-            process.terminate()
-        deadline = time.monotonic() + 30
-        for process in self.running.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        """SIGTERM to all, last started first; SIGKILL to what is left after one shared grace period."""
+        end(reversed(self.running.values()))
 
 
 def _service_up(name: str, url: str, processes: Processes, timeout_s: float = 300) -> bool:
@@ -211,7 +204,9 @@ def deploy(
             for node in range(nodes):
                 data_dir = data_dirs[node] if data_dirs else ""
                 service = node_service_settings(settings, node, out_dir / f"service-{node}", data_dir)
-                processes.start(f"service-{node}", [sys.executable, "-m", "regl.cli", *service_argv(service)])
+                processes.start(
+                    f"service-{node}", [sys.executable, "-m", "regl.cli", "serve"], env=service.environment()
+                )
                 services[node] = f"http://127.0.0.1:{SERVICE_PORT + node}"
             for node, url in list(services.items()):
                 if not _service_up(f"service-{node}", url, processes):
@@ -256,7 +251,10 @@ def deploy(
             cwd=project,
             env=processes.env,
         )
-        restarts = _supervise(flwr_run, processes, nodes)
+        try:
+            restarts = _supervise(flwr_run, processes, nodes)
+        finally:
+            end([flwr_run])  # stopped (SIGTERM, Ctrl-C): `flwr run` first, then the processes above
         if flwr_run.returncode != 0:
             raise ReglError(f"flwr run exited with code {flwr_run.returncode}; logs in {out_dir / 'logs'}")
     summary_file = out_dir / "summary.json"

@@ -10,6 +10,9 @@ from collections.abc import Callable, Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from regl.errors import ReglError
+from regl.stopping import STOPPING
+
 PULL_SECONDS = 0.2
 
 
@@ -20,6 +23,8 @@ def pull_replies(
     waiting, replies = set(message_ids), []
     deadline = None if timeout is None else time.monotonic() + timeout
     while waiting and (deadline is None or time.monotonic() < deadline):
+        if STOPPING.is_set():  # the main thread is unwinding; the replies will not come
+            raise ReglError("the run was stopped")
         for reply in grid.pull_messages(waiting):
             waiting.discard(reply.metadata.reply_to_message_id)
             replies.append(reply)

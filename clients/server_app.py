@@ -17,6 +17,7 @@ from regl.clients.traffic import TrafficLog
 from regl.fl.experiment import ExperimentSettings, evaluate_global, new_model
 from regl.fl.progress import RoundProgress, Write, print_line
 from regl.fl.report import RunReport
+from regl.seeds import derive_seed
 
 NODE_WAIT_SECONDS = 120.0
 # a round's replies are awaited this long; a node that dies is reported by the SuperLink sooner
@@ -45,7 +46,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
     num_clients = settings.partition.num_clients
     wait_for_nodes(grid, num_clients)
     if settings.dp_noise:  # Flower draws the DP noise from numpy's global generator: the run's seed decides it
-        np.random.seed(settings.seed)
+        np.random.seed(derive_seed(settings.seed, "dp-noise") % 2**32)  # the legacy seed takes 32 bits
     traffic = TrafficLog()
     model = new_model(settings)
     strategy, recording = build_strategy(settings, traffic, _monitor(settings))
@@ -116,7 +117,7 @@ def _monitor(settings: ExperimentSettings):
     from regl.data.datasets import load_split
     from regl.fl.monitor import CompositionMonitor, auxiliary_set
 
-    aux = auxiliary_set(load_split(settings.dataset).public, settings.seed)
+    aux = auxiliary_set(load_split(settings.dataset).public, derive_seed(settings.seed, "monitor-auxiliary"))
     return CompositionMonitor(aux, settings.train, new_model(settings))
 
 

@@ -66,6 +66,26 @@ def flower_output(log_file: Path, verbose: bool) -> Iterator[TextIO]:
         update_console_handler(colored=True)
 
 
+@contextmanager
+def ray_keeps_off_sigterm() -> Iterator[None]:
+    """Leave SIGTERM to regl's handler (regl/stopping.py), which stops the run as Ctrl-C does.
+
+    Ray's driver puts its own in when it starts, and that exits at once (SystemExit), so Python
+    would wait at exit for Flower's ServerApp thread, which never learns the run has stopped.
+    """
+    import ray._private.utils as ray_utils  # private: a Ray without it keeps its handler; the sandbox's grace ends it
+
+    own = getattr(ray_utils, "set_sigterm_handler", None)
+    if own is None:
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = own
+
+
 def simulate(settings: ExperimentSettings, num_cpus: int, verbose: bool = False) -> dict:
     """One Ray actor per CPU, each running one client at a time with one torch thread.
 
@@ -86,15 +106,16 @@ def simulate(settings: ExperimentSettings, num_cpus: int, verbose: bool = False)
             f"Flower's and Ray's logs in {log_file}"
         )
         try:
-            run_simulation(
-                server_app=build_server_app(settings, write),
-                client_app=client_app,
-                num_supernodes=settings.partition.num_clients,
-                backend_config={
-                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                    "init_args": {"num_cpus": num_cpus, "include_dashboard": False},
-                },
-            )
+            with ray_keeps_off_sigterm():
+                run_simulation(
+                    server_app=build_server_app(settings, write),
+                    client_app=client_app,
+                    num_supernodes=settings.partition.num_clients,
+                    backend_config={
+                        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": {"num_cpus": num_cpus, "include_dashboard": False},
+                    },
+                )
         except Exception as exc:
             with open(log_file, "a") as log:
                 traceback.print_exc(file=log)

@@ -22,9 +22,14 @@ def write_text_atomically(path: Path, text: str) -> None:
 def write_bytes_atomically(path: Path, content: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(content)
-    os.chmod(tmp.name, 0o644)  # a temporary file is private; a results file is not
-    os.replace(tmp.name, path)
+        try:
+            tmp.write(content)
+            tmp.close()
+            os.chmod(tmp.name, 0o644)  # a temporary file is private; a results file is not
+            os.replace(tmp.name, path)
+        except BaseException:  # a full disk, or a stop (SIGTERM, Ctrl-C): no stray temporary file
+            Path(tmp.name).unlink(missing_ok=True)  # missing: the stop came just after the rename
+            raise
 
 
 def _finite(value: Any) -> Any:

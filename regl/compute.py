@@ -23,6 +23,11 @@ from regl.errors import ReglError
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_HELP = "where the generator and LoRA run; auto: cuda when torch sees a GPU, else cpu"
+DTYPE_HELP = (
+    "auto: float16 generation on CUDA, a LoRA in bf16 autocast over float32 weights; on a CPU with bf16 "
+    "instructions (AVX512-BF16, AMX) bf16 autocast for generation and float32 for a LoRA, else float32"
+)
 Purpose = Literal["inference", "training"]
 
 

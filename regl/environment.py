@@ -52,10 +52,14 @@ def cpu() -> dict[str, Any]:
 
 
 def describe() -> dict[str, Any]:
-    """This process's environment: packages, CPU, torch's kernel choice and thread counts."""
+    """This process's environment: packages, CPU, torch's kernel choice and thread counts; and which derivation
+    gave its seeds (regl.seeds.SEED_DERIVATION; a record without it predates regl.seeds)."""
     import torch
 
+    from regl.seeds import SEED_DERIVATION
+
     return {
+        "seed_derivation": SEED_DERIVATION,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu(),

@@ -48,11 +48,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     yield
     await batcher.stop()
-    if not await asyncio.to_thread(app.state.jobs.shutdown, JOB_STOP_WAIT_S):
-        log.warning("a background job did not stop within %d s; abandoned", JOB_STOP_WAIT_S)
+    wait_s = app.state.job_stop_wait_s
+    if not await asyncio.to_thread(app.state.jobs.shutdown, wait_s):
+        log.warning("a background job did not stop within %g s; abandoned", wait_s)
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+def create_app(settings: ServiceSettings | None = None, job_stop_wait_s: float = JOB_STOP_WAIT_S) -> FastAPI:
+    """`job_stop_wait_s`: how long the app's end waits for a running job to stop (`JobRunner.shutdown`)."""
     settings = settings or ServiceSettings()
     app = FastAPI(
         title="ReGL local generation service",
@@ -63,7 +65,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         # with a token every API route is closed, the API description included
         **({"docs_url": None, "redoc_url": None, "openapi_url": None} if settings.token else {}),
     )
-    app.state.settings = settings
+    app.state.settings, app.state.job_stop_wait_s = settings, job_stop_wait_s
     app.openapi = lambda: service_openapi(app)
     app.include_router(page.router)
     app.include_router(health.router)

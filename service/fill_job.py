@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from regl.compute import resolve
+from regl.data.datasets import BUILTINS
 from regl.data.domains import ClientDomain
 from regl.errors import ReglError
 from regl.fill.client import ClientFill
 from regl.fill.settings import FillSettings, client_plan
+from regl.options import request_options
 from regl.service.errors import field_error
 from regl.service.jobs import Job
 from regl.service.local_model import LocalModel
@@ -29,13 +31,7 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
     from regl.generate.settings import LoraSettings
 
     lora_settings = LoraSettings(
-        rank=body.rank,
-        steps=body.steps,
-        lr=body.lr,
-        batch_size=body.batch_size,
-        prior_per_class=body.prior_per_class,
-        style_token=body.style_token,
-        seed=body.seed,
+        **{name: getattr(body, name) for name in request_options(LoraSettings)}, seed=body.seed
     )
 
     def work(job: Job) -> dict[str, Any]:
@@ -66,16 +62,10 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
 def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tuple[ClientFill, np.ndarray | None]:
     """The client's fill for this request; a bad mode or mix is a 422 naming the field."""
     fill_settings = FillSettings(
+        **{name: getattr(body, name) for name in request_options(FillSettings)},
         mode=body.mode,
-        supplement=body.supplement,
         mix=body.mix,
         target="uniform" if body.target is None else "global",
-        lora=body.lora,
-        lora_steps=body.lora_steps,
-        prior_per_class=body.prior_per_class,
-        lora_style_token=body.lora_style_token,
-        steps=body.steps,
-        guidance=body.guidance,
         base=str(settings.base),
         store=str(Path(settings.store) / "fill"),
         device=settings.device,
@@ -101,7 +91,9 @@ def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tu
     domain = None
     if settings.client >= 0:
         domain = ClientDomain(settings.domain, client, settings.clients, settings.partition_seed)
-    return ClientFill(model.dataset, model.template, client, body.seed, fill_settings, domain), target
+    # a folder's or a node's images are named in the fill's keys by their content, a built-in dataset's by its name
+    digest = "" if model.dataset in BUILTINS else model.data.content_digest
+    return ClientFill(model.dataset, model.template, client, body.seed, fill_settings, domain, digest), target
 
 
 def fill_work(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> Callable[[Job], dict]:

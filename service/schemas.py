@@ -9,22 +9,18 @@ and written into the OpenAPI document by service/openapi.py.
 from __future__ import annotations
 
 from itertools import permutations
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, StrictStr, create_model
 
 from regl.fill.plan import SOURCES
 from regl.fill.settings import FillSettings
-from regl.generate.settings import STYLE_TOKEN_PATTERN, LoraSettings, SamplingSettings
+from regl.generate.settings import LoraSettings, SamplingSettings
+from regl.options import config_fields, default_of
 
 MAX_SEED = 2**63 - 1
-SAMPLING, LORA, FILL = SamplingSettings(), LoraSettings(), FillSettings()
-DEFAULT_LORA_STEPS = LORA.steps  # lowered to the service's max_finetune_steps when that is smaller
+SAMPLING = SamplingSettings()
 MAX_TARGET_WEIGHT = 1e12  # keeps a target's sum finite
-STYLE_TOKEN_HELP = (
-    "a word for the client's look, added to its own images' prompts (not the priors') and to every prompt "
-    "generated with the LoRA; empty: none"
-)
 
 
 def _integral_float_to_int(value: object) -> object:
@@ -34,6 +30,21 @@ def _integral_float_to_int(value: object) -> object:
 
 JsonInt = Annotated[int, Strict(), BeforeValidator(_integral_float_to_int)]
 JsonFloat = Annotated[float, Strict()]  # strict refuses booleans and strings, and still takes integers
+JSON_TYPES = {int: JsonInt, float: JsonFloat, bool: StrictBool, str: StrictStr}
+
+
+def request_fields(settings: type) -> dict[str, Any]:
+    """A request model's fields for the options `settings` declares `request=True`: type, default, range, help."""
+    out = {}
+    for cf in config_fields(settings):
+        o = cf.option
+        if o.request:
+            limits = {"ge": o.ge, "gt": o.gt, "le": o.le, "pattern": o.pattern}
+            declared = Field(
+                default_of(cf.field), description=o.help, **{k: v for k, v in limits.items() if v is not None}
+            )
+            out[cf.field.name] = (JSON_TYPES[cf.kind], declared)
+    return out
 
 
 class GenerateRequest(BaseModel):
@@ -81,19 +92,15 @@ class ModelInfo(BaseModel):
     max_batch: int
 
 
-class FinetuneRequest(BaseModel):
+class _FinetuneRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"rank": 4, "lr": 0.001}]})
 
-    steps: JsonInt = Field(DEFAULT_LORA_STEPS, ge=1, description="at most the service's max_finetune_steps")
-    rank: JsonInt = Field(LORA.rank, ge=1, le=128)
-    lr: JsonFloat = Field(LORA.lr, gt=0, le=1.0)
-    batch_size: JsonInt = Field(LORA.batch_size, ge=1, le=1024)
-    prior_per_class: JsonInt = Field(
-        LORA.prior_per_class, ge=0, le=1000, description="base images per missing class (prior preservation)"
-    )
-    style_token: StrictStr = Field(LORA.style_token, pattern=STYLE_TOKEN_PATTERN, description=STYLE_TOKEN_HELP)
     seed: JsonInt = Field(0, ge=0, le=2**31 - 1)
     activate: StrictBool = Field(True, description="serve with the new LoRA once it is trained")
+
+
+# LoraSettings' options a fine-tune request takes, as declared there; steps at most the service's max_finetune_steps
+FinetuneRequest = create_model("FinetuneRequest", __base__=_FinetuneRequest, **request_fields(LoraSettings))
 
 
 # A fill's mode names distinct sources joined by '+'; its mix gives one weight per source, at least one
@@ -129,7 +136,9 @@ def _mix_fits_mode() -> list[dict]:
     return rule
 
 
-class FillRequest(BaseModel):
+class _FillRequest(BaseModel):
+    """What a fill request holds beyond FillSettings' declared request options (`request_fields`)."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -145,7 +154,6 @@ class FillRequest(BaseModel):
         description="sources joined by '+': diffusion, noise, mixup; mixup images come from "
         "other clients through the Flower server and are not made here",
     )
-    supplement: JsonFloat = Field(FILL.supplement, ge=0.0, le=10.0, description="synthetic images per real image")
     mix: StrictStr = Field(
         "",
         max_length=64,
@@ -157,20 +165,16 @@ class FillRequest(BaseModel):
         max_length=10_000,
         description="class composition to fill towards, one weight per class, at least one positive; null: uniform",
     )
-    lora: StrictBool = Field(FILL.lora, description="fine-tune a LoRA on the client's images first")
-    lora_steps: JsonInt = Field(DEFAULT_LORA_STEPS, ge=1, description="at most the service's max_finetune_steps")
-    prior_per_class: JsonInt = Field(FILL.prior_per_class, ge=0, le=1000)
-    lora_style_token: StrictStr = Field(
-        FILL.lora_style_token, pattern=STYLE_TOKEN_PATTERN, description=STYLE_TOKEN_HELP
-    )
-    steps: JsonInt = Field(FILL.steps, ge=1, le=200)
-    guidance: JsonFloat = Field(FILL.guidance, ge=0.0, le=30.0)
     seed: JsonInt = Field(0, ge=0, le=MAX_SEED)
     expect_class_counts: list[JsonInt] | None = Field(
         None,
         max_length=10_000,
         description="the caller's class counts; refused (409) when the service holds other data",
     )
+
+
+# the rest of the body: FillSettings' options declared `request=True` (lora_steps at most max_finetune_steps)
+FillRequest = create_model("FillRequest", __base__=_FillRequest, **request_fields(FillSettings))
 
 
 class JobInfo(BaseModel):

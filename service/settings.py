@@ -87,6 +87,17 @@ class ServiceSettings(BaseSettings):
             "partition_seed": spec.seed,
         }
 
+    def environment(self) -> dict[str, str]:
+        """The REGL_* variables that give a child `regl serve` these settings: how `regl deploy` starts a node's.
+
+        Only the fields set on this object; the token stays out, and the child inherits REGL_TOKEN.
+        """
+        return {
+            f"REGL_{name.upper()}": str(getattr(self, name))
+            for name in self.model_fields_set
+            if name != "token" and getattr(self, name) is not None
+        }
+
     def check_exposure(self) -> None:
         """A service that answers beyond this machine must ask for a token."""
         if not self.token and not is_loopback(self.host):

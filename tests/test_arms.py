@@ -154,7 +154,10 @@ def test_bench_children_run_with_every_option_given(tmp_path, monkeypatch, capfd
         assert {key: config[key] for key in expected} == expected
         assert (config["model"], config["fill-lora"], config["train-lr"]) == ("cnn", False, 0.02)
     lines = terminal.out.splitlines()
-    assert lines[1].startswith("[1/2] arm none, seed 3: running (new): regl fl --clients 2 ")
+    assert (
+        lines[1]
+        == f"[1/2] arm none, seed 3: running (new): regl fl --config {out / 'none-s3' / 'run-config.json'} --cpus 2"
+    )
     assert sum(line.startswith("round 1/1: accuracy ") for line in lines) == 2
     assert any(line.startswith("fill: client 1 done") for line in lines)
     assert [line.split(" | ")[0] for line in lines if line.startswith("| n")] == ["| none", "| noise"]

@@ -214,9 +214,11 @@ def test_bench_resumes_and_leaves_a_results_folder(tmp_path, monkeypatch, capfd)
 
     assert bench() == [
         f"[1/2] arm none, seed 0: skipped, finished in {out / 'none-s0'}",
-        "[2/2] arm none, seed 1: running (no summary.json: interrupted or failed): regl fl --clients 2 --seed 1 "
-        f"--rounds 1 --out-dir {out / 'none-s1'} --fill-store {tmp_path / '.regl-cache' / 'fill'}",
+        "[2/2] arm none, seed 1: running (no summary.json: interrupted or failed): regl fl --config "
+        f"{out / 'none-s1' / 'run-config.json'} --cpus 2",
     ]
+    config = json.loads((out / "none-s1" / "run-config.json").read_text())
+    assert (config["seed"], config["num-rounds"], config["out-dir"]) == (1, 1, str(out / "none-s1"))
     assert (out / "none-s0" / "summary.json").stat().st_mtime_ns == kept
     assert (out / "none-s1" / "summary.json").is_file()
 

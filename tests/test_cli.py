@@ -1,4 +1,5 @@
-"""The `regl` command: error paths, option defaults, and the inverse of parsing that starts child runs."""
+"""The `regl` command: error paths, option defaults, and every declared option through argparse, a run-config
+file (what a bench's child runs read) and back."""
 
 import random
 import subprocess
@@ -10,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from regl.cli import command_parser, main
-from regl.cli.argv import settings_to_argv
-from regl.cli.options import EXPERIMENT_OPTIONS, experiment_settings
+from regl.atomic import write_json_atomically
+from regl.cli import ConfigFile, build_parser, command_parser, main
+from regl.cli.options import experiment_options, experiment_settings
 from regl.fill.settings import FillSettings
-from regl.fl.bench import arm_argv, arm_settings
+from regl.fl.bench import RUN_CONFIG, arm_argv, arm_settings
 from regl.fl.settings import ExperimentSettings
 from regl.generate.generator import DEFAULT_BASE
 from regl.train.settings import TrainSettings
@@ -22,10 +23,26 @@ from regl.train.settings import TrainSettings
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-# [tool.flwr.app.config] keys that differ from ExperimentSettings() on purpose, and why
+def parse_args(argv: list[str]):
+    """The options `regl ARGV` runs with, read as `main` reads them (a --config file first): argv[0] is the command."""
+    config, _ = ConfigFile().parse_known_args(argv)
+    return build_parser(argv[0], config.config).parse_args(argv)
+
+
 def parse(argv: list[str]) -> ExperimentSettings:
-    """What `regl ARGV` runs with: argv[0] is the command."""
-    return experiment_settings(command_parser(argv[0]).parse_args(argv[1:]))
+    return experiment_settings(parse_args(argv))
+
+
+def settings_argv(settings: ExperimentSettings, command: str = "fl") -> list[str]:
+    """A command line for `settings`, built from the declarations alone: the flag of every option off its default."""
+    config, default = settings.to_config(), ExperimentSettings().to_config()
+    argv = [command]
+    for option in experiment_options():
+        value = config[option.key]
+        if value != default[option.key]:
+            assert option.flag is not None, f"{option.key} has no flag"
+            argv += [option.flag] if option.kind is bool else [f"{option.flag}={value}"]
+    return argv
 
 
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine takes these")
@@ -41,17 +58,20 @@ CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine 
         (["partition", "--dataset", "/no/such/folder"], "data folder /no/such/folder does not exist"),
         (["partition", "--partition", "shards"], "invalid choice: 'shards'"),
         (["fl", "--dataset", "/no/such/folder"], "data folder /no/such/folder does not exist"),
-        (["fl", "--rounds", "0"], "--rounds must be at least 1"),
-        (["fl", "--clients", "1"], "--clients must be at least 2"),
+        (["fl", "--rounds", "0"], "--rounds must be ≥ 1, got 0"),
+        (["fl", "--clients", "1"], "--clients must be ≥ 2, got 1"),
+        (["fl", "--fill", "noise", "--fill-steps", "500"], "--fill-steps must be ≤ 200, got 500"),
+        (["fl", "--fill-lora-style-token", "two words"], "the style token must be one word"),
+        (["fl", "--config", "/no/such.json"], "--config /no/such.json"),
         (["fl", "--rounds", "two"], "argument --rounds: invalid int value: 'two'"),
-        (["centralized", "--partition", "dirichlet", "--beta", "-2"], "Dirichlet beta must be > 0"),
+        (["centralized", "--partition", "dirichlet", "--beta", "-2"], "--beta must be > 0, got -2.0"),
         (["fl", "--fill", "diffusion+sparkle"], "unknown fill 'diffusion+sparkle'"),
         (["fl", "--fill", "diffusion+noise", "--fill-mix", "3:1:1"], "gives 3 weights for the 2 sources"),
-        (["fl", "--fill", "noise", "--fill-supplement", "-1"], "fill supplement must be ≥ 0"),
+        (["fl", "--fill", "noise", "--fill-supplement", "-1"], "--fill-supplement must be ≥ 0"),
         (["fl", "--fill", "diffusion", "--fill-base", "/no/such/model"], "/no/such/model"),
         (["bench", "--arms", "none,sparkle"], "unknown fill 'sparkle'"),
         (["fl", "--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
-        (["fl", "--dp-clip", "0"], "--dp-clip > 0"),
+        (["fl", "--dp-clip", "0"], "--dp-clip must be > 0, got 0.0"),
         (["fl", "--dp-noise", "1", "--aggregate-weight", "class-balanced"], "averages the clients' updates uniformly"),
         (["fl", "--dp-noise", "1", "--loss", "ratio"], "--loss ratio and --dp-noise cannot be combined"),
         (["fl", "--init-freeze"], "--init-freeze keeps the warm start's feature extractor"),
@@ -176,7 +196,7 @@ def _option_values() -> dict[str, list]:
         "dp-clip": [0.1, 5.0],
         "dp-clipping": ["server"],
     }
-    assert set(values) | DEPLOY_ONLY == set(EXPERIMENT_OPTIONS.values())
+    assert set(values) | DEPLOY_ONLY == {option.key for option in experiment_options() if option.flag}
     return {key: [default[key], *choices] for key, choices in values.items()}
 
 
@@ -201,39 +221,66 @@ def _normal(config: dict) -> ExperimentSettings:
     return ExperimentSettings.from_config(config)
 
 
-def test_every_fl_option_survives_settings_to_argv_and_back():
+def _cases() -> list[ExperimentSettings]:
+    """Every option at each of its values, then 100 random combinations."""
     values = _option_values()
     default = {key: options[0] for key, options in values.items()}
     cases = [_normal({**default, key: value}) for key, options in values.items() for value in options[1:]]
     rng = random.Random(0)
-    cases += [_normal({key: rng.choice(options) for key, options in values.items()}) for _ in range(100)]
-    for settings in cases:
-        argv = settings_to_argv(settings)
-        assert argv[0] == "fl"
+    return cases + [_normal({key: rng.choice(options) for key, options in values.items()}) for _ in range(100)]
+
+
+def test_every_fl_option_survives_its_flag_and_a_run_config_file(tmp_path):
+    config = tmp_path / "run-config.json"
+    for settings in _cases():
+        argv = settings_argv(settings)
         assert parse(argv) == settings, argv
+        write_json_atomically(config, settings.to_config())
+        assert parse(["fl", "--config", str(config)]) == settings
+
+
+def test_options_given_beside_a_config_file_win_and_flagless_keys_travel(tmp_path):
+    config = tmp_path / "run-config.toml"
+    config.write_text('num-rounds = 7\ntrain-momentum = 0.5\nfill-service = "http://127.0.0.1:8100"\nseed = 4\n')
+    settings = parse(["fl", "--config", str(config), "--rounds", "3"])
+    assert (settings.num_rounds, settings.seed, settings.partition.seed) == (3, 4, 4)
+    assert (settings.train.momentum, settings.fill.service) == (0.5, "http://127.0.0.1:8100")
+
+
+def test_a_config_file_with_unknown_keys_or_options_the_command_lacks_is_refused(tmp_path, capsys):
+    config = tmp_path / "run-config.json"
+    config.write_text('{"num-rounds": 2, "sparkle": 1}')
+    assert main(["fl", "--config", str(config)]) == 2
+    assert "unknown keys sparkle" in capsys.readouterr().err
+    config.write_text('{"classes": "cat,dog", "test-data": "/data/t"}')  # node-local data: regl deploy's
+    assert main(["fl", "--config", str(config)]) == 2
+    assert "regl fl has no option for classes, test-data" in capsys.readouterr().err
 
 
 def test_node_local_data_options_are_deploys():
     settings = _normal({**ExperimentSettings().to_config(), "classes": "cat,dog,owl", "test-data": "/data/server test"})
-    argv = settings_to_argv(settings, "deploy")
-    assert argv[:5] == ["deploy", "--classes", "cat,dog,owl", "--test-data", "/data/server test"]
-    assert experiment_settings(command_parser("deploy").parse_args(argv[1:])) == settings
-    with pytest.raises(ValueError, match="has no option for classes, test_data"):
-        settings_to_argv(settings)
+    argv = settings_argv(settings, "deploy")
+    assert argv[:3] == ["deploy", "--classes=cat,dog,owl", "--test-data=/data/server test"]
+    assert parse(argv) == settings
 
 
-def test_settings_without_an_option_are_refused():
-    for settings in (
-        replace(ExperimentSettings(), train=TrainSettings(momentum=0.5)),
-        replace(ExperimentSettings(), fill=FillSettings(service="http://127.0.0.1:8100")),
-    ):
-        with pytest.raises(ValueError, match="has no option for"):
-            settings_to_argv(settings)
-    with pytest.raises(ValueError, match="has no option for fill"):
-        settings_to_argv(replace(ExperimentSettings(), fill=FillSettings(mode="noise")), "centralized")
+def test_service_requests_carry_every_declared_request_option():
+    """A client's fill settings through the service's request body and back: what the node's service fills with."""
+    from regl.options import request_options
+    from regl.service.schemas import FillRequest, FinetuneRequest
+
+    for settings in _cases():
+        fill = settings.fill
+        body = {name: getattr(fill, name) for name in request_options(FillSettings)}
+        request = FillRequest.model_validate({**body, "mode": "noise"})
+        assert {name: getattr(request, name) for name in body} == body
+    assert set(request_options(FillSettings)) <= set(FillRequest.model_fields)
+    from regl.generate.settings import LoraSettings
+
+    assert set(request_options(LoraSettings)) <= set(FinetuneRequest.model_fields)
 
 
-def test_every_bench_option_reaches_its_childrens_command_lines():
+def test_every_bench_option_reaches_its_childrens_runs(tmp_path):
     """`regl bench` parsed, each arm's child command line parsed again: the arm's settings exactly."""
     bench = [
         "bench",
@@ -294,6 +341,7 @@ def test_every_bench_option_reaches_its_childrens_command_lines():
         "--verbose",
     ]
     args = command_parser("bench").parse_args(bench[1:])
+    mix, args.fill_mix = args.fill_mix, ""  # as cmd_bench keeps the mix for the arms
     settings = experiment_settings(args)
     for arm in (
         "none",
@@ -310,9 +358,10 @@ def test_every_bench_option_reaches_its_childrens_command_lines():
         "dp0.5",
         "init-public",
     ):
-        child = arm_settings(settings, arm, args.arm_mix)
+        child = replace(arm_settings(settings, arm, mix), out_dir=str(tmp_path / arm))
         argv = arm_argv(child, arm, cpus=args.cpus, verbose=args.verbose)
-        child_args = command_parser(argv[0]).parse_args(argv[1:])
+        write_json_atomically(tmp_path / arm / RUN_CONFIG, child.to_config())  # as run_cell does
+        child_args = parse_args(argv)
         parsed = experiment_settings(child_args)
         assert (parsed.model, parsed.train, parsed.num_rounds, parsed.partition.seed) == (
             "resnet18",

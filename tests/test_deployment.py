@@ -10,10 +10,10 @@ from PIL import Image
 from regl.cli import command_parser, main
 
 
-def test_node_service_command_line_is_its_settings(monkeypatch):
-    """What `regl deploy` starts as a node's `regl serve` parses back to that node's ServiceSettings."""
+def test_node_service_environment_is_its_settings(monkeypatch):
+    """The REGL_* variables `regl deploy` starts a node's `regl serve` with read back as that node's ServiceSettings."""
     from regl.cli.options import experiment_settings
-    from regl.cli.serving import service_argv, service_settings
+    from regl.cli.serving import service_settings
     from regl.clients.deployment import node_service_settings
 
     monkeypatch.setenv("REGL_TOKEN", "secret")
@@ -23,9 +23,11 @@ def test_node_service_command_line_is_its_settings(monkeypatch):
         )
     )
     node = node_service_settings(run, 2, Path("/tmp/service-2"))
-    argv = service_argv(node)
-    assert argv[0] == "serve" and "secret" not in argv  # the token stays in the environment
-    assert service_settings(command_parser("serve").parse_args(argv[1:])) == node
+    environment = node.environment()
+    assert "REGL_TOKEN" not in environment  # the token is inherited, never written anew
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert service_settings(command_parser("serve").parse_args([])) == node
     assert (node.client, node.partition, node.beta, node.partition_seed, node.port) == (2, "dirichlet", 0.05, 4, 8102)
 
 

@@ -32,6 +32,7 @@ def shards_of(settings: ExperimentSettings, in_own_look: bool) -> list[dict]:
     return stored
 
 
+@pytest.mark.slow
 def test_images_in_the_clients_look_are_judged_its_own(judges):
     assert judges.look_names == (
         "rotated 0°",
@@ -51,6 +52,7 @@ def test_images_in_the_clients_look_are_judged_its_own(judges):
     assert in_look["recognised"] > 0.8
 
 
+@pytest.mark.slow
 def test_no_generated_images_of_missing_classes_means_no_fit(judges):
     stored = [{"noise": shards["diffusion"]} for shards in shards_of(K2_ROTATE, True)]
     assert missing_class_fit(K2_ROTATE, stored, judges) is None

@@ -17,6 +17,7 @@ from regl.fl import experiment
 from regl.fl.experiment import ExperimentSettings, client_data, client_fill, new_model, train_client
 from regl.generate.prompts import class_prompts, prompt_words, template_for
 from regl.generate.tiny_sd import TEST_SD, build_pipeline
+from regl.seeds import SEED_DERIVATION
 from regl.train.settings import TrainSettings
 
 K1 = PartitionSpec("classes", 10, classes_per_client=1)
@@ -38,7 +39,9 @@ def test_domain_none_leaves_data_and_test_set_as_they_were():
 def test_domain_none_keeps_the_fill_store_keys_made_before_domains(mode, folder):
     fill = client_fill(replace(PLAIN, fill=FillSettings(mode=mode, supplement=0.5)), 3)
     plan = client_plan(fill.settings, client_data(PLAIN, 3).class_counts(), None)
-    assert fill.store_folder(fill.store_key(plan)).name == folder  # the name the code before domains gave
+    key = fill.store_key(plan)
+    assert key.pop("seeds") == SEED_DERIVATION  # added since, so that stores of the older seeds are not reused
+    assert fill.store_folder(key).name == folder  # the name the code before domains gave
 
 
 def test_a_domain_changes_the_clients_images_and_its_fill_key():

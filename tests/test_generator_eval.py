@@ -16,6 +16,7 @@ def test_frechet_distance_of_gaussians():
     assert frechet_distance(a, 2 * rng.normal(size=(20000, 3))) == pytest.approx(3.0, rel=0.05)
 
 
+@pytest.mark.slow
 def test_generate_then_measure_end_to_end_on_a_tiny_pipeline(tmp_path):
     from regl.data.datasets import load_split
     from regl.generate.evaluate import format_quality, measure_generated, save_grid
@@ -48,6 +49,7 @@ def test_generate_then_measure_end_to_end_on_a_tiny_pipeline(tmp_path):
     assert [f.name for f in (tmp_path / "new").iterdir()] == ["grid.png"]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_sampler_sweep_measures_each_row_once_and_resumes(tmp_path, monkeypatch):
     from regl.compute import Compute
     from regl.data.datasets import load_split

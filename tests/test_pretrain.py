@@ -36,6 +36,7 @@ def base(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_pretrain_writes_a_loadable_base_and_its_checkpoint(base):
     pipe = load_pipeline(base)
     assert pipe.vae.config.scaling_factor != 1.0
@@ -43,6 +44,7 @@ def test_pretrain_writes_a_loadable_base_and_its_checkpoint(base):
     assert (state["stage"], state["step"]) == ("unet", 2)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_is_not_overwritten_without_resume(capsys, base):
     before = weights(base, "unet")
     code, err = pretrain(capsys, base, "--unet-steps", "2")
@@ -50,6 +52,7 @@ def test_a_checkpoint_is_not_overwritten_without_resume(capsys, base):
     assert same(weights(base, "unet"), before)
 
 
+@pytest.mark.slow
 def test_resume_extends_a_finished_run(capsys, tmp_path):
     out = tmp_path / "base"
     assert pretrain(capsys, out, "--unet-steps", "2")[0] == 0
@@ -61,6 +64,7 @@ def test_resume_extends_a_finished_run(capsys, tmp_path):
     assert same(weights(out, "vae"), vae) and not same(weights(out, "unet"), unet)
 
 
+@pytest.mark.slow
 def test_continue_from_trains_the_unet_of_a_finished_base(capsys, tmp_path, base):
     out = tmp_path / "longer"
     code, err = pretrain(capsys, out, "--unet-steps", "3", "--continue-from", str(base))

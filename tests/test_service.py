@@ -145,6 +145,7 @@ def test_non_loopback_host_needs_a_token():
     ServiceSettings(host="localhost").check_exposure()
 
 
+@pytest.mark.slow
 def test_full_queue_answers_429_with_retry_after(service_base, client_folder, tmp_path):
     """One request waits in a long batching window; with room for one, the next is refused."""
     with service(service_base, tmp_path, dataset=client_folder, max_queue=1, batch_wait_ms=3000) as api:

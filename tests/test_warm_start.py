@@ -1,5 +1,6 @@
 """The server's warm start: base-generated balanced images train the initial global model."""
 
+import pytest
 import torch
 
 from regl.fill.settings import FillSettings
@@ -25,6 +26,7 @@ def test_warm_start_makes_a_balanced_set_once_and_reuses_it(service_base, tmp_pa
     assert len(warm_start_data(settings_for(service_base, tmp_path, per_class=1), print)[0]) == 10  # another key
 
 
+@pytest.mark.slow
 def test_warm_start_trains_the_model_in_place(service_base, tmp_path):
     settings = settings_for(service_base, tmp_path)
     model = new_model(settings)

@@ -1,7 +1,6 @@
 """The `regl` command: one module per group of subcommands, each adding its options and running them.
 
-- options.py: what the commands share (parser, help, the experiment's options)
-- argv.py: the inverse of parsing, which starts child runs
+- options.py: what the commands share (parser, help, the experiment's declared options, --config)
 - data.py: partition
 - federated.py: fl, bench, deploy, centralized, sandbox
 - generation.py: generate, bench-generator
@@ -20,15 +19,28 @@ import os
 import sys
 
 from regl.cli import data, evaluation, federated, generation, serving, training
-from regl.cli.options import Command, HelpFormatter, Parser
+from regl.cli.options import Command, HelpFormatter, Parser, config_defaults
 from regl.errors import ReglError
+from regl.stopping import stop_on_signals, stop_reason
+
+
+class ConfigFile(argparse.ArgumentParser):
+    """Reads `--config FILE` alone, before the command's parser exists."""
+
+    def __init__(self) -> None:
+        super().__init__(add_help=False)
+        self.add_argument("--config", default="")
+
 
 GROUPS = (data, federated, generation, evaluation, training, serving)
 COMMANDS: dict[str, Command] = {command.name: command for group in GROUPS for command in group.COMMANDS}
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The `regl` parser with the options of `command` alone; the others list their name and help only."""
+def build_parser(command: str | None = None, config: str = "") -> argparse.ArgumentParser:
+    """The `regl` parser with the options of `command` alone; the others list their name and help only.
+
+    `config`: a run-config file whose values become the command's defaults (`--config`).
+    """
     parser = Parser(
         prog="regl",
         formatter_class=HelpFormatter,
@@ -42,11 +54,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if spec.name == command:
             spec.add_options(subparser)
             subparser.set_defaults(run=spec.run)
+            if config and "config" in {action.dest for action in subparser._actions}:
+                config_defaults(subparser, config)
     return parser
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:
-    """The parser of `regl NAME` on its own: what child command lines are built against."""
+    """The parser of `regl NAME` on its own."""
     spec = COMMANDS[name]
     parser = Parser(prog=f"regl {name}", description=spec.description, formatter_class=HelpFormatter)
     spec.add_options(parser)
@@ -54,20 +68,29 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `regl ARGV` (default: sys.argv[1:]) and return its exit code; bad input gives 2 and one line."""
+    """Run `regl ARGV` (default: sys.argv[1:]) and return its exit code; bad input gives 2 and one line.
+
+    SIGTERM stops a command as Ctrl-C does (regl/stopping.py): one line, and 128 + the signal's number.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # its torchvision notice is noise here
     command = next((arg for arg in argv if not arg.startswith("-")), None)
+    config, _ = ConfigFile().parse_known_args(argv)
     try:
-        args = build_parser(command).parse_args(argv)
+        args = build_parser(command, config.config).parse_args(argv)
     except SystemExit as stop:  # --help, or a parser error already printed
         return int(stop.code or 0)
+    except ReglError as exc:  # an unreadable --config
+        print(f"regl: error: {exc}", file=sys.stderr)
+        return 2
     args.argv = argv  # a command that re-runs itself in the sandbox passes these on
     try:
-        return args.run(args)
+        with stop_on_signals():  # SIGTERM stops a command as Ctrl-C does: regl/stopping.py
+            return args.run(args)
     except ReglError as exc:
         print(f"regl: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("regl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        name, code = stop_reason(stop)
+        print(f"regl: stopped ({name})", file=sys.stderr)
+        return code

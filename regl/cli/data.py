@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from regl.cli.options import Command, add_data_options, partition_spec
+from regl.cli.options import Command, add_experiment_options, partition_spec
 
 
 def add_partition_command_options(parser: argparse.ArgumentParser) -> None:
-    add_data_options(parser)
+    add_experiment_options(parser, ("data",))
     parser.add_argument("--out", default="", help="heatmap PNG path; empty: runs/partition-<name>.png")
 
 

@@ -110,6 +110,7 @@ def generated_images(
     from regl.fill.keys import compute_key
     from regl.generate.generated_sets import generated_set, load_generated, save_generated, saved_part
     from regl.generate.generator import Generator, base_fingerprint
+    from regl.seeds import SEED_DERIVATION
 
     if args.load_generated:
         path = Path(args.load_generated)
@@ -127,6 +128,7 @@ def generated_images(
         "template": template,
         **sampling,
         "seed": args.seed,
+        "seeds": SEED_DERIVATION,
         "per_class": per_class,
         **compute_key(compute),  # a set begun in one precision is not finished in another
     }

@@ -15,13 +15,9 @@ from typing import TYPE_CHECKING
 
 from regl.cli.options import (
     Command,
-    add_data_options,
-    add_fill_options,
-    add_method_options,
+    add_config_option,
+    add_experiment_options,
     add_run_options,
-    add_training_options,
-    add_warm_start_options,
-    experiment_defaults,
     experiment_settings,
 )
 from regl.errors import ReglError
@@ -57,12 +53,10 @@ def check_data(settings: ExperimentSettings, node_local: bool = False) -> None:
 
 
 def add_fl_options(parser: argparse.ArgumentParser) -> None:
-    add_data_options(parser)
-    add_training_options(parser)
+    add_experiment_options(parser, ("data", "training"))
+    add_config_option(parser)
     add_run_options(parser)
-    add_fill_options(parser)
-    add_warm_start_options(parser)
-    add_method_options(parser)
+    add_experiment_options(parser, ("fill", "warm start", "methods"))
 
 
 def cmd_fl(args: argparse.Namespace) -> int:
@@ -106,8 +100,8 @@ def method_lines(summary: dict) -> list[str]:
 
 
 def add_bench_options(parser: argparse.ArgumentParser) -> None:
-    add_data_options(parser)
-    add_training_options(parser)
+    """The fill's mode is each arm's; --fill-mix goes to the arms with as many sources as it has weights."""
+    add_experiment_options(parser, ("data", "training"))
     parser.add_argument(
         "--arms",
         default="none,diffusion",
@@ -116,9 +110,7 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", default="0", help="comma-separated")
     add_run_options(parser)
-    add_fill_options(parser, with_mode=False)
-    add_warm_start_options(parser)
-    add_method_options(parser)
+    add_experiment_options(parser, ("fill", "warm start", "methods"), skip=("fill",))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -130,8 +122,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ReglError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     check_arms(arms)
+    arm_mix, args.fill_mix = args.fill_mix, ""  # the bench's own fill is none: the mix is the arms'
     settings = experiment_settings(args)
-    check_arms(arms, settings, args.arm_mix)
+    check_arms(arms, settings, arm_mix)
     if "oracle" in arms and settings.partition.domain == "none":
         raise ReglError("the oracle arm passes base images through each client's domain: give a --domain")
     check_data(settings)
@@ -140,7 +133,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     name = settings.name.removesuffix(f"-s{args.seed}")
     out_root = Path(args.out_dir or f"runs/bench-{name}")
     command = "regl " + shlex.join(args.argv)
-    table = run_arms(settings, arms, seeds, args.arm_mix, out_root, args.cpus, args.verbose, command)
+    table = run_arms(settings, arms, seeds, arm_mix, out_root, args.cpus, args.verbose, command)
     print(
         f"\n{args.dataset}, {settings.partition.describe()}, {args.clients} clients, {args.rounds} rounds × "
         f"{args.local_epochs} local epochs, seeds {args.seeds}\n{table}\n(command.txt, table.md, bench.json and "
@@ -150,27 +143,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_deploy_options(parser: argparse.ArgumentParser) -> None:
-    add_data_options(parser)
-    add_training_options(parser)
-    add_fill_options(parser)
-    add_warm_start_options(parser)
-    add_method_options(parser)
-    group = parser.add_argument_group("node-local data", "every node trains, fills and evaluates on its own images")
-    group.add_argument(
+    groups = add_experiment_options(parser, ("data", "training", "fill", "warm start", "methods", "node-local data"))
+    groups["node-local data"].add_argument(
         "--data-dirs",
         default="",
         help="one folder (a subfolder per class it holds, named as the run's classes) or npz per node, "
         "comma-separated; sets --clients to their number. --dataset still names the prompts and base model",
-    )
-    group.add_argument(
-        "--classes",
-        default=experiment_defaults()["classes"],
-        help="the federation's class list, comma-separated; empty: --dataset's (needs --test-data when given)",
-    )
-    group.add_argument(
-        "--test-data",
-        default=experiment_defaults()["test_data"],
-        help="the server's own test set (a folder or npz labelled by the run's classes); empty: --dataset's",
     )
     parser.add_argument(
         "--in-process-fill",
@@ -230,8 +208,8 @@ def format_time_split(split: dict, cpus: int) -> str:
 
 
 def add_centralized_options(parser: argparse.ArgumentParser) -> None:
-    add_data_options(parser)
-    add_training_options(parser)
+    add_experiment_options(parser, ("data", "training"))
+    add_config_option(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
 

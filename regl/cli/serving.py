@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from regl.cli.argv import options_to_argv
 from regl.cli.options import Command, add_compute_options
 from regl.errors import ReglError
 
 if TYPE_CHECKING:
     from regl.service.settings import ServiceSettings
+
+SERVE_JOB_STOP_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -82,22 +83,6 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     option("--store", "where LoRAs and fills go")
 
 
-def service_argv(settings: ServiceSettings) -> list[str]:
-    """`["serve", options...]` for the fields set on `settings`: how `regl deploy` starts a node's service.
-
-    The token never goes on a command line, where other users could read it: the child
-    takes REGL_TOKEN from the environment it inherits.
-    """
-    from regl.cli import command_parser
-
-    values = {
-        name: getattr(settings, name)
-        for name in type(settings).model_fields
-        if name in settings.model_fields_set and name != "token"
-    }
-    return ["serve", *options_to_argv(command_parser("serve"), values)]
-
-
 def service_settings(args: argparse.Namespace) -> ServiceSettings:
     """The options given on the command line over REGL_* over the fields' defaults."""
     from pydantic import ValidationError
@@ -130,9 +115,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from regl.service.local_model import load_client_data
 
         load_client_data(settings)  # a missing folder or a corrupt image is named before uvicorn starts
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10
-    )
+    # Stopped (SIGTERM, Ctrl-C), uvicorn ends the open requests, then the app waits a little for a running job to
+    # stop at its next step; the process then ends with the job's thread, whose files are renamed into place whole.
+    app = create_app(settings, job_stop_wait_s=SERVE_JOB_STOP_WAIT_S)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run()  # unlike uvicorn.run, it lets the stop through to `main` (exit 143 on SIGTERM)
     return 0
 
 

@@ -1,22 +1,28 @@
 """`regl finetune` and `regl pretrain-base`: training the generator, a client's LoRA or the base itself.
 
-Their defaults come from `LoraSettings` and `PretrainSettings`.
+The LoRA's options are declared on `LoraSettings` (regl/options.py); the base's defaults come from `PretrainSettings`.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from regl.cli.generation import add_base_option, add_threads_option, class_list
+from regl.cli.generation import add_base_option, add_threads_option
 from regl.cli.options import Command, add_compute_options, add_partition_options, partition_spec
 from regl.errors import ReglError
 
+if TYPE_CHECKING:
+    from regl.data.datasets import ImageDataset
+
 
 def add_finetune_options(parser: argparse.ArgumentParser) -> None:
+    """The data options are the command's; the LoRA's are LoraSettings' declarations."""
     from regl.generate.settings import LoraSettings
+    from regl.options import add_arguments, config_fields, default_of
 
-    default = LoraSettings()
     parser.add_argument(
         "--data",
         required=True,
@@ -32,66 +38,73 @@ def add_finetune_options(parser: argparse.ArgumentParser) -> None:
     add_partition_options(parser)
     parser.add_argument("--out", required=True, help="LoRA output folder")
     add_base_option(parser)
-    parser.add_argument("--classes-like", default="", help="take class names and template from this built-in dataset")
+    parser.add_argument(
+        "--classes",
+        default="",
+        help="the federation's class list, comma-separated (as the run config's classes): a --data folder's "
+        "subfolders name some of them, and the classes it lacks are kept by priors",
+    )
+    parser.add_argument(
+        "--classes-like",
+        default="",
+        help="take class names (unless --classes gives them) and template from this dataset; a --data folder's "
+        "subfolders name some of its classes",
+    )
     parser.add_argument("--template", default="", help="prompt template with {} for the class name")
-    parser.add_argument("--rank", type=int, default=default.rank, help="LoRA rank")
-    parser.add_argument("--steps", type=int, default=default.steps, help="optimiser steps")
-    parser.add_argument("--lr", type=float, default=default.lr, help="AdamW learning rate")
-    parser.add_argument("--batch-size", type=int, default=default.batch_size, help="images per step")
-    parser.add_argument("--snr-gamma", type=float, default=default.snr_gamma, help="Min-SNR γ; 0 turns it off")
-    parser.add_argument(
-        "--prior-per-class",
-        type=int,
-        default=default.prior_per_class,
-        help="base images per missing class kept in training; 0 turns prior preservation off",
-    )
-    parser.add_argument(
-        "--style-token",
-        default=default.style_token,
-        help="a rare word for the client's look (DreamBooth's identifier), e.g. sks: added to the prompts of "
-        "the client's own images, not the priors', and to every prompt generated with this LoRA",
-    )
-    parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="steps")
+    lora_options = list(config_fields(LoraSettings))
+    add_arguments(parser, lora_options, {cf.key: default_of(cf.field) for cf in lora_options})
     add_threads_option(parser)
     add_compute_options(parser)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    import torch
+def _finetune_data(args: argparse.Namespace) -> tuple[ImageDataset, tuple[str, ...]]:
+    """The client's images and the class names the LoRA learns.
 
-    from regl.compute import resolve
-    from regl.data.datasets import load_dataset
-    from regl.generate.lora import finetune_lora
-    from regl.generate.prompts import template_for
-    from regl.generate.settings import LoraSettings
+    With --classes or --classes-like, a folder (or npz) is labelled by those names, as a
+    federation node's own data is: it may hold some of the classes, and the LoRA gets priors
+    for the rest. A built-in dataset's labels are indices, so it must have as many classes as
+    the names it is given.
+    """
+    from regl.data.datasets import BUILTINS, load_dataset
+    from regl.data.node_data import load_labelled, run_class_names
 
-    torch.set_num_threads(args.threads)
+    names = run_class_names(args.classes_like, args.classes) if args.classes or args.classes_like else None
     if args.client >= 0:
         from regl.fl.experiment import ExperimentSettings, client_data
 
         if args.client >= args.clients:
             raise ReglError(f"--client must be below --clients ({args.clients}), got {args.client}")
         data = client_data(ExperimentSettings(dataset=args.data, partition=partition_spec(args)), args.client)
+    elif names is not None and args.data not in BUILTINS:
+        data = load_labelled(args.data, names)
     else:
         data = load_dataset(args.data)
-    names, template = data.class_names, args.template or template_for(args.data)
-    if args.classes_like:
-        names, template = class_list(args.classes_like)
-        template = args.template or template
-        if len(names) != data.num_classes:
-            raise ReglError(f"{args.data} has {data.num_classes} classes but {args.classes_like} has {len(names)}")
-    settings = LoraSettings(
-        rank=args.rank,
-        steps=args.steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        snr_gamma=args.snr_gamma or None,
-        prior_per_class=args.prior_per_class,
-        style_token=args.style_token,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-    )
+    if names is None:
+        return data, data.class_names
+    if len(names) != data.num_classes:
+        given = "--classes" if args.classes else args.classes_like
+        raise ReglError(f"{args.data} has {data.num_classes} classes but {given} has {len(names)}")
+    return data, names
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from regl.compute import resolve
+    from regl.generate.lora import finetune_lora
+    from regl.generate.prompts import template_for
+    from regl.generate.settings import LoraSettings, check_style_token
+    from regl.options import check_ranges, config_fields
+
+    torch.set_num_threads(args.threads)
+    data, names = _finetune_data(args)
+    template = args.template or template_for(args.classes_like or args.data)
+    declared = {cf.field.name: getattr(args, cf.dest) for cf in config_fields(LoraSettings)}
+    settings = LoraSettings(**declared, seed=args.seed)
+    check_style_token(settings.style_token)
+    check_ranges(settings)
+    settings = replace(settings, snr_gamma=settings.snr_gamma or None)
     compute = resolve(args.device, args.dtype, "training")
     result = finetune_lora(
         data, names, template, Path(args.base), Path(args.out), settings, resume=args.resume, compute=compute
@@ -166,7 +179,8 @@ COMMANDS = (
         "finetune",
         "fine-tune a LoRA on one client's images",
         "LoRA on the UNet attention projections (to_q, to_k, to_v, to_out.0) over cached latents; classes "
-        "the client lacks are kept by prior preservation (base-generated images with their prompts). "
+        "the client lacks are kept by prior preservation (base-generated images with their prompts); with "
+        "--classes (or --classes-like) a folder holding some of the federation's classes learns them all. "
         "Writes OUT/pytorch_lora_weights.safetensors, loadable with pipe.load_lora_weights.",
         add_finetune_options,
         cmd_finetune,

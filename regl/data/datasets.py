@@ -8,6 +8,7 @@ the shipped base model saw stays disjoint from every client and every test set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -60,11 +61,31 @@ class ImageDataset:
     def subset(self, indices: np.ndarray) -> ImageDataset:
         return ImageDataset(self.x[indices], self.y[indices], self.class_names)
 
+    @cached_property
+    def content_digest(self) -> str:
+        """What the images, labels and class names are, as a sha256: the name of data whose path does not fix it.
+
+        Computed once per object, on first use (30-50 ms for the 70,000 Fashion-MNIST images); a subset or a
+        concatenation is a new object with its own. The arrays must not change afterwards: the run's cached
+        copies (a node's data, a client's share) are read-only.
+        """
+        return array_digest(self.x, self.y, self.class_names)
+
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.y, minlength=self.num_classes)
 
     def class_index(self, name_or_index: str | int) -> int:
         return class_index(self.class_names, name_or_index)
+
+
+def array_digest(x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...]) -> str:
+    """sha256 of the image shape and dtype, the class names, the pixels and the labels (as int64)."""
+    hashed = hashlib.sha256()
+    header = {"x": [list(x.shape), x.dtype.str], "y": len(y), "class_names": list(class_names)}
+    hashed.update(json.dumps(header).encode())
+    hashed.update(np.ascontiguousarray(x))
+    hashed.update(np.ascontiguousarray(y, dtype="<i8"))
+    return hashed.hexdigest()
 
 
 def class_index(class_names: tuple[str, ...], name_or_index: str | int) -> int:

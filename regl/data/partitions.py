@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from regl.data.domains import DOMAIN_KINDS
 from regl.errors import ReglError
+from regl.options import option
 
 PARTITION_KINDS = ("iid", "classes", "dirichlet", "imbalance")
 CACHE_FORMAT = 1  # raise when this module's cutting changes: cached partitions then count as stale
@@ -26,13 +28,40 @@ CACHE_FORMAT = 1  # raise when this module's cutting changes: cached partitions 
 class PartitionSpec:
     """What the user asked for; `describe()` names it in file names and tables."""
 
-    kind: str = "classes"
-    num_clients: int = 10
-    classes_per_client: int = 2
-    beta: float = 0.5
-    imbalance_ratio: float = 10.0
-    domain: str = "none"  # feature skew on top: none, rotate, style, noise (regl/data/domains.py)
-    seed: int = 0
+    kind: str = option(
+        "classes",
+        "label skew: iid; k classes per client; Dirichlet(beta); global imbalance ratio then iid",
+        flag="--partition",
+        choices=PARTITION_KINDS,
+        group="data",
+    )
+    num_clients: int = option(10, "number of clients", flag="--clients", ge=2, group="data")
+    classes_per_client: int = option(
+        2, "k for --partition classes", flag="--classes-per-client", short=("-k",), ge=1, group="data"
+    )
+    beta: float = option(
+        0.5,
+        "Dirichlet concentration for --partition dirichlet; smaller is more skewed",
+        flag="--beta",
+        gt=0,
+        group="data",
+    )
+    imbalance_ratio: float = option(
+        10.0,
+        "majority:minority class count ratio Γ for --partition imbalance",
+        flag="--imbalance-ratio",
+        ge=1,
+        group="data",
+    )
+    domain: str = option(
+        "none",
+        "feature skew: each client's images (training and test) in a look of its own; rotate: 0-75 degrees, "
+        "style: stroke/gamma/inversion, noise: Gaussian std 0.1*j/(N-1)",
+        flag="--domain",
+        choices=DOMAIN_KINDS,
+        group="data",
+    )
+    seed: int = 0  # the run's --seed
 
     def describe(self) -> str:
         detail = {

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from regl.data.datasets import ImageDataset
+from regl.data.datasets import BUILTINS, ImageDataset
 from regl.data.domains import ClientDomain
 from regl.errors import ReglError
-from regl.fill.keys import check_made_alike, compute_key, digest, settings_key, source_seed
+from regl.fill.keys import check_made_alike, compute_key, digest, seeds_key, settings_key, source_seed
 from regl.fill.plan import FillPlan
 from regl.fill.settings import FillSettings
 from regl.generate.settings import LoraSettings
@@ -30,7 +30,13 @@ Progress = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class ClientFill:
-    """What a client's fill needs to know about its run; `domain`: its look, when it has one."""
+    """What a client's fill needs to know about its run; `domain`: its look, when it has one.
+
+    `data_digest`: the content digest of the client's images (`ImageDataset.content_digest`), which its
+    store, LoRA and base-image keys then carry. A folder's or a node's images may change under the same
+    path, so their fill needs it; a built-in dataset's client may go without: its images are fixed by
+    the dataset (shipped, or a pinned npm version), the run's partition, seed and the client's domain.
+    """
 
     dataset: str
     template: str
@@ -38,10 +44,13 @@ class ClientFill:
     run_seed: int
     settings: FillSettings
     domain: ClientDomain | None = None
+    data_digest: str = ""
 
     def __post_init__(self) -> None:
         if "oracle" in self.settings.sources and not self.has_domain:
             raise ReglError("the oracle fill passes base images through the client's domain: give a --domain")
+        if not self.data_digest and self.dataset not in BUILTINS:
+            raise ValueError(f"the fill of {self.dataset} needs the digest of the client's images for its keys")
 
     @property
     def has_domain(self) -> bool:
@@ -51,14 +60,23 @@ class ClientFill:
         """The look the client's images (and so its LoRA and fill) have; nothing without one."""
         return {"domain": asdict(self.domain)} if self.has_domain else {}
 
+    def _data_key(self, data: ImageDataset | None = None) -> dict:
+        """The client's images by content (those given, else those the fill was made for); nothing for a
+        built-in dataset's client without a digest, so its keys stay what they were before digests."""
+        if not self.data_digest:
+            return {}
+        return {"data": self.data_digest if data is None else data.content_digest}
+
     def store_key(self, plan: FillPlan) -> dict:
         key = {
             "dataset": self.dataset,
             "client": self.client_id,
             "seed": self.run_seed,
+            **seeds_key(),
             "plan": plan.to_json(),
             "settings": settings_key(self.settings),
             **self._domain_key(),
+            **self._data_key(),
         }
         if any(plan.counts[source].sum() > 0 for source in ("diffusion", "oracle")):
             from regl.generate.generator import base_fingerprint
@@ -93,6 +111,8 @@ class ClientFill:
         """
         from regl.fill.store import SyntheticStore
 
+        if self._data_key(data) != self._data_key():
+            raise ValueError(f"client {self.client_id}'s fill was keyed by other images than it is given")
         key = self.store_key(plan)
         store = SyntheticStore(self.store_folder(key))
         if (stored := store.load(key)) is not None:
@@ -170,19 +190,8 @@ class ClientFill:
         """The base's images of `counts`, kept in a store of their own: the oracle then passes exactly the
         diffusion-base arm's images through the client's look instead of drawing them again."""
         from regl.fill.store import SyntheticStore
-        from regl.generate.generator import base_fingerprint
 
-        key = {
-            "dataset": self.dataset,
-            "template": self.template,
-            "client": self.client_id,
-            "seed": self.run_seed,
-            "counts": counts.tolist(),
-            "steps": self.settings.steps,
-            "guidance": self.settings.guidance,
-            "base": base_fingerprint(self.settings.base_folder()),
-            **compute_key(self.settings.compute()),
-        }
+        key = self.base_images_key(data, counts)
         store = SyntheticStore(Path(self.settings.store) / f"base-client-{self.client_id}-{digest(key)}")
         if (kept := store.load_shards(key)) is not None:
             return kept["diffusion"]
@@ -190,6 +199,24 @@ class ClientFill:
         seed = source_seed(self.run_seed, self.client_id, "diffusion")
         store.write(key, {"diffusion": images}, {"diffusion": seed}, data.class_names)
         return images
+
+    def base_images_key(self, data: ImageDataset, counts: np.ndarray) -> dict:
+        """What the base's images of `counts` for this client depend on."""
+        from regl.generate.generator import base_fingerprint
+
+        return {
+            "dataset": self.dataset,
+            "template": self.template,
+            "client": self.client_id,
+            "seed": self.run_seed,
+            **seeds_key(),
+            "counts": counts.tolist(),
+            "steps": self.settings.steps,
+            "guidance": self.settings.guidance,
+            "base": base_fingerprint(self.settings.base_folder()),
+            **compute_key(self.settings.compute()),
+            **self._data_key(data),
+        }
 
     def _lora_settings(self) -> LoraSettings:
         return LoraSettings(
@@ -199,25 +226,30 @@ class ClientFill:
             seed=source_seed(self.run_seed, self.client_id, "lora") % 2**31,
         )
 
+    def lora_key(self, data: ImageDataset, base: Path) -> dict:
+        """What the client's LoRA depends on: its images, settings and seeds, the base weights."""
+        from regl.generate.generator import base_fingerprint
+
+        return {
+            "dataset": self.dataset,
+            "counts": data.class_counts().tolist(),
+            "seed": self.run_seed,
+            **seeds_key(),
+            "settings": asdict(self._lora_settings()),
+            "base": base_fingerprint(base),
+            **self._domain_key(),
+            **compute_key(self.settings.compute("training")),
+            **self._data_key(data),
+        }
+
     def _lora_generator(self, data: ImageDataset, base: Path, report: Progress):
         """The client's LoRA: trained once per (client data, settings, base weights), kept beside the store."""
-        from regl.generate.generator import LORA_FILE, Generator, base_fingerprint
+        from regl.generate.generator import LORA_FILE, Generator
         from regl.generate.lora import finetune_lora
 
         lora_settings = self._lora_settings()
         compute = self.settings.compute("training")
-        lora_digest = digest(
-            {
-                "dataset": self.dataset,
-                "counts": data.class_counts().tolist(),
-                "seed": self.run_seed,
-                "settings": asdict(lora_settings),
-                "base": base_fingerprint(base),
-                **self._domain_key(),
-                **compute_key(compute),
-            }
-        )
-        folder = Path(self.settings.store) / f"lora-client-{self.client_id}-{lora_digest}"
+        folder = Path(self.settings.store) / f"lora-client-{self.client_id}-{digest(self.lora_key(data, base))}"
         if (folder / LORA_FILE).is_file():
             return Generator(base, data.class_names, self.template, lora=folder, compute=self.settings.compute())
         resume = (folder / "checkpoint" / "state.pt").is_file()

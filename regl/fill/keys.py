@@ -1,4 +1,5 @@
-"""The keys a client's fill is stored under: what its images depend on, hashed; and the seeds of its sources."""
+"""The keys a client's fill is stored under: what its images depend on, hashed; and the seeds of its sources
+(from regl.seeds, whose version every key carries)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import asdict
 from regl.compute import Compute
 from regl.errors import ReglError
 from regl.fill.settings import FillSettings
+from regl.seeds import SEED_DERIVATION, derive_seed
 
 ADDED_LATER = ("lora_style_token",)  # FillSettings fields newer than the stores in use
 
@@ -35,11 +37,29 @@ def digest(payload: dict) -> str:
 
 
 def source_seed(run_seed: int, client_id: int, source: str) -> int:
-    return int(hashlib.sha256(f"{run_seed}/{client_id}/{source}".encode()).hexdigest()[:12], 16)
+    """The seed of a client's fill source (a shard of its store, or "lora": its LoRA's seed)."""
+    return derive_seed(run_seed, f"fill-{source}", client_id)
+
+
+def seeds_key() -> dict:
+    """Which derivation made the seeds (regl.seeds): a store made with other seeds is not this one."""
+    return {"seeds": SEED_DERIVATION}
 
 
 def check_made_alike(ours: dict, theirs: dict) -> None:
-    """Images a service made in another precision or with another LoRA recipe must not land under this key."""
+    """Images a service made in another precision, with another LoRA recipe, other seeds or from other images
+    (of the same class counts) must not land under this key."""
+    if "data" in ours and theirs.get("data") != ours["data"]:
+        raise ReglError(
+            "the fill service made its images from other data than this client's (content digest "
+            f"{str(theirs.get('data') or 'none')[:16]}, this client's {ours['data'][:16]}): start the service "
+            "with the client's own images (--data, and the run's --classes for a node)"
+        )
+    if ours.get("seeds") != theirs.get("seeds"):
+        raise ReglError(
+            f"the fill service made its images with seed derivation {theirs.get('seeds') or 1}, this client's fill "
+            f"asks for {ours.get('seeds') or 1}: the service and this client need the same ReGL version"
+        )
     for part in ("compute", "lora"):
         if ours.get(part) != theirs.get(part):
             raise ReglError(

@@ -18,6 +18,7 @@ from regl.errors import ReglError
 from regl.fill.client import RemoteFill
 from regl.fill.plan import FillPlan
 from regl.fill.settings import FillSettings
+from regl.options import request_options
 
 POLL_SECONDS = 0.5
 
@@ -35,16 +36,10 @@ def remote_fill(
 
     headers = {"Authorization": f"Bearer {os.environ['REGL_TOKEN']}"} if os.environ.get("REGL_TOKEN") else {}
     body = {
+        **{name: getattr(settings, name) for name in request_options(FillSettings)},
         "mode": settings.mode,
-        "supplement": settings.supplement,
         "mix": settings.mix,
         "target": None if target is None or settings.target != "global" else target.tolist(),
-        "lora": settings.lora,
-        "lora_steps": settings.lora_steps,
-        "prior_per_class": settings.prior_per_class,
-        "lora_style_token": settings.lora_style_token,
-        "steps": settings.steps,
-        "guidance": settings.guidance,
         "seed": run_seed,
         "expect_class_counts": data.class_counts().tolist(),
     }

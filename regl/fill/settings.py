@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from regl.compute import DEVICES, DTYPES, Compute, Purpose, resolve
+from regl.compute import DEVICE_HELP, DEVICES, DTYPE_HELP, DTYPES, Compute, Purpose, resolve
 from regl.errors import ReglError
 from regl.fill.plan import SOURCES, FillPlan, parse_source_mix, plan_fill
-from regl.generate.settings import FILL_SAMPLING, LoraSettings, check_style_token
+from regl.generate.settings import FILL_SAMPLING, STYLE_TOKEN_PATTERN, LoraSettings, check_style_token
+from regl.options import option
 
 MODES = ("none", "public")
 
@@ -19,21 +20,70 @@ MODES = ("none", "public")
 class FillSettings:
     """`mode`: none, public, or sources joined by '+' (diffusion, noise, mixup)."""
 
-    mode: str = "none"
-    supplement: float = 1.0  # synthetic images as a fraction of the client's real ones
-    mix: str = ""  # weights of the mode's sources, e.g. "75:25"; empty: equal
-    target: str = "uniform"  # or "global": the federation's class composition
-    lora: bool = True  # diffusion: fine-tune the client's LoRA first (ReGL) or use the base as is
-    lora_steps: int = LoraSettings().steps
-    prior_per_class: int = LoraSettings().prior_per_class
-    lora_style_token: str = LoraSettings().style_token  # the client's look's word in its LoRA's prompts; empty: off
-    steps: int = FILL_SAMPLING.steps  # diffusion sampling steps
-    guidance: float = FILL_SAMPLING.guidance
-    base: str = ""  # empty: the shipped base
-    store: str = ".regl-cache/fill"
-    service: str = ""  # URL of the client's `regl serve`: it makes the diffusion and noise images
-    device: str = "auto"  # where the generator and the LoRA run (regl/compute.py)
-    dtype: str = "auto"
+    BARE_KEY = "mode"  # run-config key `fill`, flag --fill
+
+    mode: str = option(
+        "none",
+        "none, public (the base's whole public pretraining pool, as real data), or sources joined by '+': "
+        "diffusion, noise, mixup, public-equal (real public images at the planned counts), oracle (base images "
+        "in the client's true --domain), e.g. diffusion+noise",
+        group="fill",
+    )
+    supplement: float = option(
+        1.0, "synthetic images as a fraction of each client's real ones", ge=0, le=10, group="fill", request=True
+    )
+    mix: str = option(
+        "", "weights of the fill's sources in their order, e.g. 75:25; empty: equal", metavar="MIX", group="fill"
+    )
+    target: str = option(
+        "uniform",
+        "class composition to fill towards; global asks every client for its class counts",
+        choices=("uniform", "global"),
+        group="fill",
+    )
+    lora: bool = option(
+        True,
+        "diffusion from the base as is, without fine-tuning each client's LoRA",
+        flag="--fill-no-lora",
+        negate=True,
+        group="fill",
+        request=True,
+    )
+    lora_steps: int = option(
+        LoraSettings().steps, "each client's LoRA fine-tuning steps", ge=1, group="fill", request=True
+    )
+    prior_per_class: int = option(
+        LoraSettings().prior_per_class,
+        "base images per missing class kept in LoRA training (prior preservation)",
+        ge=0,
+        le=1000,
+        group="fill",
+        request=True,
+    )
+    lora_style_token: str = option(
+        LoraSettings().style_token,
+        "a word for the client's look in its LoRA's prompts (on its own images' prompts, not the priors', "
+        "and on every prompt the fill generates with), e.g. sks; empty: none",
+        metavar="WORD",
+        pattern=STYLE_TOKEN_PATTERN,
+        group="fill",
+        request=True,
+    )
+    steps: int = option(FILL_SAMPLING.steps, "diffusion sampling steps", ge=1, le=200, group="fill", request=True)
+    guidance: float = option(
+        FILL_SAMPLING.guidance, "classifier-free guidance scale", ge=0, le=30, group="fill", request=True
+    )
+    base: str = option("", "diffusers SD folder; empty: the shipped base", group="fill")
+    store: str = option(
+        ".regl-cache/fill",
+        "where clients keep their synthetic stores and LoRAs; reused when nothing changed",
+        group="fill",
+    )
+    service: str = option(
+        "", "URL of the client's `regl serve`: it makes the diffusion and noise images", flag=None
+    )  # each node's own, in its node config
+    device: str = option("auto", DEVICE_HELP, choices=DEVICES, group="fill")
+    dtype: str = option("auto", DTYPE_HELP, choices=DTYPES, group="fill")
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -64,20 +114,13 @@ class FillSettings:
         return parse_source_mix(",".join(f"{s}={w}" for s, w in zip(sources, weights)))
 
     def check(self) -> None:
-        """Raise on settings a client would only trip over after the run started."""
+        """Raise on a mode, mix or style token a client would only trip over after the run started.
+
+        The declared ranges are checked with the experiment's (`ExperimentSettings.check`), which
+        names each option's flag, or by the service's request model.
+        """
         self.source_mix()
-        if self.supplement < 0:
-            raise ReglError(f"fill supplement must be ≥ 0, got {self.supplement}")
-        if self.target not in ("uniform", "global"):
-            raise ReglError(f"fill target must be uniform or global, got {self.target!r}")
-        if self.steps < 1 or self.lora_steps < 1 or self.prior_per_class < 0:
-            raise ReglError("fill steps and LoRA steps must be ≥ 1 and priors per class ≥ 0")
-        check_style_token(self.lora_style_token)
-        if self.device not in DEVICES or self.dtype not in DTYPES:
-            raise ReglError(
-                f"fill device/dtype {self.device}/{self.dtype}: use device {', '.join(DEVICES)} "
-                f"and dtype {', '.join(DTYPES)}"
-            )
+        check_style_token(self.lora_style_token)  # names the rule, which the pattern alone does not
 
     def compute(self, purpose: Purpose = "inference") -> Compute:
         return resolve(self.device, self.dtype, purpose)

@@ -1,8 +1,8 @@
 """`regl bench`: benchmark arms side by side — same model, rounds and seeds; only the fill changes.
 
 Each cell (arm × seed) is one `regl fl` (or `regl centralized`) run in a subprocess, so every
-cell starts from a fresh Ray and a failed one does not take the others down. The child's
-command line is built from its settings by the same parser that reads it (`settings_to_argv`).
+cell starts from a fresh Ray and a failed one does not take the others down. The child reads
+its settings from the run-config file the bench writes into its folder (`--config`).
 
 A bench resumes: a cell whose folder holds a finished run of exactly its settings is skipped
 and its row read back from that folder, so rows are always a function of the cell folders
@@ -13,26 +13,27 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from regl.atomic import write_json_atomically
-from regl.cli.argv import settings_to_argv
 from regl.errors import ReglError
 from regl.fill.settings import FillSettings
+from regl.fl.bench_cell import Cell
 from regl.fl.bench_report import format_table, write_figures, write_if_changed
 from regl.fl.settings import ExperimentSettings
+from regl.stopping import call
 
 SPECIAL_ARMS = ("iid", "centralized")
 # What `regl centralized` takes of a bench's settings: the data, model and training, no fill or methods.
 CENTRALIZED_FIELDS = ("dataset", "partition", "model", "num_rounds", "train", "seed", "out_dir")
 # What bench measured of a cell's run (its wall time, Ray start included) and the run's command line.
 CELL_RECORD = "bench-cell.json"
+# The settings a cell's child runs with, as Flower's flat run config.
+RUN_CONFIG = "run-config.json"
 # With client domains: how the generated images of a cell's missing classes fit the clients' looks.
 DOMAIN_FIT = "domain-fit.json"
 # Where a run keeps things, not what it computes: a moved results folder still counts as finished.
@@ -60,7 +61,7 @@ INIT_PART_PER_CLASS = 1000  # the warm start of an init-* part, when the bench g
 
 
 def is_method_part(part: str) -> bool:
-    from regl.train.losses import LOSSES
+    from regl.train.settings import LOSSES
 
     return part in LOSSES or part in STRATEGY_PARTS or part in OTHER_PARTS or DP_PART.fullmatch(part) is not None
 
@@ -138,28 +139,11 @@ def check_arms(arms: list[str], settings: ExperimentSettings | None = None, mix:
 
 
 def arm_argv(settings: ExperimentSettings, arm: str, cpus: int, verbose: bool) -> list[str]:
-    """The `regl` command line of one arm's run."""
+    """The `regl` command line of one arm's run: its settings are the run-config file in its folder."""
+    config = str(Path(settings.out_dir) / RUN_CONFIG)
     if arm == "centralized":
-        return settings_to_argv(settings, "centralized")
-    return settings_to_argv(settings, "fl", cpus=cpus, verbose=verbose)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One arm × seed: the child run's settings (its folder is their out_dir) and command line."""
-
-    arm: str
-    seed: int
-    settings: ExperimentSettings
-    argv: tuple[str, ...]
-
-    @property
-    def folder(self) -> Path:
-        return Path(self.settings.out_dir)
-
-    @property
-    def command(self) -> str:
-        return "regl " + shlex.join(self.argv)
+        return ["centralized", "--config", config]
+    return ["fl", "--config", config, "--cpus", str(cpus), *(["--verbose"] if verbose else [])]
 
 
 def bench_cells(
@@ -251,8 +235,10 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     """Run the cell's child; returns its row, or the error when it failed."""
     (cell.folder / CELL_RECORD).unlink(missing_ok=True)
     (cell.folder / DOMAIN_FIT).unlink(missing_ok=True)
+    cell.folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(cell.folder / RUN_CONFIG, cell.settings.to_config())
     started = time.perf_counter()
-    code = subprocess.call([sys.executable, "-m", "regl.cli", *cell.argv])
+    code = call([sys.executable, "-m", "regl.cli", *cell.argv])  # stopped, the bench stops the child too
     wall = time.perf_counter() - started
     if code != 0 or not (cell.folder / "summary.json").exists():
         return {"arm": cell.arm, "seed": cell.seed, "error": f"exit code {code}", "wall_seconds": wall}

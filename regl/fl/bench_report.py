@@ -17,7 +17,7 @@ from regl.atomic import write_bytes_atomically
 
 if TYPE_CHECKING:
     from regl.data.datasets import ImageDataset
-    from regl.fl.bench import Cell
+    from regl.fl.bench_cell import Cell
     from regl.fl.settings import ExperimentSettings
 
 GRID_PER_ROW = 8  # real and generated images per class in grid.png, at most

@@ -11,6 +11,7 @@ from regl.data.datasets import ImageDataset
 from regl.fl.experiment import ExperimentSettings, client_data, evaluate_global, federation, new_model
 from regl.fl.progress import RoundProgress, Write, print_line
 from regl.fl.report import RunReport
+from regl.seeds import derive_seed
 from regl.train.loop import train
 
 
@@ -35,7 +36,7 @@ def run_centralized(settings: ExperimentSettings, write: Write = print_line) -> 
     progress.round_done(0, initial["accuracy"])
     for server_round in range(1, settings.num_rounds + 1):
         round_started = time.perf_counter()
-        loss = train(model, data, settings.train, seed=settings.seed * 100_003 + server_round)
+        loss = train(model, data, settings.train, seed=derive_seed(settings.seed, "centralized-train", server_round))
         result = evaluate_global(settings, model)
         report.add_round(
             {"round": server_round, **result, "train_loss": loss, "round_seconds": time.perf_counter() - round_started}

@@ -20,6 +20,7 @@ import torch
 from regl.data.datasets import ImageDataset, load_split
 from regl.data.domains import distinct_looks
 from regl.fl.settings import ExperimentSettings
+from regl.seeds import derive_seed
 from regl.train.loop import predict_probs, train
 from regl.train.models import build_model
 from regl.train.settings import TrainSettings
@@ -52,13 +53,16 @@ def train_judges(settings: ExperimentSettings) -> Judges:
     x, look_labels, class_labels = _in_every_look(split.public, looks)
     test_x, test_looks, test_classes = _in_every_look(split.test, looks)
     judges, accuracy = [], {}
-    for kind, labels, test_labels, class_names in (
-        ("look", look_labels, test_looks, names),
-        ("class", class_labels, test_classes, split.public.class_names),
+    for judge, (kind, labels, test_labels, class_names) in enumerate(
+        (
+            ("look", look_labels, test_looks, names),
+            ("class", class_labels, test_classes, split.public.class_names),
+        )
     ):
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(derive_seed(settings.seed, "judge-init", judge))
         model = build_model("cnn", split.public.channels, len(class_names), split.public.resolution)
-        train(model, ImageDataset(x, labels, class_names), JUDGE_TRAINING, seed=settings.seed)
+        seed = derive_seed(settings.seed, "judge-train", judge)
+        train(model, ImageDataset(x, labels, class_names), JUDGE_TRAINING, seed=seed)
         predicted = predict_probs(model, ImageDataset(test_x, test_labels, class_names)).argmax(axis=1)
         accuracy[kind] = float((predicted == test_labels).mean())
         judges.append(model)

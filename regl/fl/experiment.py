@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from regl.data.datasets import ImageDataset, cache_dir, load_split, mirror_safe
+from regl.data.datasets import BUILTINS, ImageDataset, cache_dir, load_split, mirror_safe
 from regl.data.domains import ClientDomain, round_robin
 from regl.data.node_data import NodeData, load_labelled, load_node_data, node_key, run_class_names
 from regl.data.partitions import Partition, cached_partition
@@ -22,6 +22,7 @@ from regl.errors import ReglError
 from regl.fill.client import ClientFill, with_fill
 from regl.fill.settings import client_plan
 from regl.fl.settings import ExperimentSettings
+from regl.seeds import derive_seed
 from regl.train.augment import Augment
 from regl.train.loop import evaluate, train
 from regl.train.losses import Loss, make_loss
@@ -84,7 +85,7 @@ def new_model(settings: ExperimentSettings) -> torch.nn.Module:
     set's, on a node with its own data that data's (a node whose images differ fails to load the global one)."""
     like = node_data(settings).train if settings.data_dir else test_data(settings)
     name = settings.model or default_model_name(like.channels)
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(derive_seed(settings.seed, "model-init"))
     return build_model(name, like.channels, len(class_names(settings)), like.resolution)
 
 
@@ -95,8 +96,11 @@ def evaluate_global(settings: ExperimentSettings, model: torch.nn.Module) -> dic
 
 
 def client_fill(settings: ExperimentSettings, client_id: int) -> ClientFill:
+    """A node's own images or a folder's are named in the fill's keys by their content; a built-in
+    dataset's client by the run (see ClientFill)."""
     from regl.generate.prompts import template_for
 
+    by_content = bool(settings.data_dir) or settings.dataset not in BUILTINS
     return ClientFill(
         node_key(settings.dataset, settings.data_dir) if settings.data_dir else settings.dataset,
         template_for(settings.dataset),
@@ -104,6 +108,7 @@ def client_fill(settings: ExperimentSettings, client_id: int) -> ClientFill:
         settings.seed,
         settings.fill,
         client_domain(settings, client_id),
+        client_data(settings, client_id).content_digest if by_content else "",
     )
 
 
@@ -172,7 +177,7 @@ def train_client(
         model,
         trained_on,
         settings.train,
-        seed=settings.seed * 100_003 + server_round * 1009 + client_id,
+        seed=derive_seed(settings.seed, "local-train", client_id, server_round),
         loss=local_loss(settings, trained_on, ratio),
         augment=Augment(mirror_safe(settings.dataset)) if settings.augment else None,
         proximal_mu=proximal_mu,
@@ -188,11 +193,8 @@ def train_client(
     }
     if sends_class_counts(settings):
         metrics["class-counts"] = trained_on.class_counts().tolist()
-    domain = client_domain(settings, client_id)
-    if domain.kind != "none":
-        test = load_split(settings.dataset).test
-        uniform = uniform_test_indices(test.y, test.num_classes, PERSONALIZED_TEST_SIZE, seed=settings.seed + client_id)
-        metrics["in-domain-accuracy"] = evaluate(model, domain.apply(test.subset(uniform), "test"))["accuracy"]
+    if client_domain(settings, client_id).kind != "none":
+        metrics["in-domain-accuracy"] = evaluate(model, in_domain_test_set(settings, client_id))["accuracy"]
     return {**metrics, "eval-seconds": time.perf_counter() - started - train_seconds}
 
 
@@ -234,8 +236,19 @@ def personalized_test_set(settings: ExperimentSettings, client_id: int) -> Image
         return node_data(settings).test
     test, domain = load_split(settings.dataset).test, client_domain(settings, client_id)
     counts = client_data(settings, client_id).class_counts()
-    subset = personalized_test_indices(test.y, counts, PERSONALIZED_TEST_SIZE, seed=settings.seed + client_id)
+    seed = derive_seed(settings.seed, "personalized-test", client_id)
+    subset = personalized_test_indices(test.y, counts, PERSONALIZED_TEST_SIZE, seed=seed)
     return domain.apply(test.subset(subset), "test")
+
+
+def in_domain_test_set(settings: ExperimentSettings, client_id: int) -> ImageDataset:
+    """Test images of every class equally often, in the client's look: what its in-domain accuracy is measured on.
+
+    Drawn with a seed of its own, not the personalized subset's."""
+    test = load_split(settings.dataset).test
+    seed = derive_seed(settings.seed, "in-domain-test", client_id)
+    uniform = uniform_test_indices(test.y, test.num_classes, PERSONALIZED_TEST_SIZE, seed=seed)
+    return client_domain(settings, client_id).apply(test.subset(uniform), "test")
 
 
 def sends_class_counts(settings: ExperimentSettings) -> bool:

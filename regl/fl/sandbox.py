@@ -8,13 +8,16 @@ namespaces: only loopback is reachable, and every process the command leaves beh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from regl.errors import ReglError
+from regl.stopping import GRACE_S, children, dies_with_this_process
 
 MARKER = "REGL_SANDBOXED"
 
@@ -78,12 +81,39 @@ def isolated(argv: list[str]) -> list[str]:
 
 
 def run_isolated(argv: list[str], state_dir: Path) -> int:
-    """Run `argv` isolated with the offline Flower environment; returns its exit code."""
+    """Run `argv` isolated with the offline Flower environment; returns its exit code.
+
+    Stopped (SIGTERM, Ctrl-C), it passes SIGTERM on to the command, the namespace's init:
+    `unshare` itself ignores both while it waits. What has not ended after GRACE_S is killed,
+    and with the init the kernel kills everything else in the namespace. `unshare` dies with
+    this process, and the command with `unshare` (--kill-child), however either dies.
+    """
     ensure_flower_config(state_dir)
+    unshare = subprocess.Popen(isolated(argv), env=flower_env(state_dir), preexec_fn=dies_with_this_process())
     try:
-        return subprocess.call(isolated(argv), env=flower_env(state_dir))
+        return unshare.wait()
     except KeyboardInterrupt:
-        return 130
+        if stop_namespace(unshare) and unshare.returncode >= 0:
+            return unshare.returncode  # the command stopped by itself and has said so
+        raise
+
+
+def stop_namespace(unshare: subprocess.Popen) -> bool:
+    """SIGTERM to the namespace's init (unshare's child); whether it ended within GRACE_S, else SIGKILL."""
+    init = children(unshare.pid)
+    for pid in init:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    try:
+        unshare.wait(GRACE_S)
+        return True
+    except subprocess.TimeoutExpired:
+        for pid in init:  # unshare has not reaped it yet, so the pid is still the init's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        unshare.kill()
+        unshare.wait()
+        return False
 
 
 def rerun_self_isolated(argv: list[str], state_dir: Path) -> int:

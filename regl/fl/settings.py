@@ -1,21 +1,23 @@
-"""One federated experiment's settings: the single place their defaults are written.
+"""One federated experiment's settings: every run option declared once, on its field (regl/options.py).
 
-Torch-free, so the `regl` command reads its option defaults from here without importing
-torch. `to_config()` is the flat kebab-case form of Flower's run config and ConfigRecord;
+Torch-free, so the `regl` command reads its options from here without importing torch.
+`to_config()` is the flat kebab-case form of Flower's run config and ConfigRecord;
 `[tool.flwr.app.config]` in pyproject.toml lists the same keys (tests/test_cli.py compares
 the values).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from regl.data.partitions import PartitionSpec
 from regl.errors import ReglError
 from regl.fill.settings import FillSettings
-from regl.train.settings import TrainSettings
+from regl.options import cast, check_ranges, config_fields, option
+from regl.train.settings import LOSSES, TrainSettings
 
+MODELS = ("", "cnn", "resnet18")
 INITS = ("synthetic", "public")
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam")
 AGGREGATE_WEIGHTS = ("examples", "class-balanced")
@@ -24,71 +26,121 @@ DP_CLIPPING = ("client", "server")
 
 @dataclass(frozen=True)
 class ExperimentSettings:
-    dataset: str = "mnist-10k"  # shipped with the package: runs offline out of the box
-    classes: str = ""  # the federation's class list, comma-separated; empty: the dataset's
-    test_data: str = ""  # the server's own test set (folder or npz, by `classes`); empty: the dataset's test split
+    dataset: str = option(
+        "mnist-10k",  # shipped with the package: runs offline out of the box
+        "mnist-10k (shipped), fashion-mnist, or a folder with one subfolder per class",
+        group="data",
+    )
+    classes: str = option(
+        "",
+        "the federation's class list, comma-separated; empty: --dataset's (needs --test-data when given)",
+        group="node-local data",
+    )
+    test_data: str = option(
+        "",
+        "the server's own test set (a folder or npz labelled by the run's classes); empty: --dataset's",
+        group="node-local data",
+    )
     partition: PartitionSpec = field(default_factory=PartitionSpec)
-    model: str = ""  # empty: the default for the data's channel count
-    num_rounds: int = 20
+    model: str = option(
+        "", "classifier; empty: cnn for grayscale, resnet18 for RGB data", choices=MODELS, group="training"
+    )
+    num_rounds: int = option(20, "federated rounds", flag="--rounds", ge=1, group="training")
     train: TrainSettings = field(default_factory=TrainSettings)
-    seed: int = 0
-    out_dir: str = ""
+    seed: int = option(0, "partition, model and training seed", group="data")
+    out_dir: str = option(
+        "", "where rounds.json, summary.json and accuracy.png go; empty: runs/<run name>", group="training"
+    )
     fill: FillSettings = field(default_factory=FillSettings)
-    # before round 1 the server trains the global model on this many images of every class
-    # (regl/fl/warm_start.py): base-generated (init synthetic) or from the public pool (init public); 0: off
-    warm_start_per_class: int = 0
-    warm_start_epochs: int = 20
-    init: str = "synthetic"
-    init_freeze: bool = False  # after the warm start, clients train the output layer only
-    loss: str = "ce"  # the clients' local loss (regl/train/losses.py)
-    augment: bool = False  # random shifts, small rotations, brightness/contrast (regl/train/augment.py)
-    strategy: str = "fedavg"  # fedavg, fedprox, fedavgm, fedadam (clients/strategy.py)
-    fedprox_mu: float = 0.01  # FedProx's proximal weight μ
-    aggregate_weight: str = "examples"  # or class-balanced (clients/strategy.py)
-    dp_noise: float = 0.0  # Gaussian noise multiplier on the aggregate; 0: no differential privacy
-    dp_clip: float = 1.0  # the L2 bound on each client's update
-    dp_clipping: str = "client"  # where updates are clipped: client (fixedclipping_mod) or server
+    # before round 1 the server trains the global model on balanced images (regl/fl/warm_start.py)
+    warm_start_per_class: int = option(
+        0,
+        "images of every class the server trains on (--init synthetic: generated with the base at the fill's "
+        "steps and guidance); 0: off",
+        ge=0,
+        group="warm start",
+    )
+    warm_start_epochs: int = option(20, "epochs over those images", ge=1, group="warm start")
+    init: str = option(
+        "synthetic",
+        "what the warm start trains on: synthetic (the base's images, no public data needed) or public (the "
+        "public pool's real images: transfer learning)",
+        choices=INITS,
+        group="warm start",
+    )
+    init_freeze: bool = option(
+        False,
+        "keep the warm-started feature extractor frozen: clients train the output layer only",
+        group="warm start",
+    )
+    loss: str = option(
+        "ce",
+        "local loss: cross-entropy, focal (γ 2), class-balanced (β 0.9999), balanced-softmax, fedlc (τ 1), "
+        "fedrs (α 0.5), ratio (Ratio Loss with the server's composition monitor)",
+        choices=LOSSES,
+        group="methods",
+    )
+    augment: bool = option(
+        False,
+        "random shifts, rotations ≤ 10°, brightness/contrast, and mirror flips where the classes allow them",
+        group="methods",
+    )
+    strategy: str = option(
+        "fedavg",
+        "the server's strategy: fedavg, fedprox (clients add μ/2·‖w − w_global‖²), fedavgm (server momentum "
+        "0.9), fedadam (server Adam, η 0.01)",
+        choices=STRATEGIES,
+        group="methods",
+    )
+    fedprox_mu: float = option(0.01, "FedProx's μ", ge=0, group="methods")
+    aggregate_weight: str = option(
+        "examples",
+        "each client's weight in the average: its examples, or its mean share of each class's count",
+        choices=AGGREGATE_WEIGHTS,
+        group="methods",
+    )
+    dp_noise: float = option(
+        0.0,
+        "client-level DP: Gaussian noise multiplier z on the uniform mean of clipped updates; 0: off",
+        ge=0,
+        group="methods",
+    )
+    dp_clip: float = option(1.0, "L2 bound on each client's update", gt=0, group="methods")
+    dp_clipping: str = option(
+        "client",
+        "who clips the updates: each client (Flower's fixedclipping_mod) or the server",
+        choices=DP_CLIPPING,
+        group="methods",
+    )
     # one node's own images (its SuperNode's --node-config data-dir), instead of a cut of `dataset`;
     # never in the run config: each node sets its own
     data_dir: str = ""
 
     def to_config(self) -> dict[str, Any]:
         """Flat, kebab-case keys: the form of Flower's run config and ConfigRecord."""
-        flat = {k: v for k, v in asdict(self).items() if k not in ("partition", "train", "fill", "data_dir")}
-        flat.update({f"partition-{k}": v for k, v in asdict(self.partition).items() if k != "seed"})
-        flat.update({f"train-{k}": v for k, v in asdict(self.train).items()})
-        flat.update({("fill" if k == "mode" else f"fill-{k}"): v for k, v in asdict(self.fill).items()})
-        return {k.replace("_", "-"): v for k, v in flat.items()}
+        return {cf.key: cf.value_in(self) for cf in config_fields(ExperimentSettings)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ExperimentSettings:
         """Inverse of to_config; keys it does not know are ignored, missing ones default."""
-        flat = {k.replace("-", "_"): v for k, v in config.items()}
-        seed = int(flat.get("seed", 0))
-        partition = PartitionSpec(**_typed(PartitionSpec(), flat, "partition_"), seed=seed)
-        train_settings = TrainSettings(**_typed(TrainSettings(), flat, "train_"))
-        fill = FillSettings(**_typed(FillSettings(), {"fill_mode": flat.get("fill", "none"), **flat}, "fill_"))
-        return cls(**_typed(cls(), flat, ""), partition=partition, train=train_settings, fill=fill)
+        nested: dict[str, dict[str, Any]] = {"partition": {}, "train": {}, "fill": {}}
+        top: dict[str, Any] = {}
+        for cf in config_fields(cls):
+            if cf.key in config:
+                value = cast(cf, config[cf.key])
+                (nested[cf.path[0]] if len(cf.path) == 2 else top)[cf.path[-1]] = value
+        seed = top.get("seed", 0)
+        return cls(
+            **top,
+            partition=PartitionSpec(**nested["partition"], seed=seed),
+            train=TrainSettings(**nested["train"]),
+            fill=FillSettings(**nested["fill"]),
+        )
 
     def check(self) -> None:
-        """Reject unknown method names and impossible combinations, naming the option."""
-        from regl.train.losses import check_loss
-
-        check_loss(self.loss)
-        choices = {
-            "init": (self.init, INITS),
-            "strategy": (self.strategy, STRATEGIES),
-            "aggregate-weight": (self.aggregate_weight, AGGREGATE_WEIGHTS),
-            "dp-clipping": (self.dp_clipping, DP_CLIPPING),
-        }
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ReglError(f"unknown --{key} {value!r}; use one of {', '.join(allowed)}")
-        if not (self.fedprox_mu >= 0 and self.dp_noise >= 0 and self.dp_clip > 0):  # NaN fails too
-            raise ReglError(
-                f"--fedprox-mu and --dp-noise must be ≥ 0 and --dp-clip > 0, got {self.fedprox_mu}, "
-                f"{self.dp_noise} and {self.dp_clip}"
-            )
+        """Reject values out of their declared range and impossible combinations, naming the option."""
+        self.fill.check()
+        check_ranges(self)
         if self.dp_noise and self.aggregate_weight != "examples":
             raise ReglError("differential privacy averages the clients' updates uniformly: drop --aggregate-weight")
         if self.dp_noise and self.strategy in ("fedavgm", "fedadam"):
@@ -123,17 +175,3 @@ class ExperimentSettings:
         name += "-augment" if self.augment else ""
         name += f"-dp{self.dp_noise:g}" if self.dp_noise else ""
         return name if self.fill.mode == "none" else f"{name}-fill-{self.fill.mode}"
-
-
-def _typed(defaults: Any, flat: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Values of `flat` for the fields of `defaults`, cast to each default's type."""
-    out = {}
-    for f in fields(defaults):
-        if prefix + f.name in flat and f.name != "seed" and not is_dataclass(getattr(defaults, f.name)):
-            kind = type(getattr(defaults, f.name))
-            value = flat[prefix + f.name]
-            is_text_flag = kind is bool and isinstance(value, str)
-            out[f.name] = value.lower() in ("1", "true", "yes") if is_text_flag else kind(value)
-    if not prefix and "seed" in flat:
-        out["seed"] = int(flat["seed"])
-    return out

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from regl.data.datasets import ImageDataset, load_split
-from regl.fill.keys import compute_key
+from regl.fill.keys import compute_key, seeds_key
 from regl.fill.store import SyntheticStore
 from regl.fl.progress import Write, count_progress
 from regl.fl.settings import ExperimentSettings
 from regl.generate.settings import TORCH_THREADS
+from regl.seeds import derive_seed
 from regl.train.loop import train
 
 SOURCE = "diffusion"
@@ -39,6 +40,7 @@ def warm_start_key(settings: ExperimentSettings) -> dict:
         "warm_start": settings.warm_start_per_class,
         "dataset": settings.dataset,
         "seed": settings.seed,
+        **seeds_key(),
         "steps": settings.fill.steps,
         "guidance": settings.fill.guidance,
         "base": base_fingerprint(settings.fill.base_folder()),
@@ -62,7 +64,7 @@ def warm_start_data(settings: ExperimentSettings, write: Write) -> tuple[ImageDa
         settings.fill.base_folder(), like.class_names, template_for(settings.dataset), compute=settings.fill.compute()
     )
     labels = [c for c in range(like.num_classes) for _ in range(settings.warm_start_per_class)]
-    seed = settings.seed * 1_000_003 + 7  # apart from every client's fill seeds
+    seed = derive_seed(settings.seed, "warm-start-images")
     images = generator.generate(
         labels,
         [image_seed(seed, i) for i in range(len(labels))],
@@ -80,7 +82,7 @@ def warm_start_data(settings: ExperimentSettings, write: Write) -> tuple[ImageDa
 def public_data(settings: ExperimentSettings) -> ImageDataset:
     """N images of every class from the public pool (all it holds of a class with fewer), drawn with the seed."""
     pool = load_split(settings.dataset).public
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(derive_seed(settings.seed, "warm-start-public"))
     picks = []
     for c in range(pool.num_classes):
         indices = np.flatnonzero(pool.y == c)
@@ -101,7 +103,8 @@ def warm_start(settings: ExperimentSettings, model: torch.nn.Module, write: Writ
         else:
             data, generate_seconds = warm_start_data(settings, write)
         started = time.perf_counter()
-        train(model, data, replace(settings.train, epochs=settings.warm_start_epochs), seed=settings.seed)
+        warm = replace(settings.train, epochs=settings.warm_start_epochs)
+        train(model, data, warm, seed=derive_seed(settings.seed, "warm-start-train"))
         return {"generate_seconds": generate_seconds, "train_seconds": time.perf_counter() - started}
     finally:
         torch.set_num_threads(threads)

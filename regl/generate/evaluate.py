@@ -20,6 +20,7 @@ import torch
 from regl.data.datasets import ImageDataset, load_split
 from regl.generate.fidelity import DEFAULT_K, PrecisionRecall, class_precision_recall
 from regl.generate.generated_sets import first_per_class
+from regl.seeds import derive_seed
 from regl.train.loop import TrainSettings, evaluate, to_tensor, train
 from regl.train.models import SmallCNN
 
@@ -29,7 +30,7 @@ CLASSIFIER_EPOCHS = 5
 def reference_classifier(dataset: str, seed: int = 0) -> tuple[SmallCNN, float]:
     """The NIID-Bench CNN trained on the private pool; returns it and its real test accuracy."""
     split = load_split(dataset)
-    torch.manual_seed(seed)
+    torch.manual_seed(derive_seed(seed, "model-init"))
     model = SmallCNN(split.private.channels, split.private.num_classes, split.private.resolution)
     train(model, split.private, TrainSettings(epochs=CLASSIFIER_EPOCHS, lr=0.05), seed=seed)
     return model, evaluate(model, split.test)["accuracy"]

@@ -25,7 +25,8 @@ from regl.generate.generator import Generator, image_seed, to_dataset_format
 
 # what a saved set records of the generation that drew it; an evaluation of the set reports them
 SETTINGS_KEYS = ("base", "lora", "lora_scale", "steps", "guidance", "scheduler", "seed")
-# what must agree for a saved, unfinished set to be continued: image i's seed depends on per_class
+# what must agree for a saved, unfinished set to be continued: image i's seed depends on per_class, and on
+# the seed derivation (`seeds`, regl.seeds.SEED_DERIVATION) that turns the set's seed into image seeds
 RESUME_KEYS = (
     "base_fingerprint",
     "lora",
@@ -35,6 +36,7 @@ RESUME_KEYS = (
     "guidance",
     "scheduler",
     "seed",
+    "seeds",
     "per_class",
 )
 # images drawn between two saves: ~3 minutes on a 2-core CPU
@@ -55,10 +57,10 @@ def generated_set(
 
     `done` is what an interrupted call with the same settings drew (its first images): it is
     kept and the rest is drawn. `keep(set so far)` is called after every CHUNK images but the
-    last. A
-    progress bar (stderr) counts the images: a large set takes an hour or more on a CPU.
+    last. Progress on stderr (a bar on a terminal, a line every few percent elsewhere) counts
+    the images: a large set takes an hour or more on a CPU.
     """
-    from tqdm import tqdm
+    from regl.progress import progress
 
     labels = [c for c in classes for _ in range(per_class)]
     seeds = [image_seed(seed, i) for i in range(len(labels))]
@@ -67,7 +69,7 @@ def generated_set(
         raise ReglError(f"the set to continue holds {have} images that are not the first of this one")
     parts = [] if done is None else [done.x]
     started = time.perf_counter()
-    with tqdm(total=len(labels), initial=have, desc="generating", unit="image") as bar:
+    with progress(total=len(labels), initial=have, desc="generating", unit="image") as bar:
         for start in range(have, len(labels), CHUNK):
             stop = min(start + CHUNK, len(labels))
             images = generator.generate(

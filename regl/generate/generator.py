@@ -18,6 +18,7 @@ from regl.atomic import write_bytes_atomically
 from regl.compute import Compute, resolve
 from regl.errors import ReglError
 from regl.generate.settings import SamplingSettings
+from regl.seeds import derive_seed
 
 # models/regl-tiny-sd, reached through the package link regl/weights: the same path installed or editable
 DEFAULT_BASE = Path(__file__).resolve().parents[1] / "weights" / "regl-tiny-sd"
@@ -41,8 +42,12 @@ SAMPLING = SamplingSettings()
 
 
 def image_seed(seed: int, index: int) -> int:
-    """Image `index` of a request with `seed` depends on these two numbers alone."""
-    return (seed * 1_000_003 + index) % (2**63)
+    """Image `index` of a request with `seed` depends on these two numbers alone.
+
+    From regl.seeds (purpose "image"), like every other seed: unlike the affine seed * 1_000_003 + index
+    before it, image 1_000_003 of seed s is not image 0 of seed s + 1.
+    """
+    return derive_seed(seed, "image", index)
 
 
 def check_model_folder(folder: Path) -> None:

@@ -10,6 +10,7 @@ preservation: images the *base* generates for them, trained on with their own pr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from regl.compute import Compute, resolve
 from regl.data.datasets import ImageDataset
@@ -33,6 +33,8 @@ from regl.generate.diffusion_loss import (
 )
 from regl.generate.generator import ADAPTER, LORA_METADATA, Generator, base_fingerprint, image_seed
 from regl.generate.settings import LoraSettings, check_style_token
+from regl.progress import progress as progress_bar
+from regl.seeds import derive_seed
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -52,7 +54,8 @@ def _training_set(
     missing = [c for c in range(len(generator.class_names)) if not (data.y == c).any()]
     if settings.prior_per_class and missing:
         prior_labels = [c for c in missing for _ in range(settings.prior_per_class)]
-        seeds = [image_seed(settings.seed + 7919, i) for i in range(len(prior_labels))]
+        prior_seed = derive_seed(settings.seed, "lora-prior")
+        seeds = [image_seed(prior_seed, i) for i in range(len(prior_labels))]
         prior = generator.generate(prior_labels, seeds, steps=settings.prior_steps, guidance=settings.prior_guidance)
         prior_pixels = torch.from_numpy(prior).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         pixels = torch.cat([pixels, prior_pixels])
@@ -97,12 +100,11 @@ def _save_lora(pipe, out: Path, metadata: dict) -> None:
 def _save_checkpoint(pipe, out: Path, state: dict) -> None:
     from peft.utils import get_peft_model_state_dict
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "checkpoint.tmp"
-    tmp.mkdir(exist_ok=True)
-    torch.save({**state, "adapter": get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER)}, tmp / "state.pt")
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    tmp.rename(out / "checkpoint")
+    folder = out / "checkpoint"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "state.pt.tmp"  # replaced in one rename: a stop at any moment leaves the old or the new
+    torch.save({**state, "adapter": get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER)}, tmp)
+    os.replace(tmp, folder / "state.pt")
 
 
 @dataclass
@@ -165,7 +167,7 @@ def finetune_lora(
     labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64) + len(class_names) * is_prior)
     timings["cache_seconds"] = time.perf_counter() - cached
 
-    torch.manual_seed(settings.seed)  # the adapter's initial A matrices
+    torch.manual_seed(derive_seed(settings.seed, "lora-init"))  # the adapter's initial A matrices
     pipe.unet.add_adapter(
         LoraConfig(
             r=settings.rank, lora_alpha=settings.rank, init_lora_weights="gaussian", target_modules=TARGET_MODULES
@@ -174,7 +176,7 @@ def finetune_lora(
     )
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr)
-    start_step, rng = 0, torch.Generator().manual_seed(settings.seed)
+    start_step, rng = 0, torch.Generator().manual_seed(derive_seed(settings.seed, "lora-steps"))
     if resume:
         state = torch.load(checkpoint, weights_only=False, map_location="cpu")  # the optimizer moves it back
         set_peft_model_state_dict(pipe.unet, state["adapter"], adapter_name=ADAPTER)
@@ -184,7 +186,7 @@ def finetune_lora(
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     trained = time.perf_counter()
     pipe.unet.train()
-    progress = tqdm(
+    progress = progress_bar(
         range(start_step, settings.steps),
         initial=start_step,
         total=settings.steps,
@@ -228,6 +230,10 @@ def finetune_lora(
             "class_names": list(class_names),
             "template": template,
             "client_class_counts": np.bincount(data.y, minlength=len(class_names)).tolist(),
+            # base images trained on for the classes the client lacks (prior preservation)
+            "prior_class_counts": np.bincount(
+                np.asarray(labels, dtype=np.int64)[is_prior], minlength=len(class_names)
+            ).tolist(),
             "settings": asdict(settings),
             "timings": timings,
         },

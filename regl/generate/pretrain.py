@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from regl.data.datasets import load_split
 from regl.errors import ReglError
@@ -29,6 +28,8 @@ from regl.generate.diffusion_loss import (
 )
 from regl.generate.prompts import class_prompts, prompt_words, template_for
 from regl.generate.tiny_sd import TEST_SD, TINY_SD, build_pipeline
+from regl.progress import progress as progress_bar
+from regl.seeds import derive_seed
 
 SIZES = {"tiny": TINY_SD, "test": TEST_SD}
 PUBLIC_DATASETS = ("fashion-mnist", "mnist-10k")
@@ -102,8 +103,11 @@ def _train_vae(pipe, data: PublicTrainingSet, settings: PretrainSettings, state:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
-    generator = restore_rng(state["rng"]) if "rng" in state else torch.Generator().manual_seed(settings.seed)
-    progress = tqdm(
+    if "rng" in state:
+        generator = restore_rng(state["rng"])
+    else:
+        generator = torch.Generator().manual_seed(derive_seed(settings.seed, "pretrain-vae"))
+    progress = progress_bar(
         range(state["step"], settings.vae_steps),
         initial=state["step"],
         total=settings.vae_steps,
@@ -146,8 +150,11 @@ def _train_unet(pipe, data: PublicTrainingSet, settings: PretrainSettings, state
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
-    generator = restore_rng(state["rng"]) if "rng" in state else torch.Generator().manual_seed(settings.seed + 1)
-    progress = tqdm(
+    if "rng" in state:
+        generator = restore_rng(state["rng"])
+    else:
+        generator = torch.Generator().manual_seed(derive_seed(settings.seed, "pretrain-unet"))
+    progress = progress_bar(
         range(state["step"], settings.unet_steps),
         initial=state["step"],
         total=settings.unet_steps,
@@ -234,10 +241,9 @@ def pretrain_base(out: Path, settings: PretrainSettings, resume: bool, start_fro
     elif start_from is not None:
         pipe, state = _start_from(start_from, data), {"stage": "unet", "step": 0}
     else:
-        torch.manual_seed(settings.seed)
-        pipe = build_pipeline(
-            SIZES[settings.size], prompt_words(data.prompts), ckpt.path.parent / "init", settings.seed
-        )
+        init_seed = derive_seed(settings.seed, "pretrain-init")
+        torch.manual_seed(init_seed)
+        pipe = build_pipeline(SIZES[settings.size], prompt_words(data.prompts), ckpt.path.parent / "init", init_seed)
         state = {"stage": "vae", "step": 0}
     for module in (pipe.text_encoder, pipe.vae, pipe.unet):
         module.requires_grad_(False)

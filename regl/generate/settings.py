@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from regl.errors import ReglError
+from regl.options import option
 
 CLASSES_OF = "fashion-mnist"  # whose class names, prompt template and image format, when no data says
 TORCH_THREADS = 2  # generation and fine-tuning take both cores of a small CPU
@@ -28,25 +29,39 @@ class SamplingSettings:
 FILL_SAMPLING = SamplingSettings(steps=10, guidance=1.5)
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    rank: int = 4
-    steps: int = 300
-    lr: float = 1e-3
-    batch_size: int = 16  # 32 cost twice the time for the same demo accuracy (README, "Speed")
-    snr_gamma: float | None = 5.0
-    prior_per_class: int = 32  # base images per missing class; 0 turns prior preservation off
-    prior_steps: int = FILL_SAMPLING.steps  # how the priors are drawn: the fill's sampling (README, "Speed")
-    prior_guidance: float = FILL_SAMPLING.guidance
-    # DreamBooth's identifier for the client's look: appended to its own images' prompts (not
-    # the priors') and to every prompt the LoRA generates with; empty: off
-    style_token: str = ""
-    checkpoint_every: int = 100
-    seed: int = 0
-
-
 # A style token is one plain word (or empty: none), so every prompt holds it whole.
 STYLE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{0,32}$"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """A LoRA fine-tune: the options of `regl finetune` and of the service's POST /v1/finetune."""
+
+    rank: int = option(4, "LoRA rank", ge=1, le=128, request=True)
+    steps: int = option(300, "optimiser steps", ge=1, request=True)
+    lr: float = option(1e-3, "AdamW learning rate", gt=0, le=1.0, request=True)
+    # 32 cost twice the time for the same demo accuracy (README, "Speed")
+    batch_size: int = option(16, "images per step", ge=1, le=1024, request=True)
+    snr_gamma: float | None = option(5.0, "Min-SNR γ; 0 turns it off", ge=0)
+    prior_per_class: int = option(
+        32,
+        "base images per missing class kept in training (prior preservation); 0 turns it off",
+        ge=0,
+        le=1000,
+        request=True,
+    )
+    prior_steps: int = FILL_SAMPLING.steps  # how the priors are drawn: the fill's sampling (README, "Speed")
+    prior_guidance: float = FILL_SAMPLING.guidance
+    style_token: str = option(
+        "",
+        "a rare word for the client's look (DreamBooth's identifier), e.g. sks: added to the prompts of the "
+        "client's own images, not the priors', and to every prompt generated with this LoRA; empty: none",
+        metavar="WORD",
+        pattern=STYLE_TOKEN_PATTERN,
+        request=True,
+    )
+    checkpoint_every: int = option(100, "steps between checkpoints", ge=1)
+    seed: int = 0
 
 
 def check_style_token(token: str) -> None:

@@ -20,6 +20,7 @@ from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
 from regl.generate.generated_sets import first_per_class
 from regl.generate.generator import MAX_IMAGES
+from regl.seeds import derive_seed
 from regl.train.loop import evaluate, train
 from regl.train.models import build_model, default_model_name
 from regl.train.settings import TrainSettings
@@ -57,7 +58,8 @@ def parse_counts(spec: str) -> list[int]:
 
 def draw_per_class(pool: ImageDataset, n: int, seed: int) -> ImageDataset:
     """`n` images of each class drawn at random; with one seed the draw for n is nested in that for any larger n."""
-    return first_per_class(pool.subset(np.random.default_rng(seed).permutation(len(pool))), n)
+    order = np.random.default_rng(derive_seed(seed, "tstr-real")).permutation(len(pool))
+    return first_per_class(pool.subset(order), n)
 
 
 def balanced_capacity(pool: ImageDataset) -> int:
@@ -79,7 +81,7 @@ def tstr_train_settings(epochs: int) -> TrainSettings:
 
 def train_and_test(train_set: ImageDataset, test: ImageDataset, epochs: int, seed: int) -> float:
     """Test accuracy of the dataset's default model trained from a seeded start as the federated arms train it."""
-    torch.manual_seed(seed)
+    torch.manual_seed(derive_seed(seed, "model-init"))
     model = build_model(default_model_name(test.channels), test.channels, test.num_classes, test.resolution)
     train(model, train_set, tstr_train_settings(epochs), seed=seed)
     return float(evaluate(model, test)["accuracy"])

@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from regl.data.datasets import ImageDataset
+from regl.seeds import derive_seed
 from regl.train import metrics
 from regl.train.augment import Augment
 from regl.train.losses import Loss, proximal_term
@@ -33,8 +34,9 @@ def train(
     """Train in place; returns the mean `loss` of the last epoch (without FedProx's proximal term).
 
     `proximal_mu` > 0 adds μ/2·‖w − w_start‖² (FedProx); `head_only` trains the output layer alone.
+    The batch order and each step's augmentation have seeds of their own, derived from `seed` (regl.seeds).
     """
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "train-order"))
     trained = output_layer(model).parameters() if head_only else model.parameters()
     optimizer = torch.optim.SGD(trained, lr=settings.lr, momentum=settings.momentum)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu else None
@@ -48,7 +50,7 @@ def train(
             batch = order[start : start + settings.batch_size]
             if len(batch) < 2 and count > 0:
                 continue
-            inputs = x[batch] if augment is None else augment(x[batch], seed * 7919 + step)
+            inputs = x[batch] if augment is None else augment(x[batch], derive_seed(seed, "train-augment", step))
             data_loss = loss(model(inputs), y[batch])
             objective = data_loss if anchor is None else data_loss + proximal_term(model, anchor, proximal_mu)
             optimizer.zero_grad(set_to_none=True)

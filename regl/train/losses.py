@@ -14,8 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from regl.errors import ReglError
-
-LOSSES = ("ce", "focal", "class-balanced", "balanced-softmax", "fedlc", "fedrs", "ratio")
+from regl.train.settings import LOSSES
 
 FOCAL_GAMMA = 2.0  # Lin et al. 2017
 CLASS_BALANCED_BETA = 0.9999  # Cui et al. 2019, effective number of samples

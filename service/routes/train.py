@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, status
 from regl.data.node_data import run_class_names
 from regl.fl.settings import ExperimentSettings
 from regl.service.deps import SettingsDep
-from regl.service.errors import INVALID, field_error
+from regl.service.errors import INVALID, UNREADABLE_BODY, field_error
 from regl.service.schemas import TrainRequest, TrainResponse
 from regl.service.settings import ServiceSettings
 
@@ -41,7 +41,10 @@ def _run_settings(body: TrainRequest, settings: ServiceSettings) -> ExperimentSe
     return run
 
 
-@router.post("/v1/train", responses={**INVALID, 409: {"description": "the request is for another client's data"}})
+@router.post(
+    "/v1/train",
+    responses={**UNREADABLE_BODY, **INVALID, 409: {"description": "the request is for another client's data"}},
+)
 def train(body: TrainRequest, settings: SettingsDep) -> TrainResponse:
     """Load the global weights, train one round on this client's data (and its fill), send the weights back."""
     from regl.fl.experiment import local_update
