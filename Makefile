@@ -13,9 +13,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Generation in float32: bf16 kernels differ from CPU to CPU, float32 ones agree (README, "Quick start").
 demo: $(STAMP)
 	$(VENV)/bin/regl bench --dataset mnist-10k --partition classes --classes-per-client 2 --clients 10 \
-		--rounds 10 --arms none,diffusion --fill-supplement 0.2 --fill-lora-steps 100 --fill-prior-per-class 8
+		--rounds 10 --arms none,diffusion --fill-supplement 0.2 --fill-lora-steps 100 --fill-prior-per-class 8 \
+		--fill-dtype float32
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q

@@ -23,9 +23,10 @@ from regl.errors import ReglError
 class Option:
     """How a settings field is offered: `flag` None keeps it out of the command line (run config only).
 
-    `negate`: a bool option whose flag turns it off (e.g. --fill-no-lora for lora=True).
-    `group`: the argparse group it is listed under. `request`: a node's service takes it in
-    its request body. `ge`/`gt`/`le`: the range every entry point enforces.
+    `negate`: a bool option whose flag turns it off. `legacy`: values older run configs
+    wrote for it, and what they mean now. `group`: the argparse group it is listed under.
+    `request`: a node's service takes it in its request body. `ge`/`gt`/`le`: the range
+    every entry point enforces.
     """
 
     help: str
@@ -40,6 +41,7 @@ class Option:
     gt: float | None = None
     le: float | None = None
     pattern: str | None = None
+    legacy: dict | None = None
 
 
 def option(default: Any, help: str, **how: Any) -> Any:
@@ -126,6 +128,8 @@ def check_value(cf: ConfigField, value: Any) -> None:
 
 def cast(cf: ConfigField, value: Any) -> Any:
     """A run-config or file value as the field's type: "true" is a bool, "3" an int where the field is one."""
+    if cf.option.legacy and value in cf.option.legacy:
+        return cf.option.legacy[value]
     if cf.kind is bool and isinstance(value, str):
         return value.lower() in ("1", "true", "yes")
     return cf.kind(value)

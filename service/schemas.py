@@ -43,7 +43,8 @@ def request_fields(settings: type) -> dict[str, Any]:
             declared = Field(
                 default_of(cf.field), description=o.help, **{k: v for k, v in limits.items() if v is not None}
             )
-            out[cf.field.name] = (JSON_TYPES[cf.kind], declared)
+            kind = Literal[o.choices] if o.choices else JSON_TYPES[cf.kind]
+            out[cf.field.name] = (kind, declared)
     return out
 
 

@@ -14,9 +14,9 @@ def test_arm_settings():
     iid = arm_settings(base, "iid", "75:25")
     assert (iid.partition.kind, iid.fill.mode) == ("iid", "none")
     no_lora = arm_settings(base, "diffusion-base", "")
-    assert (no_lora.fill.mode, no_lora.fill.lora, no_lora.fill.supplement) == ("diffusion", False, 0.2)
+    assert (no_lora.fill.mode, no_lora.fill.lora, no_lora.fill.supplement) == ("diffusion", "none", 0.2)
     mixed = arm_settings(base, "diffusion+noise", "75:25")
-    assert (mixed.fill.mode, mixed.fill.mix, mixed.fill.lora) == ("diffusion+noise", "75:25", True)
+    assert (mixed.fill.mode, mixed.fill.mix, mixed.fill.lora) == ("diffusion+noise", "75:25", "client")
     assert arm_settings(base, "diffusion", "75:25").fill.mix == ""  # one source: the mix does not apply
     with pytest.raises(ReglError, match="unknown fill 'sparkle'"):
         check_arms(["none", "sparkle"])
@@ -24,10 +24,15 @@ def test_arm_settings():
 
 def test_method_arms_alone_and_with_a_fill():
     base = ExperimentSettings(fill=FillSettings(supplement=0.2))
+    federated = arm_settings(base, "diffusion-federated", "")
+    assert (federated.fill.mode, federated.fill.lora) == ("diffusion", "federated")
+    assert arm_settings(base, "diffusion-federated-local+noise", "").fill.lora == "federated+local"
+    with pytest.raises(ReglError, match="one diffusion part at most"):
+        check_arms(["diffusion-base+diffusion-federated"])
     focal = arm_settings(base, "focal", "")
     assert (focal.loss, focal.fill.mode, focal.strategy) == ("focal", "none", "fedavg")
     combined = arm_settings(base, "diffusion-base+ratio+fedprox+augment", "")
-    assert (combined.fill.mode, combined.fill.lora, combined.loss) == ("diffusion", False, "ratio")
+    assert (combined.fill.mode, combined.fill.lora, combined.loss) == ("diffusion", "none", "ratio")
     assert (combined.strategy, combined.augment) == ("fedprox", True)
     assert arm_settings(base, "balanced-aggregation", "").aggregate_weight == "class-balanced"
     public = arm_settings(base, "init-public", "")
@@ -126,7 +131,8 @@ def test_bench_children_run_with_every_option_given(tmp_path, monkeypatch, capfd
         "0.01",
         "--fill-target",
         "global",
-        "--fill-no-lora",
+        "--fill-lora",
+        "none",
         "--fill-lora-steps",
         "7",
         "--fill-prior-per-class",
@@ -152,7 +158,7 @@ def test_bench_children_run_with_every_option_given(tmp_path, monkeypatch, capfd
         expected = arm_settings(seeded, arm, "").to_config()
         config = json.loads((out / f"{arm}-s3" / "config.json").read_text())
         assert {key: config[key] for key in expected} == expected
-        assert (config["model"], config["fill-lora"], config["train-lr"]) == ("cnn", False, 0.02)
+        assert (config["model"], config["fill-lora"], config["train-lr"]) == ("cnn", "none", 0.02)
     lines = terminal.out.splitlines()
     assert (
         lines[1]

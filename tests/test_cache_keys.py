@@ -39,7 +39,7 @@ def write_images(root: Path, seed: int, per_class: tuple[int, ...] = PER_CLASS) 
 def new_run() -> None:
     """What a fresh process would see: the node's data and the clients' shares loaded again."""
     node_data.load_node_data.cache_clear()
-    experiment.client_data.cache_clear()
+    experiment.client_view.cache_clear()
     datasets.load_split.cache_clear()
     datasets.load_dataset.cache_clear()
 
@@ -137,7 +137,7 @@ def test_a_nodes_replaced_images_train_a_fresh_lora_and_draw_fresh_base_images(t
     folder, store = write_images(tmp_path / "node", seed=0), tmp_path / "store"
     sampling = {"mode": "diffusion", "supplement": 0.5, "steps": 1, "base": str(service_base)}
     run = node_run(folder, store, lora_steps=1, prior_per_class=0, **sampling)
-    base_run = node_run(folder, store, lora=False, **sampling)
+    base_run = node_run(folder, store, lora="none", **sampling)
 
     def make() -> None:
         for settings in (run, base_run):

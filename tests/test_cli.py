@@ -173,10 +173,14 @@ def _option_values() -> dict[str, list]:
         "fill-supplement": [0.2, 0.0],
         "fill-mix": ["weighted"],  # weights for as many sources as the fill has, below
         "fill-target": ["global"],
-        "fill-lora": [False],
+        "fill-lora": ["none", "federated", "federated+local"],
         "fill-lora-steps": [2, 1000],
         "fill-prior-per-class": [0, 8],
         "fill-lora-style-token": ["sks", "client-3_look"],
+        "fill-lora-rank": [2, 16],
+        "fill-adapter-rounds": [1, 30],
+        "fill-adapter-steps": [1, 50],
+        "fill-adapter-rule": ["fedavg", "product"],
         "fill-steps": [3, 50],
         "fill-guidance": [0.0, 7.5],
         "fill-base": [str(DEFAULT_BASE.resolve())],
@@ -316,7 +320,8 @@ def test_every_bench_option_reaches_its_childrens_runs(tmp_path):
         "3:1",
         "--fill-target",
         "global",
-        "--fill-no-lora",
+        "--fill-lora",
+        "none",
         "--fill-lora-steps",
         "7",
         "--fill-prior-per-class",
@@ -377,7 +382,7 @@ def test_every_bench_option_reaches_its_childrens_runs(tmp_path):
         assert (parsed.augment, parsed.fedprox_mu, parsed.dp_clip) == (True, 0.1, 0.5)
         assert parsed.loss == ("ratio" if arm == "diffusion+ratio" else "focal")
         assert (child_args.cpus, child_args.verbose) == (3, True)
-        assert parsed.fill.lora is False  # --fill-no-lora reaches every arm
+        assert parsed.fill.lora == "none"  # --fill-lora none reaches every arm
         assert parsed.fill.mix == ("3:1" if arm == "diffusion+noise" else "")
         assert parsed.partition.kind == ("iid" if arm == "iid" else "dirichlet")
 

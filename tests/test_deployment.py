@@ -1,4 +1,4 @@
-"""`regl deploy`: SuperLink, two SuperNodes and their `regl serve`s as separate processes on loopback."""
+"""`regl deploy`: SuperLink, SuperNodes and their `regl serve`s as separate processes on loopback; faults."""
 
 import json
 from pathlib import Path
@@ -14,7 +14,7 @@ def test_node_service_environment_is_its_settings(monkeypatch):
     """The REGL_* variables `regl deploy` starts a node's `regl serve` with read back as that node's ServiceSettings."""
     from regl.cli.options import experiment_settings
     from regl.cli.serving import service_settings
-    from regl.clients.deployment import node_service_settings
+    from regl.fl.deployment import node_service_settings
 
     monkeypatch.setenv("REGL_TOKEN", "secret")
     run = experiment_settings(
@@ -183,4 +183,88 @@ def test_a_supernode_killed_in_round_2_is_reported_missing_and_rejoins(tmp_path,
     assert rounds[-1]["missing_clients"] == []  # restarted, node 1 is back
     assert json.loads((out / "deployment.json").read_text())["supernode_restarts"] == {"1": 1}
     assert "supernode-1 exited with code -9; starting it again" in terminal.err
+    assert "no update from client 1" in terminal.out
+
+
+def _service_pid(node: int, store: Path) -> int:
+    """Node `node`'s `regl serve`: its environment names its port and its store folder under this test's run."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                environ = (proc / "environ").read_bytes().split(b"\0")
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in cmdline and {f"REGL_PORT={8100 + node}".encode(), f"REGL_STORE={store}".encode()} <= set(
+                environ
+            ):
+                return int(proc.name)
+    raise AssertionError(f"no regl serve of node {node} with store {store}")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_service_killed_in_the_fill_and_in_round_2_is_started_again(tmp_path, monkeypatch, capfd):
+    """Node 1's `regl serve` SIGKILLed twice: while it makes the node's fill, and as round 2 begins."""
+    import os
+    import signal
+    import threading
+    import time
+
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    kills = []
+
+    def kill_node_1s_service_twice() -> None:
+        log, deadline = out / "logs" / "service-1.log", time.monotonic() + 600
+        while time.monotonic() < deadline and not kills:  # 1: the service took the node's fill request
+            if log.exists() and "POST /v1/fill" in log.read_text():
+                os.kill(_service_pid(1, out.resolve() / "service-1"), signal.SIGKILL)
+                kills.append("fill")
+            time.sleep(0.02)
+        while time.monotonic() < deadline and len(kills) < 2:  # 2: round 1 evaluated, round 2 begun
+            try:
+                rounds = json.loads((out / "rounds.json").read_text())
+            except (OSError, ValueError):
+                rounds = []
+            if any(r["round"] == 1 for r in rounds):
+                os.kill(_service_pid(1, out.resolve() / "service-1"), signal.SIGKILL)
+                kills.append(max(r["round"] for r in rounds))
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_node_1s_service_twice, daemon=True)
+    killer.start()
+    argv = ["deploy", "--dataset", "mnist-10k", "-k", "5", "--clients", "3", "--rounds", "5"]
+    argv += ["--fill", "noise", "--fill-supplement", "0.5", "--fill-store", str(tmp_path / "store")]
+    code = main([*argv, "--out-dir", str(out)])
+    killer.join(timeout=5)
+    terminal = capfd.readouterr()
+    assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
+    assert kills == ["fill", 1]
+    deployment = json.loads((out / "deployment.json").read_text())
+    assert deployment["service_restarts"] == {"1": 2} and deployment["supernode_restarts"] == {}
+    for count in (1, 2):
+        assert f"service-1 exited with code -9; starting it again ({count} of 3)" in terminal.err
+    # the fill: node 1's ClientApp waited for its service to come back and asked again
+    fill = json.loads((out / "summary.json").read_text())["fill"]
+    assert fill["failures"] == [] and [c["client"] for c in fill["clients"]] == [0, 1, 2]
+    retried = {c["client"]: c.get("service-retries", 0) for c in fill["clients"]}
+    assert retried == {0: 0, 1: 1, 2: 0}
+    assert all(c["synthetic-images"] == c["planned-noise"] > 0 for c in fill["clients"])
+    assert (out / "logs" / "service-1.log").read_text().count("POST /v1/fill") == 2
+    # the rounds: node 1 trained in round 1, missed round 2 (and the next while its service loaded), came back
+    rounds = [r for r in json.loads((out / "rounds.json").read_text()) if r["round"] > 0]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    assert rounds[0]["missing_clients"] == [] and rounds[1]["missing_clients"] == [1]
+    missed = [r["round"] for r in rounds if r["missing_clients"]]
+    for record in rounds:
+        assert record["missing_clients"] in ([], [1])
+        trained = sorted(c["client"] for c in record["clients"])
+        assert trained == ([0, 2] if record["missing_clients"] else [0, 1, 2])
+        if record["missing_clients"]:  # named, with the reason
+            (error,) = record["errors"]
+            assert (
+                error["client"] == 1 and "cannot reach the training service at http://127.0.0.1:8101" in error["reason"]
+            ), error
+    assert missed == list(range(2, 2 + len(missed))) and rounds[-1]["missing_clients"] == [], missed
     assert "no update from client 1" in terminal.out

@@ -14,7 +14,7 @@ from regl.errors import ReglError
 from regl.fill.client import ClientFill
 from regl.fill.settings import FillSettings, client_plan
 from regl.fl import experiment
-from regl.fl.experiment import ExperimentSettings, client_data, client_fill, new_model, train_client
+from regl.fl.experiment import ExperimentSettings, client_data, client_fill, client_view, new_model, train_client
 from regl.generate.prompts import class_prompts, prompt_words, template_for
 from regl.generate.tiny_sd import TEST_SD, build_pipeline
 from regl.seeds import SEED_DERIVATION
@@ -69,7 +69,7 @@ def test_the_personalized_subset_carries_the_clients_domain(monkeypatch):
     real_evaluate = experiment.evaluate
     monkeypatch.setattr(experiment, "evaluate", lambda model, data: seen.append(data) or real_evaluate(model, data))
     settings = replace(ROTATED, train=TrainSettings(epochs=1))
-    metrics = train_client(settings, 3, new_model(settings), server_round=1)
+    metrics = train_client(client_view(settings, 3), new_model(settings), server_round=1)
     personal, in_domain = seen
     assert set(personal.y.tolist()) == set(client_data(settings, 3).y.tolist())  # its own classes only
     assert np.bincount(in_domain.y, minlength=10).tolist() == [100] * 10  # all classes, uniformly
@@ -77,7 +77,8 @@ def test_the_personalized_subset_carries_the_clients_domain(monkeypatch):
     for shown in (personal, in_domain):
         assert not any(image.tobytes() in raw for image in shown.x)  # every image in the client's look
     assert 0 <= metrics["in-domain-accuracy"] <= 1 and "personalized-accuracy" in metrics
-    plain_metrics = train_client(replace(PLAIN, train=TrainSettings(epochs=1)), 3, new_model(PLAIN), server_round=1)
+    plain = replace(PLAIN, train=TrainSettings(epochs=1))
+    plain_metrics = train_client(client_view(plain, 3), new_model(PLAIN), server_round=1)
     assert "in-domain-accuracy" not in plain_metrics
 
 
@@ -97,7 +98,7 @@ def test_the_oracle_is_the_base_images_in_the_clients_true_look(tmp_path, base):
     shards = oracle.make_shards(data, plan, {})
 
     def diffusion_base(store: Path) -> tuple[np.ndarray, dict]:
-        fill = FillSettings(mode="diffusion", lora=False, **{**common, "store": str(store)})
+        fill = FillSettings(mode="diffusion", lora="none", **{**common, "store": str(store)})
         timings = {}
         images = client_fill(replace(ROTATED, fill=fill), 3).make_shards(
             data, client_plan(fill, data.class_counts(), None), timings

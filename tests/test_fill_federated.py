@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from regl.cli import main
+from regl.errors import ReglError
 from regl.fill.settings import FillSettings
 from regl.fl.experiment import ExperimentSettings, new_model
 
@@ -116,12 +117,12 @@ def test_mixup_fill_routes_mixes_through_the_server_and_counts_them(tmp_path, mo
 
 def test_fill_settings_survive_the_flower_run_config():
     settings = ExperimentSettings(
-        fill=FillSettings(mode="diffusion+noise", supplement=0.2, mix="3:1", lora=False, steps=7, target="global")
+        fill=FillSettings(mode="diffusion+noise", supplement=0.2, mix="3:1", lora="none", steps=7, target="global")
     )
     config = settings.to_config()
-    assert config["fill"] == "diffusion+noise" and config["fill-lora"] is False
+    assert config["fill"] == "diffusion+noise" and config["fill-lora"] == "none"
     assert ExperimentSettings.from_config(config) == settings
-    assert ExperimentSettings.from_config({**config, "fill-lora": "true"}).fill.lora is True
+    assert ExperimentSettings.from_config({**config, "fill-lora": "true"}).fill.lora == "client"  # an older config
     assert settings.fill.source_mix() == {
         "diffusion": 3.0,
         "noise": 1.0,
@@ -148,7 +149,7 @@ def test_training_data_is_real_plus_the_store(tmp_path):
         partition=PartitionSpec(kind="classes", num_clients=10, classes_per_client=1),
         fill=FillSettings(mode="noise", supplement=0.1, store=str(tmp_path)),
     )
-    with pytest.raises(RuntimeError, match="no complete synthetic store"):
+    with pytest.raises(ReglError, match="no complete synthetic store"):
         training_data(settings, 3, None)
     first = prepare_fill(settings, 3, None, None)
     again = prepare_fill(settings, 3, None, None)

@@ -66,7 +66,7 @@ def test_progress_lines():
 
 
 def test_a_failed_run_is_one_line_that_names_its_log(tmp_path, monkeypatch):
-    import regl.clients.simulation as simulation
+    import regl.fl.simulation as simulation
 
     def fail(**_):
         raise RuntimeError("a client failed in the fill phase (fill): boom\n  and more")

@@ -212,8 +212,8 @@ def test_the_experiments_training_seeds_are_derived_per_client_and_round(monkeyp
     monkeypatch.setattr(experiment, "evaluate", lambda model, data: {"accuracy": 0.0})
     settings = ExperimentSettings(dataset="mnist-10k", partition=PartitionSpec("iid", 4), seed=5)
     model = experiment.new_model(settings)
-    experiment.train_client(settings, 2, model, server_round=3)
-    experiment.train_client(settings, 3, model, server_round=2)
+    experiment.train_client(experiment.client_view(settings, 2), model, server_round=3)
+    experiment.train_client(experiment.client_view(settings, 3), model, server_round=2)
     assert seen == [derive_seed(5, "local-train", 2, 3), derive_seed(5, "local-train", 3, 2)]
 
 

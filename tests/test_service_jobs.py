@@ -46,7 +46,7 @@ def test_finetune_job_reports_progress_and_activates_its_lora(service_base, clie
     "route, body",
     [
         ("/v1/finetune", {"steps": 5000, "batch_size": 2, "prior_per_class": 1}),
-        ("/v1/fill", {"mode": "diffusion", "lora": True, "lora_steps": 5000, "prior_per_class": 1}),
+        ("/v1/fill", {"mode": "diffusion", "lora": "client", "lora_steps": 5000, "prior_per_class": 1}),
     ],
 )
 def test_stopping_service_stops_its_running_job(service_base, client_folder, tmp_path, route, body):
@@ -86,7 +86,7 @@ def test_fill_plans_makes_and_serves_the_store(api):
             "mode": "diffusion+noise",
             "mix": "3:1",
             "supplement": 1.0,
-            "lora": False,
+            "lora": "none",
             "expect_class_counts": [6, 3, 1],
             **FAST,
         },
@@ -103,7 +103,7 @@ def test_fill_plans_makes_and_serves_the_store(api):
             assert np.bincount(arrays["y"][arrays["source"] == source], minlength=3).tolist() == plan["counts"][source]
     # the same request again reuses the store
     again = wait_for(
-        api, api.post("/v1/fill", json={"mode": "diffusion+noise", "mix": "3:1", "lora": False, **FAST}).json()["id"]
+        api, api.post("/v1/fill", json={"mode": "diffusion+noise", "mix": "3:1", "lora": "none", **FAST}).json()["id"]
     )
     assert again["result"]["timings"] == {"reused": 1} and again["result"]["store"] == job["result"]["store"]
 

@@ -64,7 +64,7 @@ def cmd_fl(args: argparse.Namespace) -> int:
     check_data(settings)
     if not in_sandbox():
         return rerun_self_isolated(args.argv, FLOWER_STATE_DIR)
-    from regl.clients.simulation import simulate
+    from regl.fl.simulation import simulate
 
     summary = simulate(settings, num_cpus=args.cpus, verbose=args.verbose)
     in_domain = summary.get("final_in_domain_accuracy")
@@ -178,7 +178,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     service_fill = settings.fill.synthetic and not args.in_process_fill
     if not in_sandbox():
         return rerun_self_isolated(args.argv, DEPLOY_STATE_DIR)
-    from regl.clients.deployment import deploy
+    from regl.fl.deployment import deploy
 
     absolute = tuple(str(Path(d).resolve()) for d in data_dirs)
     summary = deploy(settings, service_fill, DEPLOY_STATE_DIR, absolute, service_train=not args.in_process_train)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,15 @@ import numpy as np
 from regl.data.datasets import BUILTINS, ImageDataset
 from regl.data.domains import ClientDomain
 from regl.errors import ReglError
-from regl.fill.keys import check_made_alike, compute_key, digest, seeds_key, settings_key, source_seed
+from regl.fill.keys import (
+    adapter_digest,
+    check_made_alike,
+    compute_key,
+    digest,
+    seeds_key,
+    settings_key,
+    source_seed,
+)
 from regl.fill.plan import FillPlan
 from regl.fill.settings import FillSettings
 from regl.generate.settings import LoraSettings
@@ -36,6 +44,8 @@ class ClientFill:
     store, LoRA and base-image keys then carry. A folder's or a node's images may change under the same
     path, so their fill needs it; a built-in dataset's client may go without: its images are fixed by
     the dataset (shipped, or a pinned npm version), the run's partition, seed and the client's domain.
+    `adapter`: the federation's adapter (regl/generate/federated_lora.py), for `--fill-lora federated`
+    and `federated+local`.
     """
 
     dataset: str
@@ -45,10 +55,17 @@ class ClientFill:
     settings: FillSettings
     domain: ClientDomain | None = None
     data_digest: str = ""
+    adapter_digest: str = ""
+    adapter: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if "oracle" in self.settings.sources and not self.has_domain:
             raise ReglError("the oracle fill passes base images through the client's domain: give a --domain")
+        federated = self.settings.lora.startswith("federated") and "diffusion" in self.settings.sources
+        if federated and not self.adapter_digest:
+            raise ReglError(f"--fill-lora {self.settings.lora} draws with the federation's adapter, and none was named")
+        if self.adapter is not None and adapter_digest(self.adapter) != self.adapter_digest:
+            raise ValueError(f"client {self.client_id} was given another adapter than its fill names")
         if not self.data_digest and self.dataset not in BUILTINS:
             raise ValueError(f"the fill of {self.dataset} needs the digest of the client's images for its keys")
 
@@ -83,9 +100,20 @@ class ClientFill:
 
             key["base"] = base_fingerprint(self.settings.base_folder())
             key.update(compute_key(self.settings.compute()))
-        if self.settings.lora and plan.counts["diffusion"].sum() > 0:
-            key["lora"] = {"settings": asdict(self._lora_settings()), **compute_key(self.settings.compute("training"))}
+        if self.settings.lora != "none" and plan.counts["diffusion"].sum() > 0:
+            key["lora"] = self._generator_key()
         return key
+
+    def _generator_key(self) -> dict:
+        """What the diffusion images' generator is: the client's LoRA settings, or the federation's adapter by
+        content (with the local steps on top, for federated+local)."""
+        local = {"settings": asdict(self._lora_settings()), **compute_key(self.settings.compute("training"))}
+        if self.settings.lora == "client":
+            return local
+        return {
+            "federated": self.adapter_digest,
+            **({"local": local} if self.settings.lora == "federated+local" else {}),
+        }
 
     def store_folder(self, key: dict) -> Path:
         return Path(self.settings.store) / f"client-{self.client_id}-{digest(key)}"
@@ -138,7 +166,7 @@ class ClientFill:
             counts = plan.counts["diffusion"]
             shards["diffusion"] = (
                 self._diffusion(data, counts, timings, on_progress)
-                if self.settings.lora
+                if self.settings.lora != "none"
                 else self._base_images(data, counts, timings, on_progress)
             )
         if plan.counts["oracle"].sum() > 0:
@@ -155,7 +183,8 @@ class ClientFill:
     def _diffusion(
         self, data: ImageDataset, counts: np.ndarray, timings: dict, on_progress: Progress | None, lora: bool = True
     ) -> ImageDataset:
-        """The planned images from the client's LoRA, or with `lora=False` from the base.
+        """The planned images from the fill's generator (the client's LoRA, the federation's adapter, that adapter
+        with local steps), or with `lora=False` from the base.
 
         Image seeds depend on the client and run only: a class's i-th image has the same seed
         from the base and from the LoRA.
@@ -165,8 +194,10 @@ class ClientFill:
         report = on_progress or (lambda message, fraction: None)
         base = self.settings.base_folder()
         started = time.perf_counter()
-        if lora:
+        if lora and self.settings.lora == "client":
             generator = self._lora_generator(data, base, report)
+        elif lora:
+            generator = self._federated_generator(data, base)
         else:
             generator = Generator(base, data.class_names, self.template, compute=self.settings.compute())
         timings["finetune_seconds"] = time.perf_counter() - started
@@ -220,6 +251,7 @@ class ClientFill:
 
     def _lora_settings(self) -> LoraSettings:
         return LoraSettings(
+            rank=self.settings.lora_rank,
             steps=self.settings.lora_steps,
             prior_per_class=self.settings.prior_per_class,
             style_token=self.settings.lora_style_token,
@@ -268,6 +300,35 @@ class ClientFill:
         ).generator
         generator.set_compute(self.settings.compute())
         return generator
+
+    def _federated_generator(self, data: ImageDataset, base: Path):
+        """The federation's adapter, saved once in diffusers' format beside the store; for federated+local, a
+        copy trained `lora_steps` more steps on the client's own images, kept beside it."""
+        from regl.generate.federated_lora import client_training, local_round, save_adapter
+        from regl.generate.generator import LORA_FILE, Generator
+
+        if self.adapter is None:
+            raise ReglError(
+                f"client {self.client_id} makes its fill with the federation's adapter, and was not sent it"
+            )
+        adapter, name = self.adapter, f"federated-adapter-{self.adapter_digest}"
+        if self.settings.lora == "federated+local":
+            name = f"federated-local-client-{self.client_id}-{digest(self._generator_key())}"
+        folder = Path(self.settings.store) / name
+        if not (folder / LORA_FILE).is_file():
+            if self.settings.lora == "federated+local":
+                training = client_training(
+                    base,
+                    data,
+                    data.class_names,
+                    self.template,
+                    self._lora_settings(),
+                    self.settings.compute("training"),
+                )
+                seed = source_seed(self.run_seed, self.client_id, "lora")
+                adapter, _ = local_round(training, adapter, self.settings.lora_steps, seed)
+            save_adapter(adapter, base, folder, {"class_names": list(data.class_names), "template": self.template})
+        return Generator(base, data.class_names, self.template, lora=folder, compute=self.settings.compute())
 
     def _noise(self, data: ImageDataset, counts: np.ndarray) -> ImageDataset:
         from regl.generate.natural_noise import natural_noise

@@ -7,12 +7,16 @@ import hashlib
 import json
 from dataclasses import asdict
 
+import numpy as np
+
 from regl.compute import Compute
 from regl.errors import ReglError
 from regl.fill.settings import FillSettings
 from regl.seeds import SEED_DERIVATION, derive_seed
 
-ADDED_LATER = ("lora_style_token",)  # FillSettings fields newer than the stores in use
+# FillSettings fields newer than the stores in use
+ADDED_LATER = ("lora_style_token", "lora_rank", "adapter_rounds", "adapter_steps", "adapter_rule")
+LORA_WAS = {"client": True, "none": False}  # `lora` was a bool before the federated generator
 
 
 def settings_key(settings: FillSettings) -> dict:
@@ -21,7 +25,7 @@ def settings_key(settings: FillSettings) -> dict:
     Device and dtype are keyed by what they resolve to (`compute_key`), not by name.
     """
     return {
-        name: value
+        name: LORA_WAS.get(value, value) if name == "lora" else value
         for name, value in asdict(settings).items()
         if not (name in ADDED_LATER and value == getattr(FillSettings(), name)) and name not in ("device", "dtype")
     }
@@ -34,6 +38,16 @@ def compute_key(compute: Compute) -> dict:
 
 def digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def adapter_digest(adapter: dict[str, np.ndarray]) -> str:
+    """A LoRA adapter by content: its tensors' names, shapes, dtypes and bytes."""
+    hasher = hashlib.sha256()
+    for name in sorted(adapter):
+        array = np.ascontiguousarray(adapter[name])
+        hasher.update(f"{name}:{array.dtype}:{array.shape}".encode())
+        hasher.update(array.tobytes())
+    return hasher.hexdigest()[:16]
 
 
 def source_seed(run_seed: int, client_id: int, source: str) -> int:

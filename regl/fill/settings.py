@@ -10,10 +10,12 @@ import numpy as np
 from regl.compute import DEVICE_HELP, DEVICES, DTYPE_HELP, DTYPES, Compute, Purpose, resolve
 from regl.errors import ReglError
 from regl.fill.plan import SOURCES, FillPlan, parse_source_mix, plan_fill
+from regl.fl.adapter_aggregation import RULES as ADAPTER_RULES
 from regl.generate.settings import FILL_SAMPLING, STYLE_TOKEN_PATTERN, LoraSettings, check_style_token
 from regl.options import option
 
 MODES = ("none", "public")
+LORA_MODES = ("client", "none", "federated", "federated+local")
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,14 @@ class FillSettings:
         choices=("uniform", "global"),
         group="fill",
     )
-    lora: bool = option(
-        True,
-        "diffusion from the base as is, without fine-tuning each client's LoRA",
-        flag="--fill-no-lora",
-        negate=True,
+    lora: str = option(
+        "client",
+        "diffusion from which generator: client (a LoRA fine-tuned on each client's own images), none (the base "
+        "as is), federated (one adapter trained by the whole federation over --fill-adapter-rounds rounds, "
+        "images never leaving their clients), federated+local (that adapter, then --fill-lora-steps local steps "
+        "on each client's own images)",
+        choices=LORA_MODES,
+        legacy={True: "client", False: "none", "true": "client", "false": "none"},
         group="fill",
         request=True,
     )
@@ -68,6 +73,21 @@ class FillSettings:
         pattern=STYLE_TOKEN_PATTERN,
         group="fill",
         request=True,
+    )
+    lora_rank: int = option(LoraSettings().rank, "the rank of every LoRA the fill trains", ge=1, le=128, group="fill")
+    adapter_rounds: int = option(
+        10, "--fill-lora federated: rounds of the federation's adapter before the classifier's", ge=1, group="fill"
+    )
+    adapter_steps: int = option(
+        20, "--fill-lora federated: LoRA steps each client trains per round", ge=1, group="fill"
+    )
+    adapter_rule: str = option(
+        "ffa",
+        "--fill-lora federated: how the server joins the clients' adapters: ffa (A frozen, the Bs averaged: "
+        "exactly the mean of the products), fedavg (each factor averaged), product (the mean product, "
+        "re-factorised by SVD)",
+        choices=ADAPTER_RULES,
+        group="fill",
     )
     steps: int = option(FILL_SAMPLING.steps, "diffusion sampling steps", ge=1, le=200, group="fill", request=True)
     guidance: float = option(

@@ -28,6 +28,13 @@ from regl.fl.settings import ExperimentSettings
 from regl.stopping import call
 
 SPECIAL_ARMS = ("iid", "centralized")
+# Arm parts that draw the diffusion fill with another generator than the bench's --fill-lora.
+GENERATOR_PARTS = {
+    "diffusion-base": "none",
+    "diffusion-client": "client",
+    "diffusion-federated": "federated",
+    "diffusion-federated-local": "federated+local",
+}
 # What `regl centralized` takes of a bench's settings: the data, model and training, no fill or methods.
 CENTRALIZED_FIELDS = ("dataset", "partition", "model", "num_rounds", "train", "seed", "out_dir")
 # What bench measured of a cell's run (its wall time, Ray start included) and the run's command line.
@@ -38,6 +45,8 @@ RUN_CONFIG = "run-config.json"
 DOMAIN_FIT = "domain-fit.json"
 # Where a run keeps things, not what it computes: a moved results folder still counts as finished.
 LOCATION_KEYS = ("out-dir", "fill-store")
+# What only a run with the federation's adapter reads.
+ADAPTER_KEYS = ("fill-adapter-rounds", "fill-adapter-steps", "fill-adapter-rule")
 # What only a run that samples the diffusion model reads (the diffusion fill, the warm start): a run
 # without either is the same cell whatever they are, so a new sampling default reruns only those that sample.
 SAMPLING_KEYS = (
@@ -45,6 +54,8 @@ SAMPLING_KEYS = (
     "fill-lora-steps",
     "fill-prior-per-class",
     "fill-lora-style-token",
+    "fill-lora-rank",
+    *ADAPTER_KEYS,
     "fill-steps",
     "fill-guidance",
     "fill-base",
@@ -110,15 +121,16 @@ def arm_settings(settings: ExperimentSettings, arm: str, mix: str) -> Experiment
     for part in filter(is_method_part, parts):
         settings = with_method(settings, part)
     fill_parts = [part for part in parts if not is_method_part(part)]
-    mode = "+".join(fill_parts).replace("diffusion-base", "diffusion") or "none"
+    mode = fill_mode(fill_parts)
     sources = len(mode.split("+"))
-    fill = replace(
-        settings.fill,
-        mode=mode,
-        lora=settings.fill.lora and "diffusion-base" not in fill_parts,
-        mix=mix if mix and len(mix.split(":")) == sources > 1 else "",
-    )
+    lora = next((GENERATOR_PARTS[part] for part in fill_parts if part in GENERATOR_PARTS), settings.fill.lora)
+    fill = replace(settings.fill, mode=mode, lora=lora, mix=mix if mix and len(mix.split(":")) == sources > 1 else "")
     return replace(settings, fill=fill)
+
+
+def fill_mode(fill_parts: list[str]) -> str:
+    """An arm's fill mode: its fill parts, a generator arm (diffusion-base, …) counted as diffusion."""
+    return "+".join("diffusion" if part in GENERATOR_PARTS else part for part in fill_parts) or "none"
 
 
 def check_arms(arms: list[str], settings: ExperimentSettings | None = None, mix: str = "") -> None:
@@ -129,8 +141,9 @@ def check_arms(arms: list[str], settings: ExperimentSettings | None = None, mix:
         if arm in SPECIAL_ARMS:
             continue
         fill_parts = [part for part in arm.split("+") if not is_method_part(part)]
-        mode = "+".join(fill_parts).replace("diffusion-base", "diffusion") or "none"
-        FillSettings(mode=mode).check()  # raises on unknown parts
+        if sum(part in GENERATOR_PARTS or part == "diffusion" for part in fill_parts) > 1:
+            raise ReglError(f"arm {arm}: one diffusion part at most (diffusion, {', '.join(GENERATOR_PARTS)})")
+        FillSettings(mode=fill_mode(fill_parts)).check()  # raises on unknown parts
         if settings is not None:
             try:
                 arm_settings(settings, arm, mix).check()
@@ -171,6 +184,8 @@ def unread_keys(settings: ExperimentSettings) -> tuple[str, ...]:
         unread += ("fedprox-mu",)
     if not settings.dp_noise:
         unread += ("dp-clip", "dp-clipping")
+    if not settings.fill.lora.startswith("federated"):
+        unread += ADAPTER_KEYS
     synthetic_start = settings.warm_start_per_class > 0 and settings.init == "synthetic"
     samples = bool({"diffusion", "oracle"} & set(settings.fill.sources)) or synthetic_start
     return unread if samples else unread + SAMPLING_KEYS
@@ -195,7 +210,8 @@ def why_unfinished(cell: Cell) -> str:
     if not (cell.folder / "config.json").is_file():
         return "no config.json"
     expected = json.loads(json.dumps(cell.settings.to_config()))  # as it reads back from config.json
-    recorded = {**ExperimentSettings().to_config(), **_read_json(cell.folder / "config.json")}
+    # read back as settings, so a value an older run wrote (fill-lora true) counts as what it means now
+    recorded = ExperimentSettings.from_config(_read_json(cell.folder / "config.json")).to_config()
     ignored = LOCATION_KEYS + unread_keys(cell.settings)
     differing = [key for key in expected if key not in ignored and recorded.get(key) != expected[key]]
     if differing:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
-from regl.data.datasets import BUILTINS, ImageDataset, cache_dir, load_split, mirror_safe
+from regl.data.datasets import BUILTINS, DatasetSplit, ImageDataset, cache_dir, load_split, mirror_safe
 from regl.data.domains import ClientDomain, round_robin
 from regl.data.node_data import NodeData, load_labelled, load_node_data, node_key, run_class_names
 from regl.data.partitions import Partition, cached_partition
@@ -33,9 +34,17 @@ PERSONALIZED_TEST_SIZE = 1000
 
 
 @lru_cache(maxsize=8)
-def federation(settings: ExperimentSettings) -> Partition:
+def _split_and_partition(settings: ExperimentSettings) -> tuple[DatasetSplit, Partition]:
+    """The dataset's split and its private pool cut among the clients, once per process."""
     split = load_split(settings.dataset)
-    return cached_partition(settings.partition, split.private.y, split.private.num_classes, cache_dir() / "partitions")
+    partition = cached_partition(
+        settings.partition, split.private.y, split.private.num_classes, cache_dir() / "partitions"
+    )
+    return split, partition
+
+
+def federation(settings: ExperimentSettings) -> Partition:
+    return _split_and_partition(settings)[1]
 
 
 def class_names(settings: ExperimentSettings) -> tuple[str, ...]:
@@ -53,21 +62,121 @@ def client_domain(settings: ExperimentSettings, client_id: int) -> ClientDomain:
     return ClientDomain("none" if settings.data_dir else spec.domain, client_id, spec.num_clients, spec.seed)
 
 
-@lru_cache(maxsize=16)
-def client_data(settings: ExperimentSettings, client_id: int) -> ImageDataset:
-    """The client's private images, in its domain's look; made once per process (a rotation costs ~0.7 s
-    per 5,000 images, and every round asks twice), read-only so no caller can change the cached copy.
-
-    On a node with its own data: the training part of that data."""
-    if settings.data_dir:
-        return node_data(settings).train
-    split = load_split(settings.dataset)
-    data = client_domain(settings, client_id).apply(
-        split.private.subset(federation(settings).client_indices[client_id])
-    )
+def _read_only(data: ImageDataset) -> ImageDataset:
     data.x.flags.writeable = False
     data.y.flags.writeable = False
     return data
+
+
+@dataclass(frozen=True)
+class ClientView:
+    """One client's data as its rounds use it, resolved once per process by `client_view` and handed down to
+    the local update, the fill and the evaluation: its images in its look, their class counts, its test
+    subsets, the run's class names and the model's input format.
+
+    A simulated client's share is cut from `split`, the dataset's fixed split, and its test subsets are
+    drawn from that split's test set; a node's own images (settings.data_dir) come with their local test
+    split, `node_test`, instead. The view is cached and shared: its arrays are read-only.
+    """
+
+    settings: ExperimentSettings
+    client_id: int
+    class_names: tuple[str, ...]
+    domain: ClientDomain
+    data: ImageDataset  # the client's private images in its look; on a node the training part of its own
+    split: DatasetSplit | None = None  # a simulated client's
+    node_test: ImageDataset | None = None  # a node's
+
+    def _dataset_split(self) -> DatasetSplit:
+        """A simulated client's split; a node reads its run dataset's only when asked (the public fill)."""
+        return self.split if self.split is not None else load_split(self.settings.dataset)
+
+    @cached_property
+    def class_counts(self) -> np.ndarray:
+        """Of its real images: what its fill is planned by and its personalized subset drawn by."""
+        counts = self.data.class_counts()
+        counts.flags.writeable = False
+        return counts
+
+    @property
+    def model_like(self) -> ImageDataset:
+        """Images in the global model's input format (new_model): the server's test set where a simulated
+        client's run names one, else the client's own, whose format its dataset's test set shares."""
+        if self.settings.test_data and not self.settings.data_dir:
+            return test_data(self.settings)
+        return self.data
+
+    @cached_property
+    def personalized_test(self) -> ImageDataset:
+        """Test images in the client's own class mix and look: a node's local test split, or for a simulated
+        client a subset of the dataset's test set drawn by its real class distribution."""
+        if self.settings.data_dir:
+            return self.node_test
+        test = self._dataset_split().test
+        seed = derive_seed(self.settings.seed, "personalized-test", self.client_id)
+        subset = personalized_test_indices(test.y, self.class_counts, PERSONALIZED_TEST_SIZE, seed=seed)
+        return _read_only(self.domain.apply(test.subset(subset), "test"))
+
+    @cached_property
+    def in_domain_test(self) -> ImageDataset:
+        """Test images of every class equally often, in the client's look: what its in-domain accuracy is
+        measured on. Drawn with a seed of its own, not the personalized subset's."""
+        test = self._dataset_split().test
+        seed = derive_seed(self.settings.seed, "in-domain-test", self.client_id)
+        uniform = uniform_test_indices(test.y, test.num_classes, PERSONALIZED_TEST_SIZE, seed=seed)
+        return _read_only(self.domain.apply(test.subset(uniform), "test"))
+
+    def fill(self) -> ClientFill:
+        """A node's own images or a folder's are named in the fill's keys by their content; a built-in
+        dataset's client by the run (see ClientFill)."""
+        from regl.generate.prompts import template_for
+
+        settings = self.settings
+        by_content = bool(settings.data_dir) or settings.dataset not in BUILTINS
+        return ClientFill(
+            node_key(settings.dataset, settings.data_dir) if settings.data_dir else settings.dataset,
+            template_for(settings.dataset),
+            self.client_id,
+            settings.seed,
+            settings.fill,
+            self.domain,
+            self.data.content_digest if by_content else "",
+        )
+
+    def training_data(self, target: np.ndarray | None) -> ImageDataset:
+        """What the client trains on: its real images plus its fill (the public pool, or its store)."""
+        fill = self.settings.fill
+        if fill.mode == "public":
+            return with_fill(self.data, self._dataset_split().public)
+        if not fill.synthetic:
+            return self.data
+        synthetic = self.fill().load(client_plan(fill, self.class_counts, target))
+        if synthetic is None:
+            raise ReglError(
+                f"client {self.client_id} has no complete synthetic store for this run's fill; "
+                "the fill phase did not finish"
+            )
+        return with_fill(self.data, synthetic)
+
+
+@lru_cache(maxsize=16)
+def client_view(settings: ExperimentSettings, client_id: int) -> ClientView:
+    """The client's data, resolved once per process (a rotation costs ~0.7 s per 5,000 images, and every round
+    asks for it): the split, the client's share of the partition and its look; on a node with its own data,
+    that data's training and test parts."""
+    names, domain = class_names(settings), client_domain(settings, client_id)
+    if settings.data_dir:
+        node = load_node_data(settings.data_dir, names)
+        return ClientView(settings, client_id, names, domain, node.train, node_test=node.test)
+    split, partition = _split_and_partition(settings)
+    data = domain.apply(split.private.subset(partition.client_indices[client_id]))
+    return ClientView(settings, client_id, names, domain, _read_only(data), split=split)
+
+
+def client_data(settings: ExperimentSettings, client_id: int) -> ImageDataset:
+    """The client's private images, in its domain's look (read-only); on a node with its own data the training
+    part of that data."""
+    return client_view(settings, client_id).data
 
 
 @lru_cache(maxsize=4)
@@ -80,13 +189,18 @@ def test_data(settings: ExperimentSettings) -> ImageDataset:
     return round_robin(load_split(settings.dataset).test, spec.domain, spec.num_clients, spec.seed)
 
 
-def new_model(settings: ExperimentSettings) -> torch.nn.Module:
+def new_model(settings: ExperimentSettings, view: ClientView | None = None) -> torch.nn.Module:
     """The initial global model; identical for every arm with the same seed. Its input format is the test
-    set's, on a node with its own data that data's (a node whose images differ fails to load the global one)."""
-    like = node_data(settings).train if settings.data_dir else test_data(settings)
+    set's, on a node with its own data that data's (a node whose images differ fails to load the global one);
+    a client's `view` knows both."""
+    if view is not None:
+        like, names = view.model_like, view.class_names
+    else:
+        like = node_data(settings).train if settings.data_dir else test_data(settings)
+        names = class_names(settings)
     name = settings.model or default_model_name(like.channels)
     torch.manual_seed(derive_seed(settings.seed, "model-init"))
-    return build_model(name, like.channels, len(class_names(settings)), like.resolution)
+    return build_model(name, like.channels, len(names), like.resolution)
 
 
 def evaluate_global(settings: ExperimentSettings, model: torch.nn.Module) -> dict[str, Any]:
@@ -96,37 +210,25 @@ def evaluate_global(settings: ExperimentSettings, model: torch.nn.Module) -> dic
 
 
 def client_fill(settings: ExperimentSettings, client_id: int) -> ClientFill:
-    """A node's own images or a folder's are named in the fill's keys by their content; a built-in
-    dataset's client by the run (see ClientFill)."""
-    from regl.generate.prompts import template_for
-
-    by_content = bool(settings.data_dir) or settings.dataset not in BUILTINS
-    return ClientFill(
-        node_key(settings.dataset, settings.data_dir) if settings.data_dir else settings.dataset,
-        template_for(settings.dataset),
-        client_id,
-        settings.seed,
-        settings.fill,
-        client_domain(settings, client_id),
-        client_data(settings, client_id).content_digest if by_content else "",
-    )
+    """See ClientView.fill."""
+    return client_view(settings, client_id).fill()
 
 
 def prepare_fill(
     settings: ExperimentSettings, client_id: int, target: np.ndarray | None, mixed: ImageDataset | None
 ) -> dict[str, Any]:
     """Plan and make this client's synthetic fill before its first round; returns counts and timings."""
-    data = client_data(settings, client_id)
-    plan = client_plan(settings.fill, data.class_counts(), target)
+    view = client_view(settings, client_id)
+    plan = client_plan(settings.fill, view.class_counts, target)
     remote = None
     if settings.fill.service:
         from regl.fill.remote import remote_fill
 
-        remote = remote_fill(settings.fill.service, settings.fill, settings.seed, data, target)
-    synthetic, timings = client_fill(settings, client_id).make(data, plan, mixed, remote)
+        remote = remote_fill(settings.fill.service, settings.fill, settings.seed, view.data, target)
+    synthetic, timings = view.fill().make(view.data, plan, mixed, remote)
     return {
         "client": client_id,
-        "real-images": len(data),
+        "real-images": len(view.data),
         "synthetic-images": len(synthetic),
         **{f"planned-{source}": int(counts.sum()) for source, counts in plan.counts.items()},
         **{k.replace("_", "-"): float(v) for k, v in timings.items()},
@@ -134,19 +236,8 @@ def prepare_fill(
 
 
 def training_data(settings: ExperimentSettings, client_id: int, target: np.ndarray | None) -> ImageDataset:
-    """What the client trains on: its real images plus its fill (the public pool, or its store)."""
-    data = client_data(settings, client_id)
-    if settings.fill.mode == "public":
-        return with_fill(data, load_split(settings.dataset).public)
-    if not settings.fill.synthetic:
-        return data
-    plan = client_plan(settings.fill, data.class_counts(), target)
-    synthetic = client_fill(settings, client_id).load(plan)
-    if synthetic is None:
-        raise RuntimeError(
-            f"client {client_id} has no complete synthetic store for this run's fill; the fill phase did not finish"
-        )
-    return with_fill(data, synthetic)
+    """See ClientView.training_data."""
+    return client_view(settings, client_id).training_data(target)
 
 
 def local_loss(settings: ExperimentSettings, data: ImageDataset, ratio: np.ndarray | None) -> Loss:
@@ -155,24 +246,24 @@ def local_loss(settings: ExperimentSettings, data: ImageDataset, ratio: np.ndarr
 
 
 def train_client(
-    settings: ExperimentSettings,
-    client_id: int,
+    view: ClientView,
     model: torch.nn.Module,
     server_round: int,
     target: np.ndarray | None = None,
     ratio: np.ndarray | None = None,
     proximal_mu: float = 0.0,
 ) -> dict[str, Any]:
-    """One local update; also measures the updated model on a personalized test subset.
+    """One local update of the client `view` resolves; also measures the updated model on its personalized
+    test subset.
 
     `ratio` is the monitor's Ra (Ratio Loss), `proximal_mu` FedProx's μ, both as the server
     sent them. The personalized subset follows the client's *real* class distribution, in
     its look. With a domain, the in-domain accuracy is the same model on all classes,
     uniformly mixed, in its look: a class the client lacks still meets it in its own domain.
     """
-    data = client_data(settings, client_id)
+    settings, client_id = view.settings, view.client_id
     started = time.perf_counter()
-    trained_on = training_data(settings, client_id, target)
+    trained_on = view.training_data(target)
     loss = train(
         model,
         trained_on,
@@ -186,15 +277,15 @@ def train_client(
     train_seconds = time.perf_counter() - started
     metrics = {
         "client": client_id,
-        "num-examples": len(data),
+        "num-examples": len(view.data),
         "train-loss": loss,
         "train-seconds": train_seconds,
-        "personalized-accuracy": evaluate(model, personalized_test_set(settings, client_id))["accuracy"],
+        "personalized-accuracy": evaluate(model, view.personalized_test)["accuracy"],
     }
     if sends_class_counts(settings):
         metrics["class-counts"] = trained_on.class_counts().tolist()
-    if client_domain(settings, client_id).kind != "none":
-        metrics["in-domain-accuracy"] = evaluate(model, in_domain_test_set(settings, client_id))["accuracy"]
+    if view.domain.kind != "none":
+        metrics["in-domain-accuracy"] = evaluate(model, view.in_domain_test)["accuracy"]
     return {**metrics, "eval-seconds": time.perf_counter() - started - train_seconds}
 
 
@@ -202,24 +293,25 @@ def local_update(
     settings: ExperimentSettings, client_id: int, weights: dict[str, np.ndarray], round_config: Mapping[str, Any]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """train_client from the global weights as arrays to the client's weights as arrays: what a ClientApp
-    and a node's `regl serve` (POST /v1/train) both run.
+    and a node's `regl serve` (POST /v1/train) both run. The client's data is resolved once (client_view)
+    and handed down.
 
     `round_config` is what the server sent with the round: its number, the fill's target
     composition, the monitor's Ra (Ratio Loss) and FedProx's μ when there are any.
     """
-    model = new_model(settings)
+    view = client_view(settings, client_id)
+    model = new_model(settings, view)
     try:
         model.load_state_dict({name: torch.from_numpy(np.array(array)) for name, array in weights.items()})
     except RuntimeError as exc:
-        like = client_data(settings, client_id)
+        like = view.data
         raise ReglError(
             f"client {client_id}'s model ({like.resolution}×{like.resolution}×{like.channels} images, "
-            f"{len(class_names(settings))} classes) does not fit the global model: {str(exc).splitlines()[0]}"
+            f"{len(view.class_names)} classes) does not fit the global model: {str(exc).splitlines()[0]}"
         ) from exc
     composition, ratio = round_config.get("fill-target-composition"), round_config.get("ratio")
     metrics = train_client(
-        settings,
-        client_id,
+        view,
         model,
         int(round_config["server-round"]),
         np.asarray(composition, dtype=np.float64) if composition else None,
@@ -230,25 +322,13 @@ def local_update(
 
 
 def personalized_test_set(settings: ExperimentSettings, client_id: int) -> ImageDataset:
-    """Test images in the client's own class mix and look: a node's local test split, or for a simulated
-    client a subset of the dataset's test set drawn by its real class distribution."""
-    if settings.data_dir:
-        return node_data(settings).test
-    test, domain = load_split(settings.dataset).test, client_domain(settings, client_id)
-    counts = client_data(settings, client_id).class_counts()
-    seed = derive_seed(settings.seed, "personalized-test", client_id)
-    subset = personalized_test_indices(test.y, counts, PERSONALIZED_TEST_SIZE, seed=seed)
-    return domain.apply(test.subset(subset), "test")
+    """See ClientView.personalized_test."""
+    return client_view(settings, client_id).personalized_test
 
 
 def in_domain_test_set(settings: ExperimentSettings, client_id: int) -> ImageDataset:
-    """Test images of every class equally often, in the client's look: what its in-domain accuracy is measured on.
-
-    Drawn with a seed of its own, not the personalized subset's."""
-    test = load_split(settings.dataset).test
-    seed = derive_seed(settings.seed, "in-domain-test", client_id)
-    uniform = uniform_test_indices(test.y, test.num_classes, PERSONALIZED_TEST_SIZE, seed=seed)
-    return client_domain(settings, client_id).apply(test.subset(uniform), "test")
+    """See ClientView.in_domain_test."""
+    return client_view(settings, client_id).in_domain_test
 
 
 def sends_class_counts(settings: ExperimentSettings) -> bool:

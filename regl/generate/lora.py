@@ -113,6 +113,121 @@ class FinetuneResult:
     timings: dict
 
 
+@dataclass
+class LoraTraining:
+    """A LoRA in training on one client's images: the cached latents and prompt embeddings, the adapter's
+    optimiser and random stream. `finetune_lora` runs it once; a federated round runs it from the global
+    adapter for a few steps (regl/generate/federated_lora.py)."""
+
+    generator: Generator
+    settings: LoraSettings
+    compute: Compute
+    latents: torch.Tensor
+    embeddings: torch.Tensor
+    prompt_rows: torch.Tensor  # each sample's row of `embeddings`: its own images' prompts, then the priors'
+    draw_weights: torch.Tensor
+    labels: np.ndarray
+    is_prior: np.ndarray
+    optimizer: torch.optim.Optimizer
+    rng: torch.Generator
+    timings: dict  # prior_seconds (drawing the priors), cache_seconds (latents and prompts)
+
+    def steps(self, start: int, stop: int, show_progress: bool = False, on_step=None, checkpoint_to=None) -> float:
+        """Train steps start..stop-1; returns the last loss. `checkpoint_to`: write OUT/checkpoint every
+        `settings.checkpoint_every` steps (not at `stop`)."""
+        from diffusers import DDPMScheduler
+
+        pipe, settings = self.generator.pipe, self.settings
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        pipe.unet.train()
+        progress = progress_bar(
+            range(start, stop), initial=start, total=stop, desc="lora", unit="step", disable=not show_progress
+        )
+        loss = torch.tensor(float("nan"))
+        for step in progress:
+            rows = torch.multinomial(self.draw_weights, settings.batch_size, replacement=True, generator=self.rng)
+            with self.compute.autocast_context():
+                loss = denoising_loss(
+                    pipe.unet,
+                    noise_scheduler,
+                    self.latents[rows],
+                    self.embeddings[self.prompt_rows[rows]],
+                    self.rng,
+                    settings.snr_gamma,
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+            if on_step is not None:
+                on_step(step + 1)
+            if checkpoint_to is not None and (step + 1) % settings.checkpoint_every == 0 and step + 1 < stop:
+                state = {"step": step + 1, "optimizer": self.optimizer.state_dict(), "rng": rng_state(self.rng)}
+                _save_checkpoint(pipe, checkpoint_to, {**state, "settings": asdict(settings)})
+        pipe.unet.eval()
+        return float(loss.item())
+
+
+def start_training(
+    generator: Generator,
+    data: ImageDataset,
+    settings: LoraSettings,
+    compute: Compute,
+    target_modules: list[str] | None = None,
+    train_a: bool = True,
+) -> LoraTraining:
+    """Cache the client's latents and prompts (with priors for the classes it lacks) and add a fresh adapter.
+
+    `train_a=False` freezes the adapter's A factors at their initialisation (FFA-LoRA).
+    """
+    pipe, class_names = generator.pipe, generator.class_names
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    _check_style_token(generator, settings.style_token)
+    started = time.perf_counter()
+    pixels, labels, draw_weights, is_prior = _training_set(generator, data, settings)
+    timings = {"prior_seconds": time.perf_counter() - started}
+    started = time.perf_counter()
+    with compute.autocast_context():
+        latents = encode_latents(pipe.vae, pixels.to(compute.device)).float()
+    plain = [generator.prompt(c) for c in range(len(class_names))]
+    own = [f"{prompt} {settings.style_token}" if settings.style_token else prompt for prompt in plain]
+    with compute.autocast_context():  # own images', then priors'
+        embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, own + plain).float()
+    prompt_rows = torch.from_numpy(np.asarray(labels, dtype=np.int64) + len(class_names) * is_prior)
+    timings["cache_seconds"] = time.perf_counter() - started
+
+    from peft import LoraConfig
+
+    torch.manual_seed(derive_seed(settings.seed, "lora-init"))  # the adapter's initial A matrices
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.rank,
+        init_lora_weights="gaussian",
+        target_modules=target_modules or TARGET_MODULES,
+    )
+    pipe.unet.add_adapter(config, adapter_name=ADAPTER)
+    if not train_a:
+        for name, parameter in pipe.unet.named_parameters():
+            if ".lora_A." in name:
+                parameter.requires_grad_(False)
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    return LoraTraining(
+        generator=generator,
+        settings=settings,
+        compute=compute,
+        latents=latents,
+        embeddings=embeddings,
+        prompt_rows=prompt_rows,
+        draw_weights=draw_weights,
+        labels=np.asarray(labels, dtype=np.int64),
+        is_prior=is_prior,
+        optimizer=torch.optim.AdamW(params, lr=settings.lr),
+        rng=torch.Generator().manual_seed(derive_seed(settings.seed, "lora-steps")),
+        timings=timings,
+    )
+
+
 def finetune_lora(
     data: ImageDataset,
     class_names: tuple[str, ...],
@@ -131,8 +246,6 @@ def finetune_lora(
     (default: `resolve(purpose="training")`) keeps the weights in float32 whatever the
     autocast dtype, so the saved adapter is float32.
     """
-    from diffusers import DDPMScheduler
-    from peft import LoraConfig
     from peft.utils import set_peft_model_state_dict
 
     checkpoint = out / "checkpoint" / "state.pt"
@@ -149,80 +262,21 @@ def finetune_lora(
         raise ReglError(f"a LoRA trains with float32 weights (autocast for lower precision), got {compute.describe()}")
     generator = Generator(base, class_names, template, compute=compute)
     timings["load_seconds"] = time.perf_counter() - started
-    pipe = generator.pipe
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.requires_grad_(False)
-    _check_style_token(generator, settings.style_token)
-    prior_started = time.perf_counter()
-    pixels, labels, draw_weights, is_prior = _training_set(generator, data, settings)
-    timings["prior_seconds"] = time.perf_counter() - prior_started
-
-    cached = time.perf_counter()
-    with compute.autocast_context():
-        latents = encode_latents(pipe.vae, pixels.to(compute.device)).float()
-    plain = [generator.prompt(c) for c in range(len(class_names))]
-    own = [f"{prompt} {settings.style_token}" if settings.style_token else prompt for prompt in plain]
-    with compute.autocast_context():  # own images', then priors'
-        embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, own + plain).float()
-    labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64) + len(class_names) * is_prior)
-    timings["cache_seconds"] = time.perf_counter() - cached
-
-    torch.manual_seed(derive_seed(settings.seed, "lora-init"))  # the adapter's initial A matrices
-    pipe.unet.add_adapter(
-        LoraConfig(
-            r=settings.rank, lora_alpha=settings.rank, init_lora_weights="gaussian", target_modules=TARGET_MODULES
-        ),
-        adapter_name=ADAPTER,
-    )
-    params = [p for p in pipe.unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr)
-    start_step, rng = 0, torch.Generator().manual_seed(derive_seed(settings.seed, "lora-steps"))
+    training = start_training(generator, data, settings, compute)
+    timings.update(training.timings)
+    start_step = 0
     if resume:
         state = torch.load(checkpoint, weights_only=False, map_location="cpu")  # the optimizer moves it back
-        set_peft_model_state_dict(pipe.unet, state["adapter"], adapter_name=ADAPTER)
-        optimizer.load_state_dict(state["optimizer"])
-        start_step, rng = state["step"], restore_rng(state["rng"])
-
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        set_peft_model_state_dict(generator.pipe.unet, state["adapter"], adapter_name=ADAPTER)
+        training.optimizer.load_state_dict(state["optimizer"])
+        start_step, training.rng = state["step"], restore_rng(state["rng"])
     trained = time.perf_counter()
-    pipe.unet.train()
-    progress = progress_bar(
-        range(start_step, settings.steps),
-        initial=start_step,
-        total=settings.steps,
-        desc="lora",
-        unit="step",
-        disable=not show_progress,
-    )
-    for step in progress:
-        rows = torch.multinomial(draw_weights, settings.batch_size, replacement=True, generator=rng)
-        with compute.autocast_context():
-            loss = denoising_loss(
-                pipe.unet, noise_scheduler, latents[rows], embeddings[labels_t[rows]], rng, settings.snr_gamma
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        progress.set_postfix(loss=f"{loss.item():.4f}")
-        if on_step is not None:
-            on_step(step + 1)
-        if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
-            _save_checkpoint(
-                pipe,
-                out,
-                {
-                    "step": step + 1,
-                    "optimizer": optimizer.state_dict(),
-                    "rng": rng_state(rng),
-                    "settings": asdict(settings),
-                },
-            )
-    pipe.unet.eval()
+    training.steps(start_step, settings.steps, show_progress, on_step, checkpoint_to=out)
     generator.style_token = settings.style_token
     timings["train_seconds"] = time.perf_counter() - trained
     timings["total_seconds"] = time.perf_counter() - started
     _save_lora(
-        pipe,
+        generator.pipe,
         out,
         {
             "base": str(base),
@@ -231,9 +285,7 @@ def finetune_lora(
             "template": template,
             "client_class_counts": np.bincount(data.y, minlength=len(class_names)).tolist(),
             # base images trained on for the classes the client lacks (prior preservation)
-            "prior_class_counts": np.bincount(
-                np.asarray(labels, dtype=np.int64)[is_prior], minlength=len(class_names)
-            ).tolist(),
+            "prior_class_counts": np.bincount(training.labels[training.is_prior], minlength=len(class_names)).tolist(),
             "settings": asdict(settings),
             "timings": timings,
         },

@@ -7,13 +7,17 @@ app. Every process binds 127.0.0.1 inside the loopback-only sandbox and is stopp
 the run ends.
 
 Faults: a node whose service does not come up joins without it (its ClientApp then says
-why it cannot work, each round, in rounds.json); a SuperNode that dies is started again,
-as an operator's supervisor would, and rejoins from the next round.
+why it cannot work, each round, in rounds.json). A SuperNode or a node's service that dies
+later is started again, as an operator's supervisor would: the SuperNode rejoins from the
+next round; the service comes back with the same settings and store folder, so a fill it
+was making resumes from its store and cached LoRA (its ClientApp waits for it and asks
+again: regl/fill/remote.py), and its node trains again from the round after it is back.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -21,19 +25,19 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from regl.atomic import write_json_atomically
 from regl.data.node_data import run_class_names
 from regl.errors import ReglError
+from regl.fill.remote import service_answers
 from regl.fl.experiment import ExperimentSettings
 from regl.service.settings import ServiceSettings
 from regl.stopping import end
+from regl.waiting import wait_until
 
 SUPERLINK_PORT = 9090
 SUPERNODE_PORT = 9100  # + node index: each SuperNode's runtime API
 SERVICE_PORT = 8100  # + node index: each node's `regl serve`
-MAX_RESTARTS = 3  # per SuperNode: one that keeps dying is left dead
+MAX_RESTARTS = 3  # per SuperNode and per service: one that keeps dying is left dead
 POLL_SECONDS = 0.5
 SUPEREXEC_POLL_SECONDS = "0.1"
 CONNECTION_TOML = """\
@@ -103,28 +107,22 @@ class Processes:
 
 def _service_up(name: str, url: str, processes: Processes, timeout_s: float = 300) -> bool:
     """Whether the node's service answers /healthz; False as soon as its process has exited."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def answers() -> bool | None:
         if processes.exited(name) is not None:
             return False
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return True
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise ReglError(f"the service at {url} did not come up in {timeout_s:g} s")
+        return True if service_answers(url) else None
+
+    return wait_until(answers, timeout_s, 0.5, f"the service at {url} to come up")
 
 
 def _wait_for_port(port: int, processes: Processes, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        processes.check_alive()
+    def listening() -> bool | None:
+        processes.check_alive()  # raises when one has exited
         with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise ReglError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g} s")
+            return True if probe.connect_ex(("127.0.0.1", port)) == 0 else None
+
+    wait_until(listening, timeout_s, 0.2, f"something to listen on 127.0.0.1:{port}")
 
 
 def node_service_settings(settings: ExperimentSettings, node: int, store: Path, data_dir: str = "") -> ServiceSettings:
@@ -152,23 +150,33 @@ def _node_config(node: int, nodes: int, service: str | None, service_fill: bool,
     return config
 
 
-def _supervise(flwr_run: subprocess.Popen, processes: Processes, nodes: int) -> dict[int, int]:
-    """Wait for `flwr run`; start a SuperNode that dies again (at most MAX_RESTARTS times). Restarts per node."""
-    restarts = {node: 0 for node in range(nodes)}
-    while flwr_run.poll() is None:
-        for node in range(nodes):
-            name = f"supernode-{node}"
+def _supervise(flwr_run: subprocess.Popen, processes: Processes, names: list[str]) -> dict[str, int]:
+    """Wait for `flwr run`; start each of `names` (SuperNodes, services) that dies again, at most MAX_RESTARTS
+    times each, with its own command and environment. Returns the restarts by name, those restarted only."""
+    restarts = dict.fromkeys(names, 0)
+
+    def start_the_dead() -> int | None:
+        if (code := flwr_run.poll()) is not None:
+            return code
+        for name in names:
             code = processes.exited(name)
-            if code is not None and restarts[node] < MAX_RESTARTS:
-                restarts[node] += 1
+            if code is not None and restarts[name] < MAX_RESTARTS:
+                restarts[name] += 1
                 print(
-                    f"{name} exited with code {code}; starting it again ({restarts[node]} of {MAX_RESTARTS})",
+                    f"{name} exited with code {code}; starting it again ({restarts[name]} of {MAX_RESTARTS})",
                     file=sys.stderr,
                     flush=True,
                 )
                 processes.restart(name)
-        time.sleep(POLL_SECONDS)
-    return {node: count for node, count in restarts.items() if count}
+        return None
+
+    wait_until(start_the_dead, math.inf, POLL_SECONDS, "flwr run to finish")
+    return {name: count for name, count in restarts.items() if count}
+
+
+def _per_node(restarts: dict[str, int], kind: str) -> dict[int, int]:
+    """{"service-1": 2} → {1: 2} for kind "service"."""
+    return {int(name.rpartition("-")[2]): count for name, count in restarts.items() if name.startswith(f"{kind}-")}
 
 
 def deploy(
@@ -237,7 +245,7 @@ def deploy(
             if processes.exited(f"supernode-{node}") is not None:
                 raise ReglError(f"supernode-{node} exited at start; see {out_dir / 'logs'}/supernode-{node}.log")
         setup_seconds = time.perf_counter() - started
-        project = Path(__file__).resolve().parents[1]
+        project = Path(__file__).resolve().parents[2]  # the checkout, whose pyproject.toml is the app
         flwr_run = subprocess.Popen(
             [
                 str(bin_dir / "flwr"),
@@ -252,7 +260,8 @@ def deploy(
             env=processes.env,
         )
         try:
-            restarts = _supervise(flwr_run, processes, nodes)
+            supervised = [f"supernode-{node}" for node in range(nodes)] + [f"service-{node}" for node in services]
+            restarts = _supervise(flwr_run, processes, supervised)
         finally:
             end([flwr_run])  # stopped (SIGTERM, Ctrl-C): `flwr run` first, then the processes above
         if flwr_run.returncode != 0:
@@ -267,7 +276,8 @@ def deploy(
         "service_train": service_train and bool(services),
         "nodes_without_service": sorted(set(range(nodes)) - set(services)) if service_fill or service_train else [],
         "data_dirs": [str(Path(d).resolve()) for d in data_dirs],
-        "supernode_restarts": restarts,
+        "supernode_restarts": _per_node(restarts, "supernode"),
+        "service_restarts": _per_node(restarts, "service"),
         "setup_seconds": setup_seconds,
         "total_seconds": time.perf_counter() - started,
     }

@@ -1,0 +1,98 @@
+"""A client's share of the federated generator: a few LoRA steps from the federation's adapter, on its own images.
+
+The server (regl/fl/adapter_aggregation.py) averages what the clients send back; round after
+round the adapter learns every class in the federation's look although no client holds more
+than a few classes and no image leaves its client. Only the adapter's arrays travel.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from regl.compute import Compute
+from regl.data.datasets import ImageDataset
+from regl.generate.generator import ADAPTER, LORA_METADATA, Generator, base_fingerprint
+from regl.generate.lora import LoraTraining, start_training
+from regl.generate.settings import LoraSettings
+from regl.seeds import derive_seed
+
+Adapter = dict[str, np.ndarray]
+
+
+def adapter_arrays(generator: Generator) -> Adapter:
+    """The adapter's tensors as peft names them (`...to_q.lora_A.weight`), float32 on the CPU."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(generator.pipe.unet, adapter_name=ADAPTER)
+    return {name: value.detach().float().cpu().numpy() for name, value in state.items()}
+
+
+def load_adapter(generator: Generator, adapter: Adapter) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    state = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in adapter.items()}
+    set_peft_model_state_dict(generator.pipe.unet, state, adapter_name=ADAPTER)
+
+
+def initial_adapter(base: Path, class_names: tuple[str, ...], template: str, settings: LoraSettings) -> Adapter:
+    """The adapter every client starts round 1 from: peft's initialisation (B = 0) at the run's seed."""
+    from peft import LoraConfig
+
+    from regl.generate.lora import TARGET_MODULES
+
+    generator = Generator(base, class_names, template, compute=Compute("cpu"))
+    torch.manual_seed(derive_seed(settings.seed, "lora-init"))
+    config = LoraConfig(
+        r=settings.rank, lora_alpha=settings.rank, init_lora_weights="gaussian", target_modules=TARGET_MODULES
+    )
+    generator.pipe.unet.add_adapter(config, adapter_name=ADAPTER)
+    return adapter_arrays(generator)
+
+
+def client_training(
+    base: Path,
+    data: ImageDataset,
+    class_names: tuple[str, ...],
+    template: str,
+    settings: LoraSettings,
+    compute: Compute,
+    train_a: bool = True,
+) -> LoraTraining:
+    """A client's cached latents and prompts for its rounds: its own images only (no priors: the other clients
+    hold the classes it lacks)."""
+    generator = Generator(base, class_names, template, compute=compute)
+    return start_training(generator, data, replace(settings, prior_per_class=0), compute, train_a=train_a)
+
+
+def local_round(training: LoraTraining, adapter: Adapter, steps: int, seed: int) -> tuple[Adapter, float]:
+    """`steps` steps from the federation's adapter, with a fresh optimiser; the trained adapter and the last loss."""
+    load_adapter(training.generator, adapter)
+    params = [p for p in training.generator.pipe.unet.parameters() if p.requires_grad]
+    training.optimizer = torch.optim.AdamW(params, lr=training.settings.lr)
+    training.rng = torch.Generator().manual_seed(seed)
+    loss = training.steps(0, steps)
+    return adapter_arrays(training.generator), loss
+
+
+def save_adapter(adapter: Adapter, base: Path, out: Path, metadata: dict) -> None:
+    """The adapter in diffusers' LoRA format, loadable with a stock `pipe.load_lora_weights(out)`; written beside
+    `out`, then renamed into place."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    layers = convert_state_dict_to_diffusers({name: torch.from_numpy(value) for name, value in adapter.items()})
+    StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
+    (tmp / LORA_METADATA).write_text(
+        json.dumps({**metadata, "base": str(base), "base_fingerprint": base_fingerprint(base)}, indent=2)
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)

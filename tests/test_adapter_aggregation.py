@@ -1,0 +1,91 @@
+"""The federated generator's server step on toy adapters, against hand-computed results."""
+
+import numpy as np
+import pytest
+
+from regl.errors import ReglError
+from regl.fl.adapter_aggregation import aggregate, products, refactorise
+
+A, B = "unet.up.attn.to_q.lora_A.weight", "unet.up.attn.to_q.lora_B.weight"
+
+
+def _adapter(a, b) -> dict[str, np.ndarray]:
+    return {A: np.asarray(a, dtype=np.float32), B: np.asarray(b, dtype=np.float32)}
+
+
+GLOBAL = _adapter([[1.0, 0.0, 2.0]], [[0.0], [0.0]])  # rank 1: A 1×3, B 2×1
+ONE = _adapter([[1.0, 0.0, 2.0]], [[1.0], [2.0]])
+TWO = _adapter([[3.0, 1.0, 0.0]], [[4.0], [-2.0]])
+
+
+def test_fedavg_is_the_hand_computed_weighted_mean_of_each_factor():
+    new = aggregate(GLOBAL, [ONE, TWO], [1, 3], "fedavg")
+    np.testing.assert_allclose(new[A], [[(1 + 9) / 4, 3 / 4, 2 / 4]])
+    np.testing.assert_allclose(new[B], [[(1 + 12) / 4], [(2 - 6) / 4]])
+
+
+def test_ffa_keeps_a_and_averages_b_so_the_product_is_the_mean_product():
+    two_from_global = _adapter(GLOBAL[A], [[4.0], [-2.0]])  # under FFA every client trains B only
+    new = aggregate(GLOBAL, [ONE, two_from_global], [1, 3], "ffa")
+    np.testing.assert_array_equal(new[A], GLOBAL[A])
+    np.testing.assert_allclose(new[B], [[13 / 4], [-4 / 4]])
+    mean_product = (
+        0.25 * products(ONE)["unet.up.attn.to_q.weight"] + 0.75 * products(two_from_global)["unet.up.attn.to_q.weight"]
+    )
+    np.testing.assert_allclose(products(new)["unet.up.attn.to_q.weight"], mean_product, rtol=1e-6)
+
+
+def test_fedavg_of_factors_is_not_the_mean_of_products_but_product_averaging_is():
+    layer = "unet.up.attn.to_q.weight"
+    mean_product = 0.5 * products(ONE)[layer] + 0.5 * products(TWO)[layer]
+    factor_mean = aggregate(GLOBAL, [ONE, TWO], [1, 1], "fedavg")
+    assert not np.allclose(products(factor_mean)[layer], mean_product)
+    # two rank-1 products average to rank 2: the rank-1 re-factorisation is its best rank-1 fit
+    refit = aggregate(GLOBAL, [ONE, TWO], [1, 1], "product")
+    u, s, vt = np.linalg.svd(mean_product)
+    np.testing.assert_allclose(products(refit)[layer], s[0] * np.outer(u[:, 0], vt[0]), rtol=1e-5, atol=1e-6)
+    assert refit[A].shape == GLOBAL[A].shape and refit[B].shape == GLOBAL[B].shape
+
+
+def test_refactorise_is_exact_when_the_rank_suffices():
+    rng = np.random.default_rng(0)
+    product = rng.normal(size=(5, 2)) @ rng.normal(size=(2, 7))
+    b, a = refactorise(product, 2)
+    np.testing.assert_allclose(b @ a, product, atol=1e-10)
+
+
+def test_convolution_factors_are_multiplied_as_matrices():
+    rng = np.random.default_rng(1)
+    conv = {
+        "unet.conv1.lora_A.weight": rng.normal(size=(2, 3, 3, 3)).astype(np.float32),
+        "unet.conv1.lora_B.weight": rng.normal(size=(4, 2, 1, 1)).astype(np.float32),
+    }
+    other = {name: value * 2 for name, value in conv.items()}
+    new = aggregate(conv, [conv, other], [1, 1], "product")
+    assert {name: value.shape for name, value in new.items()} == {name: value.shape for name, value in conv.items()}
+    expected = 0.5 * products(conv)["unet.conv1.weight"] + 0.5 * products(other)["unet.conv1.weight"]
+    np.testing.assert_allclose(products(new)["unet.conv1.weight"], expected, rtol=1e-4, atol=1e-5)  # rank 2 suffices
+
+
+@pytest.mark.parametrize("rule", ["ffa", "fedavg", "product"])
+def test_a_client_that_sent_nothing_leaves_the_adapter_unchanged(rule):
+    for updates, weights in (([], []), ([ONE], [0.0])):
+        new = aggregate(GLOBAL, updates, weights, rule)
+        assert {name: value.tolist() for name, value in new.items()} == {
+            name: value.tolist() for name, value in GLOBAL.items()
+        }
+
+
+def test_a_zero_weight_client_does_not_count():
+    assert aggregate(GLOBAL, [ONE, TWO], [1, 0], "fedavg")[B].tolist() == ONE[B].tolist()
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ReglError, match="unknown adapter aggregation 'median'"):
+        aggregate(GLOBAL, [ONE], [1], "median")
+    with pytest.raises(ReglError, match="1 client adapters but 2 weights"):
+        aggregate(GLOBAL, [ONE], [1, 2], "fedavg")
+    with pytest.raises(ReglError, match="other layers"):
+        aggregate(GLOBAL, [{A: ONE[A]}], [1], "fedavg")
+    with pytest.raises(ReglError, match="lora_A / lora_B pairs"):
+        aggregate({A: ONE[A]}, [{A: ONE[A]}], [1], "ffa")

@@ -1,0 +1,68 @@
+"""The federated generator's client side on a tiny random pipeline: rounds from the global adapter, saved for
+stock diffusers."""
+
+import numpy as np
+import pytest
+
+from regl.compute import Compute
+from regl.data.datasets import ImageDataset
+from regl.fl.adapter_aggregation import aggregate, products
+from regl.generate.federated_lora import client_training, initial_adapter, local_round, save_adapter
+from regl.generate.generator import Generator, load_pipeline
+from regl.generate.prompts import class_prompts, prompt_words
+from regl.generate.settings import LoraSettings
+from regl.generate.tiny_sd import TEST_SD, build_pipeline
+
+CLASSES = ("sneaker", "bag", "coat")
+TEMPLATE = "a photo of a {}"
+SETTINGS = LoraSettings(rank=2, steps=3, batch_size=4, lr=1e-2, checkpoint_every=100)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("base")
+    pipe = build_pipeline(TEST_SD, prompt_words(class_prompts(CLASSES, TEMPLATE)), folder / "work", seed=0)
+    pipe.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+def _client(labels: list[int], shade: int) -> ImageDataset:
+    x = np.full((len(labels), 28, 28, 1), shade, dtype=np.uint8)
+    return ImageDataset(x, np.asarray(labels, dtype=np.int64), CLASSES)
+
+
+def test_two_clients_rounds_move_the_adapter_and_ffa_keeps_every_a(base):
+    start = initial_adapter(base, CLASSES, TEMPLATE, SETTINGS)
+    assert all(not value.any() for name, value in start.items() if ".lora_B." in name)  # peft starts B at zero
+    trainings = [
+        client_training(base, _client(labels, shade), CLASSES, TEMPLATE, SETTINGS, Compute("cpu"), train_a=False)
+        for labels, shade in (([0, 0, 0], 200), ([1, 1, 2], 90))
+    ]
+    adapter = start
+    for round_ in range(2):
+        sent = [local_round(training, adapter, steps=2, seed=round_ * 10 + i) for i, training in enumerate(trainings)]
+        for trained, loss in sent:
+            assert np.isfinite(loss)
+            assert all((trained[name] == adapter[name]).all() for name in adapter if ".lora_A." in name)
+        adapter = aggregate(adapter, [trained for trained, _ in sent], [3, 3], "ffa")
+    assert any(np.abs(value).max() > 0 for value in products(adapter).values())
+    assert all((adapter[name] == start[name]).all() for name in start if ".lora_A." in name)
+
+
+def test_a_federated_adapter_loads_with_stock_load_lora_weights(base, tmp_path):
+    training = client_training(base, _client([0, 1], 150), CLASSES, TEMPLATE, SETTINGS, Compute("cpu"), train_a=True)
+    adapter, _ = local_round(training, initial_adapter(base, CLASSES, TEMPLATE, SETTINGS), steps=3, seed=1)
+    save_adapter(adapter, base, tmp_path / "federated", {"class_names": list(CLASSES), "rounds": 1})
+
+    def a_bag(pipe) -> np.ndarray:
+        import torch
+
+        generator = torch.Generator().manual_seed(3)
+        return pipe("a photo of a bag", num_inference_steps=2, generator=generator, output_type="np").images[0]
+
+    stock = load_pipeline(base)
+    stock.load_lora_weights(tmp_path / "federated")  # a plain diffusers call
+    plain = load_pipeline(base)
+    assert np.abs(a_bag(stock) - a_bag(plain)).max() > 1e-4
+    ours = Generator(base, CLASSES, TEMPLATE, lora=tmp_path / "federated")  # and through regl, base checked
+    assert ours.lora == tmp_path / "federated"
