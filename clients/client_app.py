@@ -86,6 +86,19 @@ def produce_mixup(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"mixed-images": ArrayRecord(arrays)}), reply_to=msg)
 
 
+@app.query("adapter_round")
+def adapter_round(msg: Message, context: Context) -> Message:
+    """The federated generator: train the global adapter a few steps on this client's images, send it back."""
+    from regl.fl.federated_generator import adapter_round as train_round
+
+    _in_process()
+    settings, client_id = _settings(msg, context)
+    adapter = {name: array.numpy() for name, array in msg.content["adapter"].items()}
+    trained, metrics = train_round(settings, client_id, adapter, int(msg.content["config"]["adapter-round"]))
+    arrays = ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in trained.items()})
+    return Message(RecordDict({"adapter": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
 @app.query("fill")
 def fill(msg: Message, context: Context) -> Message:
     from regl.data.datasets import ImageDataset
@@ -98,7 +111,10 @@ def fill(msg: Message, context: Context) -> Message:
         record = msg.content["mixed-images"]
         names = client_data(settings, client_id).class_names
         mixed = ImageDataset(record["x"].numpy(), record["y"].numpy().astype(np.int64), names)
-    metrics = prepare_fill(settings, client_id, _target(msg), mixed)
+    adapter = None
+    if "adapter" in msg.content:
+        adapter = {name: array.numpy() for name, array in msg.content["adapter"].items()}
+    metrics = prepare_fill(settings, client_id, _target(msg), mixed, adapter)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -26,7 +26,7 @@ from regl.fl.experiment import ExperimentSettings
 from regl.fl.progress import FillProgress, Write
 
 
-def _exchange(
+def exchange(
     grid: Grid,
     nodes: list[int],
     action: str,
@@ -52,7 +52,7 @@ def _exchange(
     pull_replies(grid, set(grid.push_messages(messages)), timeout=None, on_reply=received)
     if not replies:
         reasons = "; ".join(sorted({f["reason"][:300] for f in failures}))
-        raise RuntimeError(f"every client failed in the fill phase ({action}): {reasons}")
+        raise RuntimeError(f"every client failed in {action}: {reasons}")
     return replies
 
 
@@ -77,10 +77,17 @@ def mixes_by_requester(replies: list[tuple[int, dict[str, np.ndarray]]]) -> dict
     }
 
 
-def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog, write: Write) -> dict:
+def run_fill_phase(
+    grid: Grid,
+    settings: ExperimentSettings,
+    traffic: TrafficLog,
+    write: Write,
+    adapter: dict[str, np.ndarray] | None = None,
+) -> dict:
     """Returns what the run summary records about the fill, and the config extras for training.
 
-    `write` gets one line as the phase starts and one as each client's fill is done.
+    `write` gets one line as the phase starts and one as each client's fill is done. `adapter`:
+    the federated generator's, sent with every fill message; its digest then goes with every round.
     """
     fill = settings.fill
     nodes = sorted(grid.get_node_ids())
@@ -92,7 +99,7 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
     node_of: dict[int, int] = {}
     failures: list[dict] = []
     if "mixup" in fill.sources or fill.target == "global":
-        for reply in _exchange(
+        for reply in exchange(
             grid, nodes, "class_counts", lambda _: RecordDict({"config": ConfigRecord(config)}), traffic, failures
         ):
             record = reply.content["class-counts"]
@@ -118,7 +125,7 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
             return RecordDict({"config": ConfigRecord({**config, "orders": json.dumps(assignments[client_of[node]])})})
 
         producers = [node_of[client] for client in assignments]
-        replies = _exchange(grid, producers, "produce_mixup", orders, traffic, failures)
+        replies = exchange(grid, producers, "produce_mixup", orders, traffic, failures)
         mixed = mixes_by_requester(
             [
                 (
@@ -129,8 +136,17 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
             ]
         )
 
+    if adapter is not None:
+        from regl.clients.adapter_phase import adapter_record
+        from regl.fill.keys import adapter_digest
+
+        config["fill-adapter-digest"] = adapter_digest(adapter)
+        sent_adapter = adapter_record(adapter)
+
     def fill_content(node: int) -> RecordDict:
         content = RecordDict({"config": ConfigRecord(config)})
+        if adapter is not None:
+            content["adapter"] = sent_adapter
         client = client_of.get(node)
         if client in mixed:
             x, y = mixed[client]
@@ -141,7 +157,7 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
         metrics = reply.content["metrics"]
         progress.client_done(int(metrics["client"]), int(metrics["synthetic-images"]))
 
-    replies = _exchange(grid, nodes, "fill", fill_content, traffic, failures, client_done)
+    replies = exchange(grid, nodes, "fill", fill_content, traffic, failures, client_done)
     clients = sorted((dict(reply.content["metrics"]) for reply in replies), key=lambda m: m["client"])
     return {
         "summary": {
@@ -149,7 +165,8 @@ def run_fill_phase(grid: Grid, settings: ExperimentSettings, traffic: TrafficLog
             "clients": clients,
             "unserved_mixup_requests": unserved,
             "target": "uniform" if target is None else target.tolist(),
+            **({"adapter_digest": config["fill-adapter-digest"]} if adapter is not None else {}),
             "failures": failures,
         },
-        "train_config": {k: v for k, v in config.items() if k == "fill-target-composition"},
+        "train_config": {k: v for k, v in config.items() if k in ("fill-target-composition", "fill-adapter-digest")},
     }

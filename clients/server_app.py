@@ -62,9 +62,14 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
             f"{settings.warm_start_epochs} epochs on the server"
         )
         warm = warm_start(settings, model, write)  # round 0's evaluation is the warm-started model's
-    fill, train_extras = None, {}
+    fill, train_extras, generator = None, {}, None
+    adapter = None
+    if "diffusion" in settings.fill.sources and settings.fill.lora.startswith("federated"):
+        from regl.clients.adapter_phase import run_adapter_phase
+
+        adapter, generator = run_adapter_phase(grid, settings, traffic, write)
     if settings.fill.synthetic:
-        phase = run_fill_phase(grid, settings, traffic, write)
+        phase = run_fill_phase(grid, settings, traffic, write, adapter)
         fill, train_extras = phase["summary"], phase["train_config"]
     progress = RoundProgress(settings.num_rounds, started, write)
 
@@ -91,7 +96,12 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
         {
             "wall_seconds": time.perf_counter() - started,
             "fill": fill,
-            "time_split": {**_time_split(fill, report.rounds), **{f"warm_start_{k}": v for k, v in warm.items()}},
+            **({"generator": generator} if generator else {}),
+            "time_split": {
+                **_time_split(fill, report.rounds),
+                **({"generator_wall_seconds": generator["wall_seconds"]} if generator else {}),
+                **{f"warm_start_{k}": v for k, v in warm.items()},
+            },
             "bytes_sent_per_client": traffic.bytes_per_client(),
             **_privacy(settings),
             **_monitor_summary(report.rounds),

@@ -14,6 +14,7 @@ RECORD_MEANING = {
     "metrics": "training and fill metrics",
     "class-counts": "class counts",
     "mixed-images": "mixed images (mixup)",
+    "adapter": "generator adapter (LoRA)",
 }
 
 

@@ -60,6 +60,8 @@ PURPOSES = (
     "pretrain-init",  # a pretrained base's initial weights
     "pretrain-vae",  # its VAE stage's draws
     "pretrain-unet",  # its UNet stage's draws
+    "adapter-init",  # the federated generator's initial adapter (its A factors stay there under FFA-LoRA)
+    "adapter-round",  # (client, round): a client's steps in a round of the federated generator
 )
 
 SEED_LIMIT = 2**63  # derived seeds are below it: torch.manual_seed, default_rng and JSON-safe int64 all take them

@@ -89,3 +89,24 @@ def test_bad_input_is_named():
         aggregate(GLOBAL, [{A: ONE[A]}], [1], "fedavg")
     with pytest.raises(ReglError, match="lora_A / lora_B pairs"):
         aggregate({A: ONE[A]}, [{A: ONE[A]}], [1], "ffa")
+
+
+def test_kept_rounds_resume_from_the_last_complete_round(tmp_path):
+    from dataclasses import replace
+
+    from regl.fill.settings import FillSettings
+    from regl.fl.federated_generator import AdapterRounds, _npz_bytes
+    from regl.fl.settings import ExperimentSettings
+
+    settings = ExperimentSettings(fill=FillSettings(mode="diffusion", lora="federated", store=str(tmp_path)))
+    kept = AdapterRounds(settings)
+    assert kept.latest(5) == (0, None, [])
+    kept.save(1, ONE, [{"round": 1}])
+    kept.save(2, TWO, [{"round": 1}, {"round": 2}])
+    (kept.folder / "round-3.npz").write_bytes(_npz_bytes(GLOBAL))  # killed before round 3's record
+    done, adapter, rounds = kept.latest(5)
+    assert (done, rounds) == (2, [{"round": 1}, {"round": 2}])
+    assert {name: value.tolist() for name, value in adapter.items()} == {n: v.tolist() for n, v in TWO.items()}
+    assert kept.latest(1)[:2][0] == 1 and kept.latest(1)[1][B].tolist() == ONE[B].tolist()  # fewer rounds asked
+    other = AdapterRounds(replace(settings, fill=replace(settings.fill, adapter_steps=99)))
+    assert other.folder != kept.folder and other.latest(5) == (0, None, [])

@@ -40,6 +40,7 @@ def new_run() -> None:
     """What a fresh process would see: the node's data and the clients' shares loaded again."""
     node_data.load_node_data.cache_clear()
     experiment.client_view.cache_clear()
+    experiment.run_split.cache_clear()
     datasets.load_split.cache_clear()
     datasets.load_dataset.cache_clear()
 

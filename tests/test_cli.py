@@ -162,6 +162,7 @@ def _option_values() -> dict[str, list]:
         "partition-beta": [0.05, 1e-3],
         "partition-imbalance-ratio": [1.0, 2.5],
         "partition-domain": ["rotate", "style", "noise"],
+        "partition-look": ["negative", "outline"],
         "seed": [3, -7],
         "num-rounds": [1, 60],
         "train-epochs": [2, 10],

@@ -24,21 +24,22 @@ ROTATED = ExperimentSettings(
     partition=PartitionSpec("classes", 10, classes_per_client=2, domain="rotate"),
     train=TrainSettings(epochs=1),
 )
-LOADERS = ("load_split", "cached_partition", "round_robin", "load_labelled", "load_node_data")
+LOADERS = ("run_split", "cached_partition", "round_robin", "load_labelled", "load_node_data")
 
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Every call from regl/fl/experiment.py into regl/data's loaders (cached or not), by name, counted from a
+    """Every call from regl/fl/experiment.py into regl/data's loaders (cached or not; `run_split`, the dataset's
+    split in the run's look, is the one way to `load_split`), by name, counted from a
     process that has resolved nothing of the run yet: a deployed ClientApp's, or a node service's first round."""
     calls = Counter()
+    for cached in (experiment.client_view, experiment._split_and_partition, experiment.test_data, experiment.run_split):
+        cached.cache_clear()
     for name in LOADERS:
         real = getattr(experiment, name)
         monkeypatch.setattr(
             experiment, name, lambda *a, _name=name, _real=real, **k: calls.update([_name]) or _real(*a, **k)
         )
-    for cached in (experiment.client_view, experiment._split_and_partition, experiment.test_data):
-        cached.cache_clear()
     return calls
 
 
@@ -52,7 +53,7 @@ def test_a_local_update_resolves_the_split_once_and_a_later_round_not_again(load
     weights = weights_of(settings)  # the server's: its global test set, in the clients' looks
     loads.clear()
     updated, metrics = local_update(settings, 3, weights, {"server-round": 1})
-    assert loads == Counter(load_split=1, cached_partition=1)  # no global test set built on a client
+    assert loads == Counter(run_split=1, cached_partition=1)  # no global test set built on a client
     assert "in-domain-accuracy" in metrics and metrics["num-examples"] == len(client_view(settings, 3).data)
     loads.clear()
     local_update(settings, 3, updated, {"server-round": 2})

@@ -114,7 +114,9 @@ def test_the_oracle_is_the_base_images_in_the_clients_true_look(tmp_path, base):
 
 
 def test_the_oracle_without_a_domain_is_refused():
-    with pytest.raises(ReglError, match="oracle fill passes base images through the client's domain"):
+    with pytest.raises(
+        ReglError, match="oracle fill passes base images through the true look: give a --domain or a --look"
+    ):
         ClientFill("mnist-10k", "{}", 0, 0, FillSettings(mode="oracle"))
     with pytest.raises(ReglError, match="give a --domain"):
         client_fill(replace(PLAIN, fill=FillSettings(mode="oracle")), 0)

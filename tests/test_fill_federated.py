@@ -44,7 +44,7 @@ def _run_fill(tmp_path, monkeypatch, capfd, fill: list[str]) -> tuple[dict, list
     assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     done = [line for line in terminal.out.splitlines() if line.startswith("fill: client ")]
-    assert [line.split(" done ")[1][:5] for line in done] == ["(1/2)", "(2/2)"]  # a line per client's fill
+    assert [line.split(" done ")[1][:5] for line in done] == ["(1/2)", "(2/2)"], terminal.out  # a line per client
     assert f"{sum(c['synthetic-images'] for c in summary['fill']['clients'])} images made" in done[-1]
     return summary, json.loads((out / "traffic.json").read_text())
 
@@ -159,3 +159,31 @@ def test_training_data_is_real_plus_the_store(tmp_path):
     counts = data.class_counts() - real.class_counts()
     assert counts.sum() == first["synthetic-images"] == round(0.1 * len(real))
     assert counts[real.y[0]] == 0 and np.count_nonzero(counts) == 9  # only the missing classes are filled
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_federated_generator_rounds_send_only_the_adapter_and_resume(tmp_path, monkeypatch, capfd):
+    """Two rounds of the federation's adapter, then every client draws its fill with it; a rerun that asks for one
+    round more trains only that round."""
+    federated = ["--fill", "diffusion", "--fill-lora", "federated", "--fill-adapter-rounds", "2"]
+    federated += ["--fill-adapter-steps", "2", "--fill-steps", "2", "--fill-lora-rank", "2"]
+    summary, traffic = _run_fill(tmp_path, monkeypatch, capfd, federated)
+    generator = summary["generator"]
+    assert [r["round"] for r in generator["rounds"]] == [1, 2]
+    assert all(r["clients"] == [0, 1] for r in generator["rounds"])
+    assert summary["fill"]["adapter_digest"] == generator["adapter_digest"]
+    adapters = [m for m in traffic if m["record"] == "adapter"]
+    assert len(adapters) == 4 and {m["client"] for m in adapters} == {0, 1}  # 2 rounds × 2 clients
+    for message in adapters:  # LoRA factors only, nothing image-shaped
+        assert all(".lora_A." in name or ".lora_B." in name for name, _, _ in message["arrays"])
+        assert message["bytes"] == generator["adapter_bytes"]
+    assert summary["bytes_sent_per_client"]["0"]["generator adapter (LoRA)"] == 2 * generator["adapter_bytes"]
+    assert len(list((tmp_path / "store").glob("federated-adapter-*/pytorch_lora_weights.safetensors"))) == 1
+    assert not list((tmp_path / "store").glob("lora-client-*"))  # no client LoRA
+
+    (tmp_path / "run" / "summary.json").unlink()
+    more = [*federated[:5], "3", *federated[6:]]  # --fill-adapter-rounds 3
+    again, _ = _run_fill(tmp_path, monkeypatch, capfd, more)
+    assert [r["round"] for r in again["generator"]["rounds"]] == [1, 2, 3]
+    assert again["generator"]["rounds"][:2] == generator["rounds"]  # rounds 1 and 2 read back, not retrained

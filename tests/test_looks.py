@@ -44,3 +44,17 @@ def test_a_look_keeps_labels_and_shapes_and_is_the_same_on_train_and_test():
 def test_an_unknown_look_is_refused_by_name():
     with pytest.raises(ReglError, match="unknown look 'sepia'; use one of none, negative, outline"):
         apply_look(_square(), "sepia")
+
+
+def test_a_runs_clients_and_its_test_set_share_the_look_and_the_public_pool_keeps_the_bases():
+    from regl.data.partitions import PartitionSpec
+    from regl.fl.experiment import ExperimentSettings, client_data, federation, run_split, test_data
+
+    settings = ExperimentSettings(dataset="mnist-10k", partition=PartitionSpec(num_clients=3, look="outline"))
+    plain = load_split("mnist-10k")
+    indices = federation(settings).client_indices[1]
+    looked = client_data(settings, 1)
+    assert (looked.x == apply_look(plain.private.subset(indices), "outline").x).all()
+    assert (test_data(settings).x == apply_look(plain.test, "outline").x).all()
+    assert run_split("mnist-10k", "outline").public is plain.public
+    assert settings.partition.describe().endswith("-look-outline")

@@ -125,8 +125,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     arm_mix, args.fill_mix = args.fill_mix, ""  # the bench's own fill is none: the mix is the arms'
     settings = experiment_settings(args)
     check_arms(arms, settings, arm_mix)
-    if "oracle" in arms and settings.partition.domain == "none":
-        raise ReglError("the oracle arm passes base images through each client's domain: give a --domain")
+    if "oracle" in arms and settings.partition.domain == settings.partition.look == "none":
+        raise ReglError("the oracle arm passes base images through the true look: give a --domain or a --look")
     check_data(settings)
     if not in_sandbox():
         return rerun_self_isolated(args.argv, FLOWER_STATE_DIR)

@@ -178,8 +178,8 @@ def experiment_settings(args: argparse.Namespace, out_suffix: str = "") -> Exper
         ),
     )
     settings.check()
-    if "oracle" in settings.fill.sources and settings.partition.domain == "none":
-        raise ReglError("--fill oracle passes base images through each client's domain: give a --domain")
+    if "oracle" in settings.fill.sources and settings.partition.domain == settings.partition.look == "none":
+        raise ReglError("--fill oracle passes base images through the true look: give a --domain or a --look")
     if "diffusion" in settings.fill.sources or (settings.warm_start_per_class and settings.init == "synthetic"):
         from regl.generate.generator import check_model_folder
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from regl.data.domains import DOMAIN_KINDS
+from regl.data.looks import LOOKS
 from regl.errors import ReglError
 from regl.options import option
 
@@ -61,6 +62,14 @@ class PartitionSpec:
         choices=DOMAIN_KINDS,
         group="data",
     )
+    look: str = option(
+        "none",
+        "a shared look: every client's images and the global test set in one look the base never saw; "
+        "negative: thick dark strokes on white, outline: hollow contours (regl/data/looks.py)",
+        flag="--look",
+        choices=LOOKS,
+        group="data",
+    )
     seed: int = 0  # the run's --seed
 
     def describe(self) -> str:
@@ -71,7 +80,8 @@ class PartitionSpec:
             "imbalance": f"imb{self.imbalance_ratio:g}",
         }[self.kind]
         named = f"{detail}-c{self.num_clients}"
-        return named if self.domain == "none" else f"{named}-{self.domain}"
+        named = named if self.domain == "none" else f"{named}-{self.domain}"
+        return named if self.look == "none" else f"{named}-look-{self.look}"
 
 
 @dataclass(frozen=True)

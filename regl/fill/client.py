@@ -56,11 +56,12 @@ class ClientFill:
     domain: ClientDomain | None = None
     data_digest: str = ""
     adapter_digest: str = ""
+    look: str = "none"  # the federation's shared look (regl/data/looks.py), on the client's images
     adapter: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if "oracle" in self.settings.sources and not self.has_domain:
-            raise ReglError("the oracle fill passes base images through the client's domain: give a --domain")
+        if "oracle" in self.settings.sources and not self.has_domain and self.look == "none":
+            raise ReglError("the oracle fill passes base images through the true look: give a --domain or a --look")
         federated = self.settings.lora.startswith("federated") and "diffusion" in self.settings.sources
         if federated and not self.adapter_digest:
             raise ReglError(f"--fill-lora {self.settings.lora} draws with the federation's adapter, and none was named")
@@ -74,8 +75,20 @@ class ClientFill:
         return self.domain is not None and self.domain.kind != "none"
 
     def _domain_key(self) -> dict:
-        """The look the client's images (and so its LoRA and fill) have; nothing without one."""
-        return {"domain": asdict(self.domain)} if self.has_domain else {}
+        """The look the client's images (and so its LoRA and fill) have: its domain and the shared look; nothing
+        without one."""
+        return {
+            **({"domain": asdict(self.domain)} if self.has_domain else {}),
+            **({"look": self.look} if self.look != "none" else {}),
+        }
+
+    def in_true_look(self, images: ImageDataset) -> ImageDataset:
+        """Images (the base's, the public pool's) in the look the client's own have: the shared look, then its
+        domain."""
+        from regl.data.looks import apply_look
+
+        looked = apply_look(images, self.look)
+        return self.domain.apply(looked, "generated") if self.has_domain else looked
 
     def _data_key(self, data: ImageDataset | None = None) -> dict:
         """The client's images by content (those given, else those the fill was made for); nothing for a
@@ -171,7 +184,7 @@ class ClientFill:
             )
         if plan.counts["oracle"].sum() > 0:
             base_images = self._base_images(data, plan.counts["oracle"], timings, on_progress)
-            shards["oracle"] = self.domain.apply(base_images, "generated")
+            shards["oracle"] = self.in_true_look(base_images)
         if plan.counts["noise"].sum() > 0:
             started = time.perf_counter()
             shards["noise"] = self._noise(data, plan.counts["noise"])
@@ -340,7 +353,8 @@ class ClientFill:
         return ImageDataset(x, labels, data.class_names)
 
     def _public_equal(self, counts: np.ndarray) -> ImageDataset:
-        """Exactly `counts[c]` real public-pool images of each class c, drawn without replacement."""
+        """Exactly `counts[c]` real public-pool images of each class c, drawn without replacement, in the shared
+        look: the real reference of a generator that draws the federation's look."""
         from regl.data.datasets import load_split
 
         public = load_split(self.dataset).public
@@ -354,7 +368,9 @@ class ClientFill:
                     f"{public.class_names[c]!r}, but client {self.client_id}'s plan asks for {int(n)}"
                 )
             picked.append(rng.choice(pool, size=int(n), replace=False))
-        return public.subset(np.sort(np.concatenate(picked)))
+        from regl.data.looks import apply_look
+
+        return apply_look(public.subset(np.sort(np.concatenate(picked))), self.look)
 
 
 def with_fill(data: ImageDataset, synthetic: ImageDataset | None) -> ImageDataset:

@@ -19,6 +19,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from regl.atomic import write_json_atomically
 from regl.errors import ReglError
 from regl.fill.settings import FillSettings
@@ -41,6 +43,10 @@ CENTRALIZED_FIELDS = ("dataset", "partition", "model", "num_rounds", "train", "s
 CELL_RECORD = "bench-cell.json"
 # The settings a cell's child runs with, as Flower's flat run config.
 RUN_CONFIG = "run-config.json"
+# A generating arm's fill images alone, trained on and tested on the run's test set (in the federation's look).
+GENERATOR_TSTR = "generator-tstr.json"
+TSTR_PER_CLASS = 100
+TSTR_EPOCHS = 10
 # With client domains: how the generated images of a cell's missing classes fit the clients' looks.
 DOMAIN_FIT = "domain-fit.json"
 # Where a run keeps things, not what it computes: a moved results folder still counts as finished.
@@ -230,6 +236,7 @@ def finished_row(cell: Cell) -> dict[str, Any]:
     summary = _read_json(cell.folder / "summary.json")
     in_domain = summary.get("final_in_domain_accuracy")
     fit = _read_json(cell.folder / DOMAIN_FIT) if (cell.folder / DOMAIN_FIT).is_file() else {}
+    tstr = _read_json(cell.folder / GENERATOR_TSTR) if (cell.folder / GENERATOR_TSTR).is_file() else {}
     return {
         "arm": cell.arm,
         "seed": cell.seed,
@@ -239,6 +246,7 @@ def finished_row(cell: Cell) -> dict[str, Any]:
         "personalized_accuracy": summary.get("final_personalized_accuracy"),
         **({} if in_domain is None else {"in_domain_accuracy": in_domain}),
         **({"own_look": fit["own_look"], "missing_recognised": fit["recognised"]} if fit else {}),
+        **({"generator_tstr": tstr["accuracy"]} if tstr else {}),
         **({"monitor_cosine": summary["monitor_mean_cosine"]} if "monitor_mean_cosine" in summary else {}),
         **({"epsilon": summary["privacy"]["epsilon"]} if "privacy" in summary else {}),
         "fill_seconds": (summary.get("time_split") or {}).get("fill_phase_wall_seconds", 0.0),
@@ -251,6 +259,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     """Run the cell's child; returns its row, or the error when it failed."""
     (cell.folder / CELL_RECORD).unlink(missing_ok=True)
     (cell.folder / DOMAIN_FIT).unlink(missing_ok=True)
+    (cell.folder / GENERATOR_TSTR).unlink(missing_ok=True)
     cell.folder.mkdir(parents=True, exist_ok=True)
     write_json_atomically(cell.folder / RUN_CONFIG, cell.settings.to_config())
     started = time.perf_counter()
@@ -260,6 +269,41 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         return {"arm": cell.arm, "seed": cell.seed, "error": f"exit code {code}", "wall_seconds": wall}
     write_json_atomically(cell.folder / CELL_RECORD, {"wall_seconds": wall, "command": cell.command})
     return finished_row(cell)
+
+
+def add_generator_tstr(cells: list[Cell]) -> None:
+    """GENERATOR_TSTR in each finished cell folder whose fill holds generated images; made once.
+
+    The generator's side of an arm: a classifier trained on the fill's generated images alone
+    (every client's, up to TSTR_PER_CLASS of each class), tested on the run's global test set,
+    so in the federation's look (its shared look, or each client's domain in turn).
+    """
+    from regl.data.datasets import ImageDataset
+    from regl.fl.bench_report import stored_shards
+    from regl.fl.experiment import test_data
+    from regl.generate.generated_sets import first_per_class
+    from regl.generate.tstr import train_and_test
+
+    for cell in cells:
+        sources = [s for s in ("diffusion", "oracle") if s in cell.settings.fill.sources]
+        if not sources or (cell.folder / GENERATOR_TSTR).is_file():
+            continue
+        stored = stored_shards(cell.settings, _read_json(cell.folder / "summary.json")["fill"])
+        if stored is None:
+            print(f"arm {cell.arm}, seed {cell.seed}: no complete synthetic stores, so no generator TSTR", flush=True)
+            continue
+        shards = [shards[source] for shards in stored for source in sources if source in shards]
+        images = ImageDataset(
+            np.concatenate([s.x for s in shards]), np.concatenate([s.y for s in shards]), shards[0].class_names
+        )
+        counts = images.class_counts()
+        per_class = int(min(TSTR_PER_CLASS, counts.min()))
+        if per_class < 1:
+            print(f"arm {cell.arm}, seed {cell.seed}: its fill lacks a class, so no generator TSTR", flush=True)
+            continue
+        accuracy = train_and_test(first_per_class(images, per_class), test_data(cell.settings), TSTR_EPOCHS, cell.seed)
+        record = {"accuracy": accuracy, "per_class": per_class, "epochs": TSTR_EPOCHS, "sources": sources}
+        write_json_atomically(cell.folder / GENERATOR_TSTR, record)
 
 
 def add_domain_fits(cells: list[Cell]) -> None:
@@ -344,6 +388,7 @@ def run_arms(
         write_tables(out_root, [rows[n] for n in sorted(rows)], arms, [])
     finished = [cell for number, cell in enumerate(cells) if "error" not in rows[number]]
     add_domain_fits(finished)
+    add_generator_tstr(finished)
     rows = {number: row if "error" in row else finished_row(cells[number]) for number, row in rows.items()}
     ordered = [rows[n] for n in sorted(rows)]
     title = f"{settings.dataset}, {settings.partition.describe()}, seeds {','.join(map(str, seeds))}"

@@ -46,6 +46,7 @@ OPTIONAL_COLUMNS = {
     "in_domain_accuracy": ("in-domain acc. %", 100.0, 2),
     "own_look": ("missing classes' images in own look %", 100.0, 2),
     "missing_recognised": ("missing classes' images recognised %", 100.0, 2),
+    "generator_tstr": ("generator TSTR in look %", 100.0, 2),
     "monitor_cosine": ("monitor cosine", 1.0, 4),
     "epsilon": ("ε (δ = 10⁻⁵)", 1.0, 2),
 }
@@ -227,7 +228,7 @@ def stored_shards(settings: ExperimentSettings, fill_summary: dict) -> list[dict
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             data = client_data(settings, client_id)
-        fill = client_fill(settings, client_id)
+        fill = client_fill(settings, client_id, fill_summary.get("adapter_digest", ""))
         key = fill.store_key(client_plan(settings.fill, data.class_counts(), target))
         shards = SyntheticStore(fill.store_folder(key)).load_shards(key)
         if shards is None:

@@ -17,10 +17,12 @@ import torch
 
 from regl.data.datasets import BUILTINS, DatasetSplit, ImageDataset, cache_dir, load_split, mirror_safe
 from regl.data.domains import ClientDomain, round_robin
+from regl.data.looks import apply_look
 from regl.data.node_data import NodeData, load_labelled, load_node_data, node_key, run_class_names
 from regl.data.partitions import Partition, cached_partition
 from regl.errors import ReglError
 from regl.fill.client import ClientFill, with_fill
+from regl.fill.keys import adapter_digest as digest_adapter
 from regl.fill.settings import client_plan
 from regl.fl.settings import ExperimentSettings
 from regl.seeds import derive_seed
@@ -33,10 +35,22 @@ from regl.train.models import build_model, default_model_name
 PERSONALIZED_TEST_SIZE = 1000
 
 
+@lru_cache(maxsize=4)
+def run_split(dataset: str, look: str) -> DatasetSplit:
+    """The dataset's split as a run sees it: the private pool and the test set in the federation's shared
+    look (regl/data/looks.py); the public pool, the base's pretraining data, as it is."""
+    split = load_split(dataset)
+    if look == "none":
+        return split
+    return DatasetSplit(
+        _read_only(apply_look(split.private, look)), split.public, _read_only(apply_look(split.test, look))
+    )
+
+
 @lru_cache(maxsize=8)
 def _split_and_partition(settings: ExperimentSettings) -> tuple[DatasetSplit, Partition]:
     """The dataset's split and its private pool cut among the clients, once per process."""
-    split = load_split(settings.dataset)
+    split = run_split(settings.dataset, settings.partition.look)
     partition = cached_partition(
         settings.partition, split.private.y, split.private.num_classes, cache_dir() / "partitions"
     )
@@ -89,7 +103,7 @@ class ClientView:
 
     def _dataset_split(self) -> DatasetSplit:
         """A simulated client's split; a node reads its run dataset's only when asked (the public fill)."""
-        return self.split if self.split is not None else load_split(self.settings.dataset)
+        return self.split if self.split is not None else run_split(self.settings.dataset, self.settings.partition.look)
 
     @cached_property
     def class_counts(self) -> np.ndarray:
@@ -126,9 +140,10 @@ class ClientView:
         uniform = uniform_test_indices(test.y, test.num_classes, PERSONALIZED_TEST_SIZE, seed=seed)
         return _read_only(self.domain.apply(test.subset(uniform), "test"))
 
-    def fill(self) -> ClientFill:
+    def fill(self, adapter: Mapping[str, np.ndarray] | None = None, adapter_digest: str = "") -> ClientFill:
         """A node's own images or a folder's are named in the fill's keys by their content; a built-in
-        dataset's client by the run (see ClientFill)."""
+        dataset's client by the run (see ClientFill). With the federated generator, its adapter (to make the
+        fill) or the adapter's digest (to find it)."""
         from regl.generate.prompts import template_for
 
         settings = self.settings
@@ -141,16 +156,19 @@ class ClientView:
             settings.fill,
             self.domain,
             self.data.content_digest if by_content else "",
+            adapter_digest=adapter_digest or (digest_adapter(dict(adapter)) if adapter is not None else ""),
+            look="none" if settings.data_dir else settings.partition.look,
+            adapter=None if adapter is None else dict(adapter),
         )
 
-    def training_data(self, target: np.ndarray | None) -> ImageDataset:
+    def training_data(self, target: np.ndarray | None, adapter_digest: str = "") -> ImageDataset:
         """What the client trains on: its real images plus its fill (the public pool, or its store)."""
         fill = self.settings.fill
         if fill.mode == "public":
             return with_fill(self.data, self._dataset_split().public)
         if not fill.synthetic:
             return self.data
-        synthetic = self.fill().load(client_plan(fill, self.class_counts, target))
+        synthetic = self.fill(adapter_digest=adapter_digest).load(client_plan(fill, self.class_counts, target))
         if synthetic is None:
             raise ReglError(
                 f"client {self.client_id} has no complete synthetic store for this run's fill; "
@@ -186,7 +204,7 @@ def test_data(settings: ExperimentSettings) -> ImageDataset:
     if settings.test_data:
         return load_labelled(settings.test_data, class_names(settings))
     spec = settings.partition
-    return round_robin(load_split(settings.dataset).test, spec.domain, spec.num_clients, spec.seed)
+    return round_robin(run_split(settings.dataset, spec.look).test, spec.domain, spec.num_clients, spec.seed)
 
 
 def new_model(settings: ExperimentSettings, view: ClientView | None = None) -> torch.nn.Module:
@@ -209,23 +227,29 @@ def evaluate_global(settings: ExperimentSettings, model: torch.nn.Module) -> dic
     return evaluate(model, test_data(settings), minority)
 
 
-def client_fill(settings: ExperimentSettings, client_id: int) -> ClientFill:
+def client_fill(settings: ExperimentSettings, client_id: int, adapter_digest: str = "") -> ClientFill:
     """See ClientView.fill."""
-    return client_view(settings, client_id).fill()
+    return client_view(settings, client_id).fill(adapter_digest=adapter_digest)
 
 
 def prepare_fill(
-    settings: ExperimentSettings, client_id: int, target: np.ndarray | None, mixed: ImageDataset | None
+    settings: ExperimentSettings,
+    client_id: int,
+    target: np.ndarray | None,
+    mixed: ImageDataset | None,
+    adapter: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Plan and make this client's synthetic fill before its first round; returns counts and timings."""
+    """Plan and make this client's synthetic fill before its first round; returns counts and timings.
+
+    `adapter`: the federated generator's, when the fill draws with it."""
     view = client_view(settings, client_id)
     plan = client_plan(settings.fill, view.class_counts, target)
     remote = None
-    if settings.fill.service:
+    if settings.fill.service and not settings.fill.lora.startswith("federated"):  # the service has no adapter
         from regl.fill.remote import remote_fill
 
         remote = remote_fill(settings.fill.service, settings.fill, settings.seed, view.data, target)
-    synthetic, timings = view.fill().make(view.data, plan, mixed, remote)
+    synthetic, timings = view.fill(adapter).make(view.data, plan, mixed, remote)
     return {
         "client": client_id,
         "real-images": len(view.data),
@@ -252,18 +276,20 @@ def train_client(
     target: np.ndarray | None = None,
     ratio: np.ndarray | None = None,
     proximal_mu: float = 0.0,
+    adapter_digest: str = "",
 ) -> dict[str, Any]:
     """One local update of the client `view` resolves; also measures the updated model on its personalized
     test subset.
 
     `ratio` is the monitor's Ra (Ratio Loss), `proximal_mu` FedProx's μ, both as the server
-    sent them. The personalized subset follows the client's *real* class distribution, in
+    sent them; `adapter_digest` names the federated generator's adapter its fill was drawn with. The
+    personalized subset follows the client's *real* class distribution, in
     its look. With a domain, the in-domain accuracy is the same model on all classes,
     uniformly mixed, in its look: a class the client lacks still meets it in its own domain.
     """
     settings, client_id = view.settings, view.client_id
     started = time.perf_counter()
-    trained_on = view.training_data(target)
+    trained_on = view.training_data(target, adapter_digest)
     loss = train(
         model,
         trained_on,
@@ -297,7 +323,8 @@ def local_update(
     and handed down.
 
     `round_config` is what the server sent with the round: its number, the fill's target
-    composition, the monitor's Ra (Ratio Loss) and FedProx's μ when there are any.
+    composition, the federated generator's adapter digest, the monitor's Ra (Ratio Loss) and
+    FedProx's μ when there are any.
     """
     view = client_view(settings, client_id)
     model = new_model(settings, view)
@@ -317,6 +344,7 @@ def local_update(
         np.asarray(composition, dtype=np.float64) if composition else None,
         np.asarray(ratio, dtype=np.float64) if ratio is not None else None,
         float(round_config.get("proximal-mu", 0.0)),  # what Flower's FedProx sends
+        str(round_config.get("fill-adapter-digest", "")),
     )
     return {name: tensor.numpy() for name, tensor in model.state_dict().items()}, metrics
 

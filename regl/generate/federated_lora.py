@@ -8,7 +8,9 @@ than a few classes and no image leaves its client. Only the adapter's arrays tra
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -81,18 +83,22 @@ def local_round(training: LoraTraining, adapter: Adapter, steps: int, seed: int)
 
 
 def save_adapter(adapter: Adapter, base: Path, out: Path, metadata: dict) -> None:
-    """The adapter in diffusers' LoRA format, loadable with a stock `pipe.load_lora_weights(out)`; written beside
-    `out`, then renamed into place."""
+    """The adapter in diffusers' LoRA format, loadable with a stock `pipe.load_lora_weights(out)`.
+
+    Written to a folder of this process's own, then renamed into place; clients sharing a store
+    may save the same adapter at once, and the first rename wins (the content is the same).
+    """
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     layers = convert_state_dict_to_diffusers({name: torch.from_numpy(value) for name, value in adapter.items()})
     StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
-    (tmp / LORA_METADATA).write_text(
-        json.dumps({**metadata, "base": str(base), "base_fingerprint": base_fingerprint(base)}, indent=2)
-    )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    meta = {**metadata, "base": str(base), "base_fingerprint": base_fingerprint(base)}
+    (tmp / LORA_METADATA).write_text(json.dumps(meta, indent=2))
+    try:
+        tmp.rename(out)
+    except OSError:  # another client saved it first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / LORA_METADATA).is_file():
+            raise

@@ -1,0 +1,129 @@
+"""The federated generator: the fill's LoRA adapter trained by the whole federation before the classifier's rounds.
+
+Each round every client trains `--fill-adapter-steps` steps from the global adapter on its own
+images and class prompts (`adapter_round`); the server joins the copies
+(regl/fl/adapter_aggregation.py) and keeps the adapter of every finished round on disk
+(`AdapterRounds`), so a killed run resumes from its last complete round and the federated arms
+of a bench share one adapter. Only the adapter's arrays travel; images never leave a client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from regl.atomic import write_json_atomically
+from regl.fill.keys import compute_key, digest, seeds_key
+from regl.fl.experiment import class_names, client_view
+from regl.fl.settings import ExperimentSettings
+from regl.generate.settings import LoraSettings
+from regl.seeds import derive_seed
+
+Adapter = dict[str, np.ndarray]
+# a process keeps each client's cached latents and prompts from round to round (a Ray worker serves several)
+_TRAININGS: dict[tuple[ExperimentSettings, int], Any] = {}
+
+
+def adapter_settings(settings: ExperimentSettings) -> LoraSettings:
+    """The LoRA every client trains in the federation's rounds: the fill's rank, no priors (the other clients hold
+    the classes one lacks), initialised at the run's own seed."""
+    return LoraSettings(
+        rank=settings.fill.lora_rank, prior_per_class=0, seed=derive_seed(settings.seed, "adapter-init")
+    )
+
+
+def initial_adapter(settings: ExperimentSettings) -> Adapter:
+    from regl.generate.federated_lora import initial_adapter as peft_initial
+    from regl.generate.prompts import template_for
+
+    names = class_names(settings)
+    return peft_initial(settings.fill.base_folder(), names, template_for(settings.dataset), adapter_settings(settings))
+
+
+def adapter_round(
+    settings: ExperimentSettings, client_id: int, adapter: Adapter, server_round: int
+) -> tuple[Adapter, dict[str, Any]]:
+    """One client's round: `adapter_steps` steps from the global adapter; its trained copy and what it did."""
+    from regl.generate.federated_lora import client_training, local_round
+    from regl.generate.prompts import template_for
+
+    started = time.perf_counter()
+    view = client_view(settings, client_id)
+    key = (settings, client_id)
+    if key not in _TRAININGS:
+        _TRAININGS[key] = client_training(
+            settings.fill.base_folder(),
+            view.data,
+            view.class_names,
+            template_for(settings.dataset),
+            adapter_settings(settings),
+            settings.fill.compute("training"),
+            train_a=settings.fill.adapter_rule != "ffa",
+        )
+    seed = derive_seed(settings.seed, "adapter-round", client_id, server_round)
+    trained, loss = local_round(_TRAININGS[key], adapter, settings.fill.adapter_steps, seed)
+    metrics = {"client": client_id, "examples": len(view.data), "loss": loss, "seconds": time.perf_counter() - started}
+    return trained, metrics
+
+
+class AdapterRounds:
+    """The global adapter after each finished round, under the run's fill store, keyed by what it depends on.
+
+    The number of rounds is not in the key: a run asking for more rounds continues from the last one kept.
+    """
+
+    def __init__(self, settings: ExperimentSettings) -> None:
+        from regl.generate.generator import base_fingerprint
+
+        fill = settings.fill
+        key = {
+            "dataset": settings.dataset,
+            "classes": settings.classes,
+            "data-dir": settings.data_dir,
+            "partition": asdict(settings.partition),
+            "seed": settings.seed,
+            **seeds_key(),
+            "base": base_fingerprint(fill.base_folder()),
+            "lora": asdict(adapter_settings(settings)),
+            "steps": fill.adapter_steps,
+            "rule": fill.adapter_rule,
+            **compute_key(fill.compute("training")),
+        }
+        self.key = key
+        self.folder = Path(fill.store) / f"federated-rounds-{digest(key)}"
+
+    def latest(self, rounds: int) -> tuple[int, Adapter | None, list[dict]]:
+        """The last kept round up to `rounds`, its adapter and the record of every round up to it."""
+        record_file = self.folder / "rounds.json"
+        if not record_file.is_file():
+            return 0, None, []
+        record = json.loads(record_file.read_text())
+        if record["key"] != json.loads(json.dumps(self.key)):
+            return 0, None, []
+        kept = [r for r in record["rounds"] if r["round"] <= rounds]
+        if not kept:
+            return 0, None, []
+        with np.load(self.folder / f"round-{kept[-1]['round']}.npz") as arrays:
+            return kept[-1]["round"], {name: arrays[name] for name in arrays.files}, kept
+
+    def save(self, server_round: int, adapter: Adapter, rounds: list[dict]) -> None:
+        """The round's adapter, then the record that names it: a kill in between leaves the previous round."""
+        from regl.atomic import write_bytes_atomically
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        buffer = _npz_bytes(adapter)
+        write_bytes_atomically(self.folder / f"round-{server_round}.npz", buffer)
+        write_json_atomically(self.folder / "rounds.json", {"key": self.key, "rounds": rounds})
+
+
+def _npz_bytes(arrays: Adapter) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
