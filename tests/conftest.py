@@ -42,3 +42,15 @@ def api(service_base, client_folder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("svc")
     with service(service_base, folder, data=str(client_folder), max_images_per_request=8) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def three_class_base(tmp_path_factory):
+    """A tiny random SD pipeline folder whose tokenizer knows "a photo of a sneaker / bag / coat"."""
+    from regl.generate.prompts import class_prompts, prompt_words
+    from regl.generate.tiny_sd import TEST_SD, build_pipeline
+
+    folder = tmp_path_factory.mktemp("three-class-base")
+    words = prompt_words(class_prompts(("sneaker", "bag", "coat"), "a photo of a {}"))
+    build_pipeline(TEST_SD, words, folder / "work", seed=0).save_pretrained(folder / "model")
+    return folder / "model"

@@ -9,9 +9,7 @@ from regl.data.datasets import ImageDataset
 from regl.fl.adapter_aggregation import aggregate, products
 from regl.generate.federated_lora import client_training, initial_adapter, local_round, save_adapter
 from regl.generate.generator import Generator, load_pipeline
-from regl.generate.prompts import class_prompts, prompt_words
 from regl.generate.settings import LoraSettings
-from regl.generate.tiny_sd import TEST_SD, build_pipeline
 
 CLASSES = ("sneaker", "bag", "coat")
 TEMPLATE = "a photo of a {}"
@@ -19,11 +17,8 @@ SETTINGS = LoraSettings(rank=2, steps=3, batch_size=4, lr=1e-2, checkpoint_every
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("base")
-    pipe = build_pipeline(TEST_SD, prompt_words(class_prompts(CLASSES, TEMPLATE)), folder / "work", seed=0)
-    pipe.save_pretrained(folder / "model")
-    return folder / "model"
+def base(three_class_base):
+    return three_class_base
 
 
 def _client(labels: list[int], shade: int) -> ImageDataset:

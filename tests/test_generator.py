@@ -22,11 +22,8 @@ FAST = {"steps": 2, "guidance": 2.0}
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("base")
-    pipe = build_pipeline(TEST_SD, prompt_words(class_prompts(CLASSES, TEMPLATE)), folder / "work", seed=0)
-    pipe.save_pretrained(folder / "model")
-    return folder / "model"
+def base(three_class_base):
+    return three_class_base
 
 
 @pytest.fixture(scope="module")

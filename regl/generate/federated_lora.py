@@ -20,9 +20,8 @@ import torch
 from regl.compute import Compute
 from regl.data.datasets import ImageDataset
 from regl.generate.generator import ADAPTER, LORA_METADATA, Generator, base_fingerprint
-from regl.generate.lora import LoraTraining, start_training
+from regl.generate.lora import LoraTraining, add_adapter, start_training
 from regl.generate.settings import LoraSettings
-from regl.seeds import derive_seed
 
 Adapter = dict[str, np.ndarray]
 
@@ -43,17 +42,9 @@ def load_adapter(generator: Generator, adapter: Adapter) -> None:
 
 
 def initial_adapter(base: Path, class_names: tuple[str, ...], template: str, settings: LoraSettings) -> Adapter:
-    """The adapter every client starts round 1 from: peft's initialisation (B = 0) at the run's seed."""
-    from peft import LoraConfig
-
-    from regl.generate.lora import TARGET_MODULES
-
+    """The adapter every client starts round 1 from: peft's initialisation (B = 0) at the settings' seed."""
     generator = Generator(base, class_names, template, compute=Compute("cpu"))
-    torch.manual_seed(derive_seed(settings.seed, "lora-init"))
-    config = LoraConfig(
-        r=settings.rank, lora_alpha=settings.rank, init_lora_weights="gaussian", target_modules=TARGET_MODULES
-    )
-    generator.pipe.unet.add_adapter(config, adapter_name=ADAPTER)
+    add_adapter(generator.pipe.unet, settings)
     return adapter_arrays(generator)
 
 

@@ -168,6 +168,20 @@ class LoraTraining:
         return float(loss.item())
 
 
+def add_adapter(unet, settings: LoraSettings, target_modules: list[str] | None = None) -> None:
+    """A fresh LoRA adapter on the UNet: A Gaussian at the settings' seed, B zero (peft's initialisation)."""
+    from peft import LoraConfig
+
+    torch.manual_seed(derive_seed(settings.seed, "lora-init"))
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.rank,
+        init_lora_weights="gaussian",
+        target_modules=target_modules or TARGET_MODULES,
+    )
+    unet.add_adapter(config, adapter_name=ADAPTER)
+
+
 def start_training(
     generator: Generator,
     data: ImageDataset,
@@ -197,16 +211,7 @@ def start_training(
     prompt_rows = torch.from_numpy(np.asarray(labels, dtype=np.int64) + len(class_names) * is_prior)
     timings["cache_seconds"] = time.perf_counter() - started
 
-    from peft import LoraConfig
-
-    torch.manual_seed(derive_seed(settings.seed, "lora-init"))  # the adapter's initial A matrices
-    config = LoraConfig(
-        r=settings.rank,
-        lora_alpha=settings.rank,
-        init_lora_weights="gaussian",
-        target_modules=target_modules or TARGET_MODULES,
-    )
-    pipe.unet.add_adapter(config, adapter_name=ADAPTER)
+    add_adapter(pipe.unet, settings, target_modules)
     if not train_a:
         for name, parameter in pipe.unet.named_parameters():
             if ".lora_A." in name:
