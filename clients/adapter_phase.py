@@ -31,30 +31,40 @@ def adapter_record(adapter: dict[str, np.ndarray]) -> ArrayRecord:
 def run_adapter_phase(
     grid: Grid, settings: ExperimentSettings, traffic: TrafficLog, write: Write
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """The federation's adapter after `--fill-adapter-rounds` rounds, and what the run summary records of them."""
+    """The federation's adapter after `--fill-adapter-rounds` rounds, and what the run summary records of them.
+
+    Rounds kept from an earlier run count only for the same clients' images (each sends a digest of
+    them); a round some client failed is used but not kept, so a resumed run trains it again.
+    """
     fill = settings.fill
-    nodes = sorted(grid.get_node_ids())
+    config = settings.to_config()
+    started, failures = time.perf_counter(), []
     kept = AdapterRounds(settings)
-    done, adapter, rounds = kept.latest(fill.adapter_rounds)
+    done, adapter, rounds, data = kept.latest(fill.adapter_rounds)
+    if done and _data_digests(grid, config, traffic, failures) != data:
+        write(f"federated generator: the clients' images changed since the rounds kept in {kept.folder}")
+        done, adapter, rounds, data = 0, None, [], {}
     if adapter is None:
         adapter = initial_adapter(settings)
     resumed = f"; rounds 1-{done} kept in {kept.folder}" if done else ""
     write(
-        f"federated generator: {fill.adapter_rounds} rounds of {fill.adapter_steps} LoRA steps on {len(nodes)} "
-        f"clients, joined by {fill.adapter_rule}{resumed}"
+        f"federated generator: {fill.adapter_rounds} rounds of {fill.adapter_steps} LoRA steps on "
+        f"{len(grid.get_node_ids())} clients, joined by {fill.adapter_rule}{resumed}"
     )
-    config = settings.to_config()
-    started, failures = time.perf_counter(), []
     for server_round in range(done + 1, fill.adapter_rounds + 1):
         round_started = time.perf_counter()
+        nodes = sorted(grid.get_node_ids())  # a SuperNode started again has a new id
         sent = adapter_record(adapter)
 
         def content(node: int, sent: ArrayRecord = sent, server_round: int = server_round) -> RecordDict:
             return RecordDict({"config": ConfigRecord({**config, "adapter-round": server_round}), "adapter": sent})
 
-        replies: list[Message] = exchange(grid, nodes, "adapter_round", content, traffic, failures)
+        round_failures: list[dict] = []
+        replies: list[Message] = exchange(grid, nodes, "adapter_round", content, traffic, round_failures)
+        failures += round_failures
         updates = [{name: array.numpy() for name, array in reply.content["adapter"].items()} for reply in replies]
         metrics = [dict(reply.content["metrics"]) for reply in replies]
+        data.update({str(reply.content["data"]["client"]): str(reply.content["data"]["digest"]) for reply in replies})
         adapter = aggregate(adapter, updates, [m["examples"] for m in metrics], fill.adapter_rule)
         losses = [m["loss"] for m in metrics]
         rounds.append(
@@ -64,12 +74,15 @@ def run_adapter_phase(
                 "mean_loss": float(np.mean(losses)),
                 "seconds": time.perf_counter() - round_started,
                 "client_seconds": float(sum(m["seconds"] for m in metrics)),
+                "failures": round_failures,
             }
         )
-        kept.save(server_round, adapter, rounds)
+        if not round_failures:
+            kept.save(server_round, adapter, rounds, data)
         write(
             f"generator round {server_round}/{fill.adapter_rounds}: mean loss {np.mean(losses):.4f} over "
             f"{len(replies)} clients, {duration(time.perf_counter() - started)} elapsed"
+            + (f"; {len(round_failures)} failed, so the round is not kept" if round_failures else "")
         )
     summary = {
         "rounds": rounds,
@@ -81,3 +94,12 @@ def run_adapter_phase(
         "kept_in": str(kept.folder),
     }
     return adapter, summary
+
+
+def _data_digests(grid: Grid, config: dict, traffic: TrafficLog, failures: list[dict]) -> dict[str, str]:
+    """Each client's digest of its images (client → digest): what kept rounds were trained on must match."""
+    nodes = sorted(grid.get_node_ids())
+    replies = exchange(
+        grid, nodes, "data_digest", lambda _: RecordDict({"config": ConfigRecord(config)}), traffic, failures
+    )
+    return {str(reply.content["data"]["client"]): str(reply.content["data"]["digest"]) for reply in replies}

@@ -15,7 +15,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
@@ -96,7 +96,23 @@ def adapter_round(msg: Message, context: Context) -> Message:
     adapter = {name: array.numpy() for name, array in msg.content["adapter"].items()}
     trained, metrics = train_round(settings, client_id, adapter, int(msg.content["config"]["adapter-round"]))
     arrays = ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in trained.items()})
-    return Message(RecordDict({"adapter": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(
+        RecordDict({"adapter": arrays, "metrics": MetricRecord(metrics), "data": _data_digest(settings, client_id)}),
+        reply_to=msg,
+    )
+
+
+@app.query("data_digest")
+def data_digest(msg: Message, context: Context) -> Message:
+    """Which images the generator's kept rounds would have been trained on, by a digest of them."""
+    settings, client_id = _settings(msg, context)
+    return Message(RecordDict({"data": _data_digest(settings, client_id)}), reply_to=msg)
+
+
+def _data_digest(settings: ExperimentSettings, client_id: int) -> ConfigRecord:
+    from regl.fl.federated_generator import client_data_digest
+
+    return ConfigRecord({"client": client_id, "digest": client_data_digest(settings, client_id)})
 
 
 @app.query("fill")
@@ -113,6 +129,9 @@ def fill(msg: Message, context: Context) -> Message:
         mixed = ImageDataset(record["x"].numpy(), record["y"].numpy().astype(np.int64), names)
     adapter = None
     if "adapter" in msg.content:
+        from regl.fl.federated_generator import forget_trainings
+
+        forget_trainings()  # the generator's rounds are over: free their pipelines before the fill loads one
         adapter = {name: array.numpy() for name, array in msg.content["adapter"].items()}
     metrics = prepare_fill(settings, client_id, _target(msg), mixed, adapter)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

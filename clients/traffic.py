@@ -15,6 +15,7 @@ RECORD_MEANING = {
     "class-counts": "class counts",
     "mixed-images": "mixed images (mixup)",
     "adapter": "generator adapter (LoRA)",
+    "data": "digest of the client's images",
 }
 
 

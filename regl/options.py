@@ -132,7 +132,10 @@ def cast(cf: ConfigField, value: Any) -> Any:
         return cf.option.legacy[value]
     if cf.kind is bool and isinstance(value, str):
         return value.lower() in ("1", "true", "yes")
-    return cf.kind(value)
+    try:
+        return cf.kind(value)
+    except (TypeError, ValueError):
+        raise ReglError(f"{cf.key}: {value!r} is not a {cf.kind.__name__}") from None
 
 
 def add_arguments(

@@ -93,7 +93,10 @@ def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tu
         domain = ClientDomain(settings.domain, client, settings.clients, settings.partition_seed)
     # a folder's or a node's images are named in the fill's keys by their content, a built-in dataset's by its name
     digest = "" if model.dataset in BUILTINS else model.data.content_digest
-    return ClientFill(model.dataset, model.template, client, body.seed, fill_settings, domain, digest), target
+    look = settings.look if settings.client >= 0 else "none"
+    return ClientFill(
+        model.dataset, model.template, client, body.seed, fill_settings, domain, digest, look=look
+    ), target
 
 
 def fill_work(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> Callable[[Job], dict]:

@@ -35,6 +35,7 @@ class ServiceSettings(BaseSettings):
     beta: float = PARTITION.beta
     imbalance_ratio: float = PARTITION.imbalance_ratio
     domain: str = PARTITION.domain  # the client's images in its own look (regl/data/domains.py)
+    look: str = PARTITION.look  # the whole federation's shared look (regl/data/looks.py)
     partition_seed: int = PARTITION.seed
     host: str = "127.0.0.1"
     port: int = 8000
@@ -71,6 +72,7 @@ class ServiceSettings(BaseSettings):
             beta=self.beta,
             imbalance_ratio=self.imbalance_ratio,
             domain=self.domain,
+            look=self.look,
             seed=self.partition_seed,
         )
 
@@ -84,6 +86,7 @@ class ServiceSettings(BaseSettings):
             "beta": spec.beta,
             "imbalance_ratio": spec.imbalance_ratio,
             "domain": spec.domain,
+            "look": spec.look,
             "partition_seed": spec.seed,
         }
 

@@ -100,13 +100,14 @@ def test_kept_rounds_resume_from_the_last_complete_round(tmp_path):
 
     settings = ExperimentSettings(fill=FillSettings(mode="diffusion", lora="federated", store=str(tmp_path)))
     kept = AdapterRounds(settings)
-    assert kept.latest(5) == (0, None, [])
-    kept.save(1, ONE, [{"round": 1}])
-    kept.save(2, TWO, [{"round": 1}, {"round": 2}])
+    assert kept.latest(5) == (0, None, [], {})
+    data = {"0": "aaaa", "1": "bbbb"}
+    kept.save(1, ONE, [{"round": 1}], data)
+    kept.save(2, TWO, [{"round": 1}, {"round": 2}], data)
     (kept.folder / "round-3.npz").write_bytes(_npz_bytes(GLOBAL))  # killed before round 3's record
-    done, adapter, rounds = kept.latest(5)
-    assert (done, rounds) == (2, [{"round": 1}, {"round": 2}])
+    done, adapter, rounds, digests = kept.latest(5)
+    assert (done, rounds, digests) == (2, [{"round": 1}, {"round": 2}], data)
     assert {name: value.tolist() for name, value in adapter.items()} == {n: v.tolist() for n, v in TWO.items()}
-    assert kept.latest(1)[:2][0] == 1 and kept.latest(1)[1][B].tolist() == ONE[B].tolist()  # fewer rounds asked
+    assert kept.latest(1)[0] == 1 and kept.latest(1)[1][B].tolist() == ONE[B].tolist()  # fewer rounds asked
     other = AdapterRounds(replace(settings, fill=replace(settings.fill, adapter_steps=99)))
-    assert other.folder != kept.folder and other.latest(5) == (0, None, [])
+    assert other.folder != kept.folder and other.latest(5) == (0, None, [], {})

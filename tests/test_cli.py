@@ -74,6 +74,8 @@ CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine 
         (["fl", "--dp-clip", "0"], "--dp-clip must be > 0, got 0.0"),
         (["fl", "--dp-noise", "1", "--aggregate-weight", "class-balanced"], "averages the clients' updates uniformly"),
         (["fl", "--dp-noise", "1", "--loss", "ratio"], "--loss ratio and --dp-noise cannot be combined"),
+        (["fl", "--dp-noise", "1", "--fill", "diffusion", "--fill-lora", "federated"], "not the federated generator's"),
+        (["fl", "--config", "/dev/null"], "--config /dev/null"),
         (["fl", "--init-freeze"], "--init-freeze keeps the warm start's feature extractor"),
         (["fl", "--dp-noise", "1", "--strategy", "fedadam"], "Flower adds the DP noise after fedadam's server step"),
         (["fl", "--loss", "ratio", "--strategy", "fedavgm"], "which fedavgm's server step changes"),
@@ -221,6 +223,8 @@ def _normal(config: dict) -> ExperimentSettings:
         config["aggregate-weight"] = "examples"
         config["loss"] = "ce" if config["loss"] == "ratio" else config["loss"]
         config["init-freeze"] = False
+    if config["dp-noise"] and config["fill-lora"].startswith("federated"):  # DP does not cover the adapter
+        config["fill-lora"] = "client"
     if config["dp-noise"] or config["loss"] == "ratio":  # both need the plain average of the updates
         config["strategy"] = "fedavg" if config["strategy"] in ("fedavgm", "fedadam") else config["strategy"]
     return ExperimentSettings.from_config(config)

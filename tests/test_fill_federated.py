@@ -178,7 +178,9 @@ def test_federated_generator_rounds_send_only_the_adapter_and_resume(tmp_path, m
     for message in adapters:  # LoRA factors only, nothing image-shaped
         assert all(".lora_A." in name or ".lora_B." in name for name, _, _ in message["arrays"])
         assert message["bytes"] == generator["adapter_bytes"]
-    assert summary["bytes_sent_per_client"]["0"]["generator adapter (LoRA)"] == 2 * generator["adapter_bytes"]
+    sent = summary["bytes_sent_per_client"]["0"]
+    assert sent["generator adapter (LoRA)"] == 2 * generator["adapter_bytes"]
+    assert sent["digest of the client's images"] < 200  # with each round: what kept rounds are checked against
     assert len(list((tmp_path / "store").glob("federated-adapter-*/pytorch_lora_weights.safetensors"))) == 1
     assert not list((tmp_path / "store").glob("lora-client-*"))  # no client LoRA
 
@@ -187,3 +189,4 @@ def test_federated_generator_rounds_send_only_the_adapter_and_resume(tmp_path, m
     again, _ = _run_fill(tmp_path, monkeypatch, capfd, more)
     assert [r["round"] for r in again["generator"]["rounds"]] == [1, 2, 3]
     assert again["generator"]["rounds"][:2] == generator["rounds"]  # rounds 1 and 2 read back, not retrained
+    assert {m["action"] for m in json.loads((tmp_path / "run" / "traffic.json").read_text())} >= {"data_digest"}

@@ -148,15 +148,10 @@ def config_defaults(parser: argparse.ArgumentParser, path: str) -> None:
 
 def partition_spec(args: argparse.Namespace) -> PartitionSpec:
     from regl.data.partitions import PartitionSpec
+    from regl.options import config_fields
 
     return PartitionSpec(
-        kind=args.partition,
-        num_clients=args.clients,
-        classes_per_client=args.classes_per_client,
-        beta=args.beta,
-        imbalance_ratio=args.imbalance_ratio,
-        domain=args.domain,
-        seed=args.seed,
+        **{cf.field.name: getattr(args, cf.dest) for cf in config_fields(PartitionSpec)}, seed=args.seed
     )
 
 

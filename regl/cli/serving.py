@@ -40,6 +40,7 @@ def service_default(name: str) -> Any:
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
     from regl.compute import DEVICES, DTYPES
     from regl.data.domains import DOMAIN_KINDS
+    from regl.data.looks import LOOKS
     from regl.data.partitions import PARTITION_KINDS
 
     def option(flag: str, text: str, short: tuple[str, ...] = (), **kwargs: Any) -> None:
@@ -68,6 +69,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     option("--beta", "Dirichlet concentration", type=float)
     option("--imbalance-ratio", "for --partition imbalance", type=float)
     option("--domain", "that client's look (feature skew), as regl fl --domain", choices=DOMAIN_KINDS)
+    option("--look", "the federation's shared look, as regl fl --look", choices=LOOKS)
     option("--partition-seed", "the partition's seed, the run's --seed", type=int)
     option("--host", "bind address; anything but loopback needs a token (REGL_TOKEN)")
     option("--port", "TCP port", type=int)

@@ -326,7 +326,8 @@ class ClientFill:
             )
         adapter, name = self.adapter, f"federated-adapter-{self.adapter_digest}"
         if self.settings.lora == "federated+local":
-            name = f"federated-local-client-{self.client_id}-{digest(self._generator_key())}"
+            key = {**self.lora_key(data, base), "federated": self.adapter_digest}
+            name = f"federated-local-client-{self.client_id}-{digest(key)}"
         folder = Path(self.settings.store) / name
         if not (folder / LORA_FILE).is_file():
             if self.settings.lora == "federated+local":
@@ -340,7 +341,10 @@ class ClientFill:
                 )
                 seed = source_seed(self.run_seed, self.client_id, "lora")
                 adapter, _ = local_round(training, adapter, self.settings.lora_steps, seed)
-            save_adapter(adapter, base, folder, {"class_names": list(data.class_names), "template": self.template})
+            metadata = {"class_names": list(data.class_names), "template": self.template}
+            if self.settings.lora == "federated+local":  # its style token, if any, goes on every prompt
+                metadata["settings"] = asdict(self._lora_settings())
+            save_adapter(adapter, base, folder, metadata)
         return Generator(base, data.class_names, self.template, lora=folder, compute=self.settings.compute())
 
     def _noise(self, data: ImageDataset, counts: np.ndarray) -> ImageDataset:

@@ -69,6 +69,11 @@ def check_made_alike(ours: dict, theirs: dict) -> None:
             f"{str(theirs.get('data') or 'none')[:16]}, this client's {ours['data'][:16]}): start the service "
             "with the client's own images (--data, and the run's --classes for a node)"
         )
+    if ours.get("look") != theirs.get("look"):
+        raise ReglError(
+            f"the fill service made its images in look {theirs.get('look') or 'none'}, this client's are in "
+            f"{ours.get('look') or 'none'}: start the service with the run's --look"
+        )
     if ours.get("seeds") != theirs.get("seeds"):
         raise ReglError(
             f"the fill service made its images with seed derivation {theirs.get('seeds') or 1}, this client's fill "

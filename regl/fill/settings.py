@@ -74,7 +74,9 @@ class FillSettings:
         group="fill",
         request=True,
     )
-    lora_rank: int = option(LoraSettings().rank, "the rank of every LoRA the fill trains", ge=1, le=128, group="fill")
+    lora_rank: int = option(
+        LoraSettings().rank, "the rank of every LoRA the fill trains", ge=1, le=128, group="fill", request=True
+    )
     adapter_rounds: int = option(
         10, "--fill-lora federated: rounds of the federation's adapter before the classifier's", ge=1, group="fill"
     )

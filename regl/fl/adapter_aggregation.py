@@ -8,8 +8,8 @@ products (mean(B)·mean(A) ≠ mean(B·A)), which is what federated LoRA has to 
   so the mean of the Bs times the common A is exactly the mean of the products;
 - `product`: the weighted mean of the products, re-factorised to rank r by a truncated SVD
   (B = U·√S, A = √S·Vᵀ), the best rank-r fit of the averaged update.
-Weights are per client (its images, or its images of each class the adapter is asked to
-draw); a client that sent nothing has weight 0 and changes nothing. Torch-free: arrays in,
+Weights are per client (its images); a client that sent nothing has weight 0 and changes
+nothing. Torch-free: arrays in,
 arrays out, named as peft names them (`...lora_A.weight`, `...lora_B.weight`).
 """
 
@@ -44,10 +44,10 @@ def aggregate(global_adapter: Adapter, updates: list[Adapter], weights: list[flo
     if len(updates) != len(weights):
         raise ReglError(f"{len(updates)} client adapters but {len(weights)} weights")
     w = np.asarray(weights, dtype=np.float64)
-    if not len(updates) or not w.sum() > 0:
-        return {name: value.copy() for name, value in global_adapter.items()}
     if (w < 0).any():
         raise ReglError(f"client weights must be ≥ 0, got {weights}")
+    if not len(updates) or not w.sum() > 0:
+        return {name: value.copy() for name, value in global_adapter.items()}
     w = w / w.sum()
     for update in updates:
         if set(update) != set(global_adapter):
@@ -81,7 +81,9 @@ def refactorise(product: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]
     """B (out×r), A (r×in) with B·A the best rank-r approximation of `product`, the norm split evenly."""
     u, s, vt = np.linalg.svd(product, full_matrices=False)
     root = np.sqrt(s[:rank])
-    return u[:, :rank] * root, root[:, None] * vt[:rank]
+    b, a = u[:, :rank] * root, root[:, None] * vt[:rank]
+    missing = rank - len(root)  # a rank above the layer's size: the rest of the factors are zero
+    return np.pad(b, ((0, 0), (0, missing))), np.pad(a, ((0, missing), (0, 0)))
 
 
 def products(adapter: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

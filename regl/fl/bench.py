@@ -27,6 +27,7 @@ from regl.fill.settings import FillSettings
 from regl.fl.bench_cell import Cell
 from regl.fl.bench_report import format_table, write_figures, write_if_changed
 from regl.fl.settings import ExperimentSettings
+from regl.seeds import SEED_DERIVATION
 from regl.stopping import call
 
 SPECIAL_ARMS = ("iid", "centralized")
@@ -226,6 +227,9 @@ def why_unfinished(cell: Cell) -> str:
             for key in differing
         )
         return f"its summary.json is for other settings: {changes}"
+    derivation = _read_json(cell.folder / "config.json").get("environment", {}).get("seed_derivation", 1)
+    if derivation != SEED_DERIVATION:
+        return f"its run drew its seeds with derivation {derivation}, this one with {SEED_DERIVATION}"
     if not (cell.folder / CELL_RECORD).is_file():
         return f"no {CELL_RECORD}: bench stopped before recording the run"
     return ""
@@ -293,6 +297,9 @@ def add_generator_tstr(cells: list[Cell]) -> None:
             print(f"arm {cell.arm}, seed {cell.seed}: no complete synthetic stores, so no generator TSTR", flush=True)
             continue
         shards = [shards[source] for shards in stored for source in sources if source in shards]
+        if not shards:
+            print(f"arm {cell.arm}, seed {cell.seed}: its fill holds no generated images, so no generator TSTR")
+            continue
         images = ImageDataset(
             np.concatenate([s.x for s in shards]), np.concatenate([s.y for s in shards]), shards[0].class_names
         )

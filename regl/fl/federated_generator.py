@@ -71,6 +71,16 @@ def adapter_round(
     return trained, metrics
 
 
+def client_data_digest(settings: ExperimentSettings, client_id: int) -> str:
+    """What the kept rounds of the federation's adapter are checked against: the client's images by content."""
+    return client_view(settings, client_id).data.content_digest
+
+
+def forget_trainings() -> None:
+    """The generator's rounds are over in this process: free the clients' cached pipelines and latents."""
+    _TRAININGS.clear()
+
+
 class AdapterRounds:
     """The global adapter after each finished round, under the run's fill store, keyed by what it depends on.
 
@@ -81,10 +91,9 @@ class AdapterRounds:
         from regl.generate.generator import base_fingerprint
 
         fill = settings.fill
-        key = {
+        key = {  # the clients' images themselves are checked on resume (`latest`'s data)
             "dataset": settings.dataset,
             "classes": settings.classes,
-            "data-dir": settings.data_dir,
             "partition": asdict(settings.partition),
             "seed": settings.seed,
             **seeds_key(),
@@ -97,28 +106,29 @@ class AdapterRounds:
         self.key = key
         self.folder = Path(fill.store) / f"federated-rounds-{digest(key)}"
 
-    def latest(self, rounds: int) -> tuple[int, Adapter | None, list[dict]]:
-        """The last kept round up to `rounds`, its adapter and the record of every round up to it."""
+    def latest(self, rounds: int) -> tuple[int, Adapter | None, list[dict], dict[str, str]]:
+        """The last kept round up to `rounds`, its adapter, the record of every round up to it and the digest of
+        each client's images they were trained on (client → digest)."""
         record_file = self.folder / "rounds.json"
         if not record_file.is_file():
-            return 0, None, []
+            return 0, None, [], {}
         record = json.loads(record_file.read_text())
         if record["key"] != json.loads(json.dumps(self.key)):
-            return 0, None, []
+            return 0, None, [], {}
         kept = [r for r in record["rounds"] if r["round"] <= rounds]
         if not kept:
-            return 0, None, []
+            return 0, None, [], {}
         with np.load(self.folder / f"round-{kept[-1]['round']}.npz") as arrays:
-            return kept[-1]["round"], {name: arrays[name] for name in arrays.files}, kept
+            return kept[-1]["round"], {name: arrays[name] for name in arrays.files}, kept, record.get("data", {})
 
-    def save(self, server_round: int, adapter: Adapter, rounds: list[dict]) -> None:
+    def save(self, server_round: int, adapter: Adapter, rounds: list[dict], data: dict[str, str]) -> None:
         """The round's adapter, then the record that names it: a kill in between leaves the previous round."""
         from regl.atomic import write_bytes_atomically
 
         self.folder.mkdir(parents=True, exist_ok=True)
         buffer = _npz_bytes(adapter)
         write_bytes_atomically(self.folder / f"round-{server_round}.npz", buffer)
-        write_json_atomically(self.folder / "rounds.json", {"key": self.key, "rounds": rounds})
+        write_json_atomically(self.folder / "rounds.json", {"key": self.key, "rounds": rounds, "data": data})
 
 
 def _npz_bytes(arrays: Adapter) -> bytes:

@@ -47,7 +47,7 @@ class ExperimentSettings:
     )
     num_rounds: int = option(20, "federated rounds", flag="--rounds", ge=1, group="training")
     train: TrainSettings = field(default_factory=TrainSettings)
-    seed: int = option(0, "partition, model and training seed", group="data")
+    seed: int = option(0, "partition, model and training seed", ge=-(2**63), le=2**63 - 1, group="data")
     out_dir: str = option(
         "", "where rounds.json, summary.json and accuracy.png go; empty: runs/<run name>", group="training"
     )
@@ -147,6 +147,11 @@ class ExperimentSettings:
             raise ReglError(
                 f"Flower adds the DP noise after {self.strategy}'s server step, which the client-level accounting "
                 "does not cover: use --strategy fedavg or fedprox with --dp-noise"
+            )
+        if self.dp_noise and self.fill.lora.startswith("federated") and "diffusion" in self.fill.sources:
+            raise ReglError(
+                "--dp-noise covers the classifier's updates, not the federated generator's adapter updates: "
+                "drop --dp-noise or use --fill-lora client"
             )
         if self.dp_noise and self.init_freeze:
             raise ReglError("the DP noise lands on every weight, the frozen feature extractor too: drop --init-freeze")
