@@ -20,7 +20,9 @@ LORA_WAS = {"client": True, "none": False}  # `lora` was a bool before the feder
 
 
 def settings_key(settings: FillSettings) -> dict:
-    """The settings in a store's key; a setting added later is left out at its default, so older stores still count.
+    """The settings in a store's key; a setting added later is left out at its default, and `lora` keeps its old
+    bool form, so a key's settings part reads as before those options existed (every key also carries the seed
+    derivation, `seeds_key`, so stores made before it are not reused whatever this part says).
 
     Device and dtype are keyed by what they resolve to (`compute_key`), not by name.
     """
