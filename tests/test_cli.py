@@ -181,6 +181,8 @@ def _option_values() -> dict[str, list]:
         "fill-prior-per-class": [0, 8],
         "fill-lora-style-token": ["sks", "client-3_look"],
         "fill-lora-rank": [2, 16],
+        "fill-lora-targets": ["all"],
+        "fill-lora-lr": [5e-3, 1e-4],
         "fill-adapter-rounds": [1, 30],
         "fill-adapter-steps": [1, 50],
         "fill-adapter-rule": ["fedavg", "product"],

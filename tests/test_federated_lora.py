@@ -1,6 +1,8 @@
 """The federated generator's client side on a tiny random pipeline: rounds from the global adapter, saved for
 stock diffusers."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -44,9 +46,16 @@ def test_two_clients_rounds_move_the_adapter_and_ffa_keeps_every_a(base):
     assert all((adapter[name] == start[name]).all() for name in start if ".lora_A." in name)
 
 
-def test_a_federated_adapter_loads_with_stock_load_lora_weights(base, tmp_path):
-    training = client_training(base, _client([0, 1], 150), CLASSES, TEMPLATE, SETTINGS, Compute("cpu"), train_a=True)
-    adapter, _ = local_round(training, initial_adapter(base, CLASSES, TEMPLATE, SETTINGS), steps=3, seed=1)
+@pytest.mark.parametrize("targets", ["attention", "all"])
+def test_a_federated_adapter_loads_with_stock_load_lora_weights(base, tmp_path, targets):
+    settings = replace(SETTINGS, targets=targets)
+    training = client_training(base, _client([0, 1], 150), CLASSES, TEMPLATE, settings, Compute("cpu"), train_a=True)
+    adapter, _ = local_round(training, initial_adapter(base, CLASSES, TEMPLATE, settings), steps=3, seed=1)
+    adapted = {name.split(".lora_A.")[0] for name in adapter if ".lora_A." in name}
+    assert any(name.endswith("resnets.0.conv1") for name in adapted) == (targets == "all")
+    assert all(any(name.endswith(layer) for layer in ("to_q", "to_k", "to_v", "to_out.0")) for name in adapted) == (
+        targets == "attention"
+    )
     save_adapter(adapter, base, tmp_path / "federated", {"class_names": list(CLASSES), "rounds": 1})
 
     def a_bag(pipe) -> np.ndarray:
@@ -59,5 +68,7 @@ def test_a_federated_adapter_loads_with_stock_load_lora_weights(base, tmp_path):
     stock.load_lora_weights(tmp_path / "federated")  # a plain diffusers call
     plain = load_pipeline(base)
     assert np.abs(a_bag(stock) - a_bag(plain)).max() > 1e-4
+    trained = training.generator.pipe  # the adapter as it trained, in memory: the stock load draws the same
+    np.testing.assert_allclose(a_bag(stock), a_bag(trained), atol=1e-4)
     ours = Generator(base, CLASSES, TEMPLATE, lora=tmp_path / "federated")  # and through regl, base checked
     assert ours.lora == tmp_path / "federated"

@@ -265,6 +265,8 @@ class ClientFill:
     def _lora_settings(self) -> LoraSettings:
         return LoraSettings(
             rank=self.settings.lora_rank,
+            targets=self.settings.lora_targets,
+            lr=self.settings.lora_lr,
             steps=self.settings.lora_steps,
             prior_per_class=self.settings.prior_per_class,
             style_token=self.settings.lora_style_token,

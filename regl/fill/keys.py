@@ -15,7 +15,15 @@ from regl.fill.settings import FillSettings
 from regl.seeds import SEED_DERIVATION, derive_seed
 
 # FillSettings fields newer than the stores in use
-ADDED_LATER = ("lora_style_token", "lora_rank", "adapter_rounds", "adapter_steps", "adapter_rule")
+ADDED_LATER = (
+    "lora_style_token",
+    "lora_rank",
+    "lora_targets",
+    "lora_lr",
+    "adapter_rounds",
+    "adapter_steps",
+    "adapter_rule",
+)
 LORA_WAS = {"client": True, "none": False}  # `lora` was a bool before the federated generator
 
 

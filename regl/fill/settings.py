@@ -11,7 +11,7 @@ from regl.compute import DEVICE_HELP, DEVICES, DTYPE_HELP, DTYPES, Compute, Purp
 from regl.errors import ReglError
 from regl.fill.plan import SOURCES, FillPlan, parse_source_mix, plan_fill
 from regl.fl.adapter_aggregation import RULES as ADAPTER_RULES
-from regl.generate.settings import FILL_SAMPLING, STYLE_TOKEN_PATTERN, LoraSettings, check_style_token
+from regl.generate.settings import FILL_SAMPLING, LORA_TARGETS, STYLE_TOKEN_PATTERN, LoraSettings, check_style_token
 from regl.options import option
 
 MODES = ("none", "public")
@@ -76,6 +76,16 @@ class FillSettings:
     )
     lora_rank: int = option(
         LoraSettings().rank, "the rank of every LoRA the fill trains", ge=1, le=128, group="fill", request=True
+    )
+    lora_targets: str = option(
+        LoraSettings().targets,
+        "which UNet layers every LoRA the fill trains adapts: attention, or all (also feed-forward and convolutions)",
+        choices=LORA_TARGETS,
+        group="fill",
+        request=True,
+    )
+    lora_lr: float = option(
+        LoraSettings().lr, "the AdamW learning rate of every LoRA the fill trains", gt=0, le=1.0, group="fill", request=True
     )
     adapter_rounds: int = option(
         10, "--fill-lora federated: rounds of the federation's adapter before the classifier's", ge=1, group="fill"

@@ -30,10 +30,15 @@ _TRAININGS: dict[tuple[ExperimentSettings, int], Any] = {}
 
 
 def adapter_settings(settings: ExperimentSettings) -> LoraSettings:
-    """The LoRA every client trains in the federation's rounds: the fill's rank, no priors (the other clients hold
+    """The LoRA every client trains in the federation's rounds: the fill's rank, layers and rate, no priors (the other clients hold
     the classes one lacks), initialised at the run's own seed."""
+    fill = settings.fill
     return LoraSettings(
-        rank=settings.fill.lora_rank, prior_per_class=0, seed=derive_seed(settings.seed, "adapter-init")
+        rank=fill.lora_rank,
+        targets=fill.lora_targets,
+        lr=fill.lora_lr,
+        prior_per_class=0,
+        seed=derive_seed(settings.seed, "adapter-init"),
     )
 
 

@@ -80,10 +80,9 @@ def save_adapter(adapter: Adapter, base: Path, out: Path, metadata: dict) -> Non
     may save the same adapter at once, and the first rename wins (the content is the same).
     """
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
 
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    layers = convert_state_dict_to_diffusers({name: torch.from_numpy(value) for name, value in adapter.items()})
+    layers = {name: torch.from_numpy(value) for name, value in adapter.items()}  # peft's names, as diffusers loads
     StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
     meta = {**metadata, "base": str(base), "base_fingerprint": base_fingerprint(base)}
     (tmp / LORA_METADATA).write_text(json.dumps(meta, indent=2))

@@ -36,7 +36,15 @@ from regl.generate.settings import LoraSettings, check_style_token
 from regl.progress import progress as progress_bar
 from regl.seeds import derive_seed
 
-TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+# peft matches a name's last parts: every ResNet block's conv1/conv2/conv_shortcut/time_emb_proj, the
+# transformers' proj_in/proj_out and feed-forward, the UNet's conv_in/conv_out
+TARGET_MODULES = {
+    "attention": ATTENTION,
+    "all": ATTENTION
+    + ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+    + ["conv1", "conv2", "conv_shortcut", "time_emb_proj", "conv_in", "conv_out"],
+}
 
 
 def _training_set(
@@ -81,12 +89,12 @@ def _check_style_token(generator: Generator, token: str) -> None:
 def _save_lora(pipe, out: Path, metadata: dict) -> None:
     """Write the finished LoRA beside `out`, then swap; the checkpoint goes with the old folder."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER))
+    # peft's names: diffusers loads them as they are, for convolutions too (its older names cover attention only)
+    layers = get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER)
     StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
     (tmp / LORA_METADATA).write_text(json.dumps(metadata, indent=2))
     old = out.with_name(out.name + ".old")
@@ -168,7 +176,7 @@ class LoraTraining:
         return float(loss.item())
 
 
-def add_adapter(unet, settings: LoraSettings, target_modules: list[str] | None = None) -> None:
+def add_adapter(unet, settings: LoraSettings) -> None:
     """A fresh LoRA adapter on the UNet: A Gaussian at the settings' seed, B zero (peft's initialisation)."""
     from peft import LoraConfig
 
@@ -177,7 +185,7 @@ def add_adapter(unet, settings: LoraSettings, target_modules: list[str] | None =
         r=settings.rank,
         lora_alpha=settings.rank,
         init_lora_weights="gaussian",
-        target_modules=target_modules or TARGET_MODULES,
+        target_modules=TARGET_MODULES[settings.targets],
     )
     unet.add_adapter(config, adapter_name=ADAPTER)
 
@@ -187,7 +195,6 @@ def start_training(
     data: ImageDataset,
     settings: LoraSettings,
     compute: Compute,
-    target_modules: list[str] | None = None,
     train_a: bool = True,
 ) -> LoraTraining:
     """Cache the client's latents and prompts (with priors for the classes it lacks) and add a fresh adapter.
@@ -211,7 +218,7 @@ def start_training(
     prompt_rows = torch.from_numpy(np.asarray(labels, dtype=np.int64) + len(class_names) * is_prior)
     timings["cache_seconds"] = time.perf_counter() - started
 
-    add_adapter(pipe.unet, settings, target_modules)
+    add_adapter(pipe.unet, settings)
     if not train_a:
         for name, parameter in pipe.unet.named_parameters():
             if ".lora_A." in name:

@@ -32,12 +32,23 @@ FILL_SAMPLING = SamplingSettings(steps=10, guidance=1.5)
 # A style token is one plain word (or empty: none), so every prompt holds it whole.
 STYLE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{0,32}$"
 
+# Which UNet layers a LoRA adapts (regl/generate/lora.py names their modules).
+LORA_TARGETS = ("attention", "all")
+
 
 @dataclass(frozen=True)
 class LoraSettings:
     """A LoRA fine-tune: the options of `regl finetune` and of the service's POST /v1/finetune."""
 
     rank: int = option(4, "LoRA rank", ge=1, le=128, request=True)
+    targets: str = option(
+        "attention",
+        "which UNet layers the LoRA adapts: attention (query, key, value and output projections: the diffusers "
+        "recipe) or all (also the feed-forward layers, every ResNet block's convolutions and time projection, "
+        "the UNet's first and last convolutions: a look the base never drew can need them)",
+        choices=LORA_TARGETS,
+        request=True,
+    )
     steps: int = option(300, "optimiser steps", ge=1, request=True)
     lr: float = option(1e-3, "AdamW learning rate", gt=0, le=1.0, request=True)
     # 32 cost twice the time for the same demo accuracy (README, "Speed")
