@@ -3,7 +3,8 @@
 1. the server starts from the adapter of the last round kept on disk, else from peft's initialisation;
 2. each round it sends the adapter to every client, each trains its steps on its own images,
    sends its copy back, and the server joins them by `--fill-adapter-rule`, weighted by the
-   clients' images, and keeps the result (a killed run resumes after the last round kept);
+   clients' images (under `--fill-adapter-dp-noise`: their clipped updates averaged uniformly,
+   plus Gaussian noise), and keeps the result (a killed run resumes after the last round kept);
 3. the fill phase then sends every client the final adapter to draw its missing classes with.
 
 A client that fails a round is left out of that round's average and named in the summary.
@@ -18,10 +19,11 @@ from flwr.serverapp import Grid
 from regl.clients.fill_phase import exchange
 from regl.clients.traffic import TrafficLog, record_bytes
 from regl.fill.keys import adapter_digest
-from regl.fl.adapter_aggregation import aggregate
+from regl.fl.adapter_aggregation import aggregate, private_aggregate, update_norm
 from regl.fl.federated_generator import AdapterRounds, initial_adapter
 from regl.fl.progress import Write, duration
 from regl.fl.settings import ExperimentSettings
+from regl.seeds import secret_seed
 
 
 def adapter_record(adapter: dict[str, np.ndarray]) -> ArrayRecord:
@@ -47,9 +49,14 @@ def run_adapter_phase(
     if adapter is None:
         adapter = initial_adapter(settings)
     resumed = f"; rounds 1-{done} kept in {kept.folder}" if done else ""
+    private = (
+        f" with client-level DP (noise multiplier {fill.adapter_dp_noise:g}, clip {fill.adapter_dp_clip:g})"
+        if fill.adapter_dp_noise
+        else ""
+    )
     write(
         f"federated generator: {fill.adapter_rounds} rounds of {fill.adapter_steps} LoRA steps on "
-        f"{len(grid.get_node_ids())} clients, joined by {fill.adapter_rule}{resumed}"
+        f"{len(grid.get_node_ids())} clients, joined by {fill.adapter_rule}{private}{resumed}"
     )
     for server_round in range(done + 1, fill.adapter_rounds + 1):
         round_started = time.perf_counter()
@@ -65,7 +72,15 @@ def run_adapter_phase(
         updates = [{name: array.numpy() for name, array in reply.content["adapter"].items()} for reply in replies]
         metrics = [dict(reply.content["metrics"]) for reply in replies]
         data.update({str(reply.content["data"]["client"]): str(reply.content["data"]["digest"]) for reply in replies})
-        adapter = aggregate(adapter, updates, [m["examples"] for m in metrics], fill.adapter_rule)
+        clipping = {}
+        if fill.adapter_dp_noise:  # client-level DP: uniform weights, the clipped updates' mean plus noise
+            clip, seed = fill.adapter_dp_clip, secret_seed()  # a seed the clients know would let them denoise
+            norms = [update_norm(adapter, update, fill.adapter_rule) for update in updates]
+            clipping = {"update_norms": norms, "clipped": sum(norm > clip for norm in norms)}
+            uniform = [1.0] * len(updates)
+            adapter = private_aggregate(adapter, updates, uniform, fill.adapter_rule, clip, fill.adapter_dp_noise, seed)
+        else:
+            adapter = aggregate(adapter, updates, [m["examples"] for m in metrics], fill.adapter_rule)
         losses = [m["loss"] for m in metrics]
         rounds.append(
             {
@@ -75,6 +90,7 @@ def run_adapter_phase(
                 "seconds": time.perf_counter() - round_started,
                 "client_seconds": float(sum(m["seconds"] for m in metrics)),
                 "failures": round_failures,
+                **clipping,  # to size --fill-adapter-dp-clip by; the server's own record, outside what DP releases
             }
         )
         if not round_failures:
@@ -82,6 +98,7 @@ def run_adapter_phase(
         write(
             f"generator round {server_round}/{fill.adapter_rounds}: mean loss {np.mean(losses):.4f} over "
             f"{len(replies)} clients, {duration(time.perf_counter() - started)} elapsed"
+            + (f"; {clipping['clipped']} updates clipped" if clipping else "")
             + (f"; {len(round_failures)} failed, so the round is not kept" if round_failures else "")
         )
     summary = {
@@ -93,6 +110,10 @@ def run_adapter_phase(
         "failures": failures,
         "kept_in": str(kept.folder),
     }
+    if fill.adapter_dp_noise:
+        from regl.fl.privacy import privacy_report
+
+        summary["privacy"] = privacy_report(fill.adapter_dp_noise, fill.adapter_dp_clip, "server", fill.adapter_rounds)
     return adapter, summary
 
 

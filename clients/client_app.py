@@ -6,9 +6,11 @@ images it produces for other clients (mixup fill only), fill timings, and model 
 (clipped under DP) with training metrics.
 
 The node config says where the work runs: `data-dir` (the node's own images, else its
-share of the run's dataset), `fill-service` and `train-service` (its `regl serve`, else
-in this process). Torch is imported only by a handler that trains or fills here: Flower
-starts a fresh process for every message, and a node whose service trains pays no import.
+share of the run's dataset), `fill-service` (its `regl serve` makes the fill and trains the
+generator's adapter rounds) and `train-service` (its `regl serve` trains the classifier's
+rounds), else in this process. Torch is imported only by a handler that trains or fills
+here: Flower starts a fresh process for every message, and a node whose service trains pays
+no import.
 """
 
 import json
@@ -88,31 +90,35 @@ def produce_mixup(msg: Message, context: Context) -> Message:
 
 @app.query("adapter_round")
 def adapter_round(msg: Message, context: Context) -> Message:
-    """The federated generator: train the global adapter a few steps on this client's images, send it back."""
+    """The federated generator: train the global adapter a few steps on this client's images (in its fill
+    service where the node has one), send it back with the digest of the images it trained on."""
     from regl.fl.federated_generator import adapter_round as train_round
 
-    _in_process()
     settings, client_id = _settings(msg, context)
+    if not settings.fill.service:
+        _in_process()
     adapter = {name: array.numpy() for name, array in msg.content["adapter"].items()}
-    trained, metrics = train_round(settings, client_id, adapter, int(msg.content["config"]["adapter-round"]))
+    server_round = int(msg.content["config"]["adapter-round"])
+    trained, metrics, digest = train_round(settings, client_id, adapter, server_round)
     arrays = ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in trained.items()})
     return Message(
-        RecordDict({"adapter": arrays, "metrics": MetricRecord(metrics), "data": _data_digest(settings, client_id)}),
+        RecordDict({"adapter": arrays, "metrics": MetricRecord(metrics), "data": _digest(client_id, digest)}),
         reply_to=msg,
     )
 
 
 @app.query("data_digest")
 def data_digest(msg: Message, context: Context) -> Message:
-    """Which images the generator's kept rounds would have been trained on, by a digest of them."""
-    settings, client_id = _settings(msg, context)
-    return Message(RecordDict({"data": _data_digest(settings, client_id)}), reply_to=msg)
-
-
-def _data_digest(settings: ExperimentSettings, client_id: int) -> ConfigRecord:
+    """Which images the generator's kept rounds would have been trained on (the fill service's, where the node
+    has one), by a digest of them."""
     from regl.fl.federated_generator import client_data_digest
 
-    return ConfigRecord({"client": client_id, "digest": client_data_digest(settings, client_id)})
+    settings, client_id = _settings(msg, context)
+    return Message(RecordDict({"data": _digest(client_id, client_data_digest(settings, client_id))}), reply_to=msg)
+
+
+def _digest(client_id: int, digest: str) -> ConfigRecord:
+    return ConfigRecord({"client": client_id, "digest": digest})
 
 
 @app.query("fill")

@@ -17,7 +17,7 @@ from regl.clients.traffic import TrafficLog
 from regl.fl.experiment import ExperimentSettings, evaluate_global, new_model
 from regl.fl.progress import RoundProgress, Write, print_line
 from regl.fl.report import RunReport
-from regl.seeds import derive_seed
+from regl.seeds import derive_seed, secret_seed
 
 NODE_WAIT_SECONDS = 120.0
 # a round's replies are awaited this long; a node that dies is reported by the SuperLink sooner
@@ -45,8 +45,8 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
     """
     num_clients = settings.partition.num_clients
     wait_for_nodes(grid, num_clients)
-    if settings.dp_noise:  # Flower draws the DP noise from numpy's global generator: the run's seed decides it
-        np.random.seed(derive_seed(settings.seed, "dp-noise") % 2**32)  # the legacy seed takes 32 bits
+    if settings.dp_noise:  # Flower draws the DP noise from numpy's global generator: seeded where no client knows
+        np.random.seed(secret_seed() % 2**32)  # the legacy seed takes 32 bits
     traffic = TrafficLog()
     model = new_model(settings)
     strategy, recording = build_strategy(settings, traffic, _monitor(settings))
@@ -103,7 +103,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
                 **{f"warm_start_{k}": v for k, v in warm.items()},
             },
             "bytes_sent_per_client": traffic.bytes_per_client(),
-            **_privacy(settings),
+            **_privacy(settings, (generator or {}).get("privacy")),
             **_monitor_summary(report.rounds),
         }
     )
@@ -131,12 +131,14 @@ def _monitor(settings: ExperimentSettings):
     return CompositionMonitor(aux, settings.train, new_model(settings))
 
 
-def _privacy(settings: ExperimentSettings) -> dict:
+def _privacy(settings: ExperimentSettings, generator: dict | None) -> dict:
+    """The classifier's DP guarantee, composed with the federated generator's when its private adapter came first."""
     if not settings.dp_noise:
         return {}
     from regl.fl.privacy import privacy_report
 
-    return {"privacy": privacy_report(settings.dp_noise, settings.dp_clip, settings.dp_clipping, settings.num_rounds)}
+    clipping, rounds = settings.dp_clipping, settings.num_rounds
+    return {"privacy": privacy_report(settings.dp_noise, settings.dp_clip, clipping, rounds, generator)}
 
 
 def _time_split(fill: dict | None, rounds: list[dict]) -> dict:

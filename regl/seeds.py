@@ -46,7 +46,7 @@ PURPOSES = (
     "fill-oracle",  # (client,): recorded with the oracle shard (the base images, "fill-diffusion" seeds)
     "fill-lora",  # (client,): the seed of the client's LoRA (LoraSettings.seed)
     "monitor-auxiliary",  # the Ratio Loss monitor's auxiliary images from the public pool
-    "dp-noise",  # numpy's global generator, from which Flower draws differential-privacy noise
+    "dp-noise",  # retired: DP noise is drawn from the server's secret seed (`secret_seed`), not the run's
     "judge-init",  # (kind,): the domain-fit judges' initial weights (0 look, 1 class)
     "judge-train",  # (kind,): their training
     "tstr-real",  # the real images a train-on-synthetic comparison draws from the public pool
@@ -85,3 +85,14 @@ def derive_seed(run_seed: int, purpose: str, *keys: int) -> int:
             raise ValueError(f"the keys of seed purpose {purpose!r} must be in [0, 2**32), got {key}")
     sequence = np.random.SeedSequence(entropy=run_seed % 2**64, spawn_key=(PURPOSES.index(purpose), *keys))
     return int(sequence.generate_state(1, np.uint64)[0]) >> 1
+
+
+def secret_seed() -> int:
+    """A seed no client can know, for the server's differential-privacy noise.
+
+    Every client receives the run's seed in its config, so noise derived from it could be
+    regenerated and subtracted by any of them; DP noise is therefore not reproducible from the run's seed.
+    """
+    import secrets
+
+    return secrets.randbits(63)

@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from regl.errors import ReglError
+from regl.service.adapter_job import AdapterTrainings
 from regl.service.batching import Batcher
 from regl.service.deps import require_token
 from regl.service.errors import UNAUTHORIZED
@@ -31,7 +32,10 @@ JOB_STOP_WAIT_S = 60  # a job stops at its next progress report: a LoRA step or 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the model once; on the way out fail the waiting requests and stop the jobs."""
+    """Load the model once; on the way out fail the waiting requests and stop the jobs.
+
+    The adapter rounds' training (latents, a pipeline) is kept in the app's state from round to round.
+    """
     import torch
 
     settings: ServiceSettings = app.state.settings
@@ -40,6 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     batcher = Batcher(loaded.diffusion, settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue)
     batcher.start()
     app.state.model, app.state.batcher, app.state.jobs = loaded, batcher, JobRunner(MAX_PENDING_JOBS)
+    app.state.adapter_trainings = AdapterTrainings()
     log.info(
         "serving %s%s, %d classes",
         settings.base,

@@ -1,8 +1,9 @@
 """What the routes share, as `Annotated` dependencies: settings, the loaded model, the batcher, the jobs, the token.
 
-`create_app` puts the settings on `app.state`, and its lifespan the model, the batcher and
-the job runner; a route names what it needs by type (`model: ModelDep`) and FastAPI hands
-it over, so routes hold no state of their own and tests can override any of it.
+`create_app` puts the settings on `app.state`, and its lifespan the model, the batcher, the
+job runner and the adapter rounds' cached training; a route names what it needs by type
+(`model: ModelDep`) and FastAPI hands it over, so routes hold no state of their own and tests
+can override any of it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from regl.service.adapter_job import AdapterTrainings
 from regl.service.batching import Batcher
 from regl.service.jobs import JobRunner
 from regl.service.local_model import LocalModel
@@ -35,10 +37,15 @@ def get_jobs(request: Request) -> JobRunner:
     return request.app.state.jobs
 
 
+def get_adapter_trainings(request: Request) -> AdapterTrainings:
+    return request.app.state.adapter_trainings
+
+
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 ModelDep = Annotated[LocalModel, Depends(get_model)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+AdapterTrainingsDep = Annotated[AdapterTrainings, Depends(get_adapter_trainings)]
 BearerDep = Annotated[
     HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False, description="the service's REGL_TOKEN"))
 ]

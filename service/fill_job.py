@@ -1,7 +1,8 @@
 """The service's background work: a LoRA fine-tune on the client's images, and the client's fill.
 
 Both are the library's own (`regl.generate.lora`, `regl.fill.client`); this module turns a request into
-the work a job runs and reports progress into its record.
+the work a job runs and reports progress into its record. A fill with the federated generator draws with
+the federation's adapter, which comes with the request (service/adapter_job.py has the rounds that train it).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from regl.data.datasets import BUILTINS
 from regl.data.domains import ClientDomain
 from regl.errors import ReglError
 from regl.fill.client import ClientFill
+from regl.fill.keys import adapter_digest
 from regl.fill.settings import FillSettings, client_plan
 from regl.options import request_options
+from regl.service.adapter_job import AdapterTrainings, received_adapter
 from regl.service.errors import field_error
 from regl.service.jobs import Job
 from regl.service.local_model import LocalModel
@@ -60,7 +63,7 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
 
 
 def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tuple[ClientFill, np.ndarray | None]:
-    """The client's fill for this request; a bad mode or mix is a 422 naming the field."""
+    """The client's fill for this request; a bad mode, mix or adapter is a 422 naming the field."""
     fill_settings = FillSettings(
         **{name: getattr(body, name) for name in request_options(FillSettings)},
         mode=body.mode,
@@ -85,6 +88,16 @@ def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tu
         fill_settings.check()
     except ReglError as exc:
         raise field_error("mix", str(exc)) from exc
+    federated = body.lora.startswith("federated")
+    adapter = None
+    if body.adapter is not None:
+        if not federated:
+            raise field_error(
+                "adapter", f"only lora federated and federated+local draw with an adapter, not {body.lora}"
+            )
+        adapter = received_adapter(body.adapter, settings.base, body.lora_rank, body.lora_targets)
+    elif federated and "diffusion" in sources:
+        raise field_error("adapter", f"lora {body.lora} draws with the federation's adapter: send it in adapter")
     target = None if body.target is None else np.asarray(body.target, dtype=np.float64)
     client = max(settings.client, 0)
     # a simulated client of a built-in dataset has its partition's look; a folder's images have their own
@@ -94,15 +107,30 @@ def _fill(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> tu
     # a folder's or a node's images are named in the fill's keys by their content, a built-in dataset's by its name
     digest = "" if model.dataset in BUILTINS else model.data.content_digest
     look = settings.look if settings.client >= 0 else "none"
-    return ClientFill(
-        model.dataset, model.template, client, body.seed, fill_settings, domain, digest, look=look
-    ), target
+    fill = ClientFill(
+        model.dataset,
+        model.template,
+        client,
+        body.seed,
+        fill_settings,
+        domain,
+        digest,
+        adapter_digest="" if adapter is None else adapter_digest(adapter),
+        look=look,
+        adapter=adapter,
+    )
+    return fill, target
 
 
-def fill_work(body: FillRequest, model: LocalModel, settings: ServiceSettings) -> Callable[[Job], dict]:
-    client, target = _fill(body, model, settings)  # raises on a bad mix before the job is queued
+def fill_work(
+    body: FillRequest, model: LocalModel, settings: ServiceSettings, trainings: AdapterTrainings
+) -> Callable[[Job], dict]:
+    """Raises on a bad mode, mix or adapter before the job is queued."""
+    client, target = _fill(body, model, settings)
 
     def work(job: Job) -> dict[str, Any]:
+        if client.adapter is not None:
+            trainings.clear()  # the generator's rounds are over: free their pipeline before the fill loads one
         plan = client_plan(client.settings, model.data.class_counts(), target)
         job.message = f"making {plan.total()} images"
         synthetic, timings = client.make(model.data, plan, mixed=None, on_progress=job.report)

@@ -2,7 +2,7 @@
 
 FastAPI writes the document from the routes and the pydantic models. What those cannot
 know is added here, so that every request the document allows is one the service serves:
-the caps the routes enforce (images per request, fine-tune steps), the served classes, and
+the caps the routes enforce (images per request, LoRA steps), the served classes, and
 the client's class count that a fill's target must match. The bearer token needs nothing
 here: `create_app` puts the token check on the API routes only when a token is set.
 """
@@ -41,9 +41,11 @@ def _add_service_limits(schemas: dict[str, Any], settings: ServiceSettings, mode
     generate = schemas["GenerateRequest"]["properties"]
     generate["n"]["maximum"] = settings.max_images_per_request
     generate["class"]["anyOf"] = _class_choices(model.class_names)
-    for body in ("GenerateRequest", "FillRequest"):  # FastAPI writes limits as floats, and 2**63 - 1 as 2**63
+    # FastAPI writes limits as floats, and 2**63 - 1 as 2**63
+    for body in ("GenerateRequest", "FillRequest", "AdapterRoundRequest"):
         schemas[body]["properties"]["seed"]["maximum"] = MAX_SEED
-    _cap(schemas["FinetuneRequest"]["properties"]["steps"], settings.max_finetune_steps)
+    for body in ("FinetuneRequest", "AdapterRoundRequest"):
+        _cap(schemas[body]["properties"]["steps"], settings.max_finetune_steps)
     fill = schemas["FillRequest"]["properties"]
     _cap(fill["lora_steps"], settings.max_finetune_steps)
     target = next(choice for choice in fill["target"]["anyOf"] if choice["type"] == "array")

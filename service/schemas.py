@@ -8,6 +8,7 @@ and written into the OpenAPI document by service/openapi.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import permutations
 from typing import Annotated, Any, Literal
 
@@ -15,8 +16,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, Stri
 
 from regl.fill.plan import SOURCES
 from regl.fill.settings import FillSettings
-from regl.generate.settings import LoraSettings, SamplingSettings
-from regl.options import config_fields, default_of
+from regl.generate.settings import ADAPTER_ROUND_OPTIONS, LoraSettings, SamplingSettings
+from regl.options import config_fields, default_of, request_options
 
 MAX_SEED = 2**63 - 1
 SAMPLING = SamplingSettings()
@@ -33,19 +34,22 @@ JsonFloat = Annotated[float, Strict()]  # strict refuses booleans and strings, a
 JSON_TYPES = {int: JsonInt, float: JsonFloat, bool: StrictBool, str: StrictStr}
 
 
-def request_fields(settings: type) -> dict[str, Any]:
-    """A request model's fields for the options `settings` declares `request=True`: type, default, range, help."""
+def option_fields(settings: type, names: Iterable[str]) -> dict[str, Any]:
+    """A request model's fields for the named options of `settings`, as declared: type, default, range, help."""
+    declared = {cf.field.name: cf for cf in config_fields(settings)}
     out = {}
-    for cf in config_fields(settings):
+    for name in names:
+        cf = declared[name]
         o = cf.option
-        if o.request:
-            limits = {"ge": o.ge, "gt": o.gt, "le": o.le, "pattern": o.pattern}
-            declared = Field(
-                default_of(cf.field), description=o.help, **{k: v for k, v in limits.items() if v is not None}
-            )
-            kind = Literal[o.choices] if o.choices else JSON_TYPES[cf.kind]
-            out[cf.field.name] = (kind, declared)
+        limits = {"ge": o.ge, "gt": o.gt, "le": o.le, "pattern": o.pattern}
+        field = Field(default_of(cf.field), description=o.help, **{k: v for k, v in limits.items() if v is not None})
+        out[name] = (Literal[o.choices] if o.choices else JSON_TYPES[cf.kind], field)
     return out
+
+
+def request_fields(settings: type) -> dict[str, Any]:
+    """A request model's fields for the options `settings` declares `request=True`."""
+    return option_fields(settings, request_options(settings))
 
 
 class GenerateRequest(BaseModel):
@@ -89,6 +93,9 @@ class ModelInfo(BaseModel):
     device: str = Field(description="where the generator runs: cpu or cuda")
     dtype: str = Field(description="its weights' dtype, and the autocast one when on: e.g. float32, bfloat16 autocast")
     data_images: int | None = Field(description="images in the client's data; null without --data")
+    data_digest: str | None = Field(
+        description="the client's data by content (sha256 of images, labels and class names); null without --data"
+    )
     max_images_per_request: int
     max_batch: int
 
@@ -172,10 +179,52 @@ class _FillRequest(BaseModel):
         max_length=10_000,
         description="the caller's class counts; refused (409) when the service holds other data",
     )
+    adapter: StrictStr | None = Field(
+        None,
+        description="the federation's adapter, packed as an adapter round's: what lora federated and "
+        "federated+local draw with; null for the other lora modes",
+    )
 
 
 # the rest of the body: FillSettings' options declared `request=True` (lora_steps at most max_finetune_steps)
 FillRequest = create_model("FillRequest", __base__=_FillRequest, **request_fields(FillSettings))
+
+
+class _AdapterRoundRequest(BaseModel):
+    """One round of the federation's adapter on the client's images, as a node's ClientApp forwards it
+    (regl/fill/remote.py); beside these, the LoRA options the round depends on and its steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: StrictStr = Field(
+        description="the federation's adapter: base64 npz of its arrays, as peft names them, and their names "
+        "(packed as /v1/train's weights)"
+    )
+    train_a: StrictBool = Field(
+        False, description="train the A factors too; false keeps them as sent (FFA-LoRA: the ffa rule)"
+    )
+    seed: JsonInt = Field(0, ge=0, le=MAX_SEED, description="the round's images, timesteps and noise")
+
+
+# LoraSettings' options a round depends on, as declared there; steps as FillSettings declares a round's
+# (at most the service's max_finetune_steps)
+AdapterRoundRequest = create_model(
+    "AdapterRoundRequest",
+    __base__=_AdapterRoundRequest,
+    **option_fields(LoraSettings, ADAPTER_ROUND_OPTIONS),
+    steps=option_fields(FillSettings, ["adapter_steps"])["adapter_steps"],
+)
+
+
+class AdapterRoundResult(BaseModel):
+    """A finished adapter round's result (its job's `result`); the trained adapter at /v1/jobs/{id}/adapter."""
+
+    adapter: str = Field(description="where the service keeps the trained adapter (an npz)")
+    loss: float = Field(description="the denoising loss of the round's last step")
+    examples: int = Field(description="the client's images the round drew from")
+    data_digest: str = Field(description="those images by content, as /v1/model's data_digest")
+    base_fingerprint: str = Field(description="the base the round trained on, as /v1/model's")
+    seconds: float = Field(description="the round's time in the service, caching the latents included")
 
 
 class JobInfo(BaseModel):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from regl.errors import ReglError
-from regl.fl.adapter_aggregation import aggregate, products, refactorise
+from regl.fl.adapter_aggregation import aggregate, private_aggregate, products, refactorise, update_norm
 
 A, B = "unet.up.attn.to_q.lora_A.weight", "unet.up.attn.to_q.lora_B.weight"
 
@@ -111,3 +111,83 @@ def test_kept_rounds_resume_from_the_last_complete_round(tmp_path):
     assert kept.latest(1)[0] == 1 and kept.latest(1)[1][B].tolist() == ONE[B].tolist()  # fewer rounds asked
     other = AdapterRounds(replace(settings, fill=replace(settings.fill, adapter_steps=99)))
     assert other.folder != kept.folder and other.latest(5) == (0, None, [], {})
+
+
+def _layer(rng: np.random.Generator, rank: int, size: int, b_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """A rank-`rank` adapter of one size×size layer, float64 so the tests' arithmetic is exact."""
+    return {A: rng.normal(size=(rank, size)), B: b_scale * rng.normal(size=(size, rank))}
+
+
+def test_dp_clips_the_whole_update_as_one_vector_and_leaves_a_small_one_as_is():
+    # fedavg trains both factors: ΔA = (3, 0, 0), ΔB = (4, 0) has norm 5, scaled to norm 1 as a whole
+    # (clipping each factor on its own would give ΔA = (1, 0, 0), ΔB = (1, 0))
+    big = _adapter(GLOBAL[A] + [[3.0, 0.0, 0.0]], [[4.0], [0.0]])
+    small = _adapter(GLOBAL[A] + [[0.0, 0.3, 0.0]], [[0.0], [0.4]])  # norm 0.5: under the clip
+    assert update_norm(GLOBAL, big, "fedavg") == pytest.approx(5.0)
+    new = private_aggregate(GLOBAL, [big, small], [1, 1], "fedavg", clip=1.0, noise_multiplier=0.0, seed=0)
+    np.testing.assert_allclose(new[A], GLOBAL[A] + [[0.6 / 2, 0.3 / 2, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(new[B], [[0.8 / 2], [0.4 / 2]], rtol=1e-6)
+    assert new[A].dtype == new[B].dtype == np.float32
+
+
+def test_dp_under_ffa_keeps_a_and_clips_the_bs_alone():
+    moved_a = _adapter(GLOBAL[A] + 100.0, [[0.3], [0.4]])  # FFA's A is shared: a change to it is not the client's
+    assert update_norm(GLOBAL, moved_a, "ffa") == pytest.approx(0.5)
+    new = private_aggregate(GLOBAL, [moved_a], [1], "ffa", clip=1.0, noise_multiplier=0.0, seed=0)
+    np.testing.assert_array_equal(new[A], GLOBAL[A])
+    np.testing.assert_allclose(new[B], [[0.3], [0.4]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["ffa", "fedavg"])
+def test_a_huge_update_moves_the_noiseless_mean_by_at_most_clip_over_n(rule):
+    rng = np.random.default_rng(2)
+    start = _layer(rng, 2, 6)
+    others = [{name: value + 0.01 * rng.normal(size=value.shape) for name, value in start.items()} for _ in range(3)]
+    if rule == "ffa":  # every client trains B only
+        others = [{**other, A: start[A]} for other in others]
+    clip, n = 0.3, 4
+    absent = private_aggregate(start, [*others, start], [1] * n, rule, clip, 0.0, seed=0)  # the 4th sends no change
+    for scale in (1e3, 1e8):
+        huge = {A: start[A] + (scale if rule == "fedavg" else 0.0), B: start[B] - scale}
+        present = private_aggregate(start, [*others, huge], [1] * n, rule, clip, 0.0, seed=0)
+        moved = np.sqrt(sum(np.square(present[name] - absent[name]).sum() for name in start))
+        assert moved == pytest.approx(clip / n, rel=1e-9)  # exactly the clip's share: it is pointed one way
+
+
+def test_dp_noise_has_std_z_clip_over_n_on_every_trained_coordinate():
+    rng = np.random.default_rng(3)
+    start = _layer(rng, 8, 1000)  # 8000 coordinates in each factor
+    for rule, z, clip, n in (("ffa", 1.5, 0.5, 4), ("fedavg", 0.7, 2.0, 1)):
+        expected = z * clip / n
+        draws = []
+        for seed in range(5):
+            new = private_aggregate(start, [start] * n, [2.0] * n, rule, clip, z, seed)  # nothing trained: noise only
+            trained = [B] if rule == "ffa" else [A, B]
+            draws += [(new[name] - start[name]).ravel() for name in trained]
+            if rule == "ffa":
+                np.testing.assert_array_equal(new[A], start[A])
+        noise = np.concatenate(draws)  # 40,000 (ffa) or 80,000 (fedavg) draws
+        # the sample std's relative error is about 1/sqrt(2·40,000) = 0.35%: 3% is over 8 of them
+        assert np.std(noise) == pytest.approx(expected, rel=0.03)
+        assert abs(np.mean(noise)) < 5 * expected / np.sqrt(len(noise))
+        assert np.mean(np.abs(noise) < expected) == pytest.approx(0.6827, abs=0.01)  # Gaussian: 68% within 1σ
+    one = private_aggregate(start, [start], [1], "ffa", 1.0, 1.0, seed=7)
+    assert np.array_equal(one[B], private_aggregate(start, [start], [1], "ffa", 1.0, 1.0, seed=7)[B])
+    assert not np.array_equal(one[B], private_aggregate(start, [start], [1], "ffa", 1.0, 1.0, seed=8)[B])
+
+
+def test_dp_refuses_unequal_weights_the_product_rule_and_bad_bounds():
+    with pytest.raises(ReglError, match=r"uniformly: equal positive weights, got \[1, 3\]"):
+        private_aggregate(GLOBAL, [ONE, TWO], [1, 3], "fedavg", 1.0, 1.0, seed=0)
+    with pytest.raises(ReglError, match="uniformly"):
+        private_aggregate(GLOBAL, [ONE, TWO], [0, 0], "fedavg", 1.0, 1.0, seed=0)
+    with pytest.raises(ReglError, match="not 'product'"):
+        private_aggregate(GLOBAL, [ONE], [1], "product", 1.0, 1.0, seed=0)
+    with pytest.raises(ReglError, match="1 client adapters but 2 weights"):
+        private_aggregate(GLOBAL, [ONE], [1, 1], "fedavg", 1.0, 1.0, seed=0)
+    with pytest.raises(ReglError, match="clip 0.0"):
+        private_aggregate(GLOBAL, [ONE], [1], "fedavg", 0.0, 1.0, seed=0)
+    with pytest.raises(ReglError, match="other layers"):
+        private_aggregate(GLOBAL, [{A: ONE[A]}], [1], "fedavg", 1.0, 1.0, seed=0)
+    unchanged = private_aggregate(GLOBAL, [], [], "ffa", 1.0, 1.0, seed=0)  # nobody replied: nothing released
+    assert all(np.array_equal(unchanged[name], GLOBAL[name]) for name in GLOBAL)

@@ -11,8 +11,16 @@ import pytest
 from regl.atomic import write_json_atomically
 from regl.data.datasets import ImageDataset
 from regl.fill.settings import FillSettings
-from regl.fl.bench import CELL_RECORD, bench_cells, bench_record, finished_row, why_unfinished
-from regl.fl.bench_report import save_class_grid, write_figures
+from regl.fl.bench import (
+    CELL_RECORD,
+    NEAR_COPIES,
+    add_near_copies,
+    bench_cells,
+    bench_record,
+    finished_row,
+    why_unfinished,
+)
+from regl.fl.bench_report import format_table, save_class_grid, write_figures
 from regl.fl.report import RunReport
 from regl.fl.settings import ExperimentSettings
 
@@ -135,8 +143,9 @@ def test_grid_leaves_out_classes_without_generated_images(tmp_path):
         assert grid.size == (2 * (4 * 6 + 4), 2 * 2 * 6)
 
 
-def store_diffusion_images(cell, pixel: int) -> None:
-    """What the cell's clients' fill would keep: its planned diffusion images, every pixel `pixel`."""
+def store_diffusion_images(cell, pixel: int | None) -> None:
+    """What the cell's clients' fill would keep: its planned diffusion images, every pixel `pixel`, or with
+    None copies of the client's own first images."""
     from regl.fill.settings import client_plan
     from regl.fill.store import SyntheticStore
     from regl.fl.experiment import client_data, client_fill
@@ -145,7 +154,9 @@ def store_diffusion_images(cell, pixel: int) -> None:
         data = client_data(cell.settings, client_id)
         plan = client_plan(cell.settings.fill, data.class_counts(), None)
         labels = np.repeat(np.arange(data.num_classes), plan.counts["diffusion"])
-        images = ImageDataset(np.full((len(labels), 28, 28, 1), pixel, np.uint8), labels, data.class_names)
+        copies = data.x[np.arange(len(labels)) % len(data)]
+        x = copies if pixel is None else np.full((len(labels), 28, 28, 1), pixel, np.uint8)
+        images = ImageDataset(x, labels, data.class_names)
         store = client_fill(cell.settings, client_id)
         key = store.store_key(plan)
         SyntheticStore(store.store_folder(key)).write(key, {"diffusion": images}, {"diffusion": 1}, data.class_names)
@@ -186,6 +197,30 @@ def test_looks_shows_real_then_base_then_lora_images_of_a_lacked_class(tmp_path)
     group = 2 * (8 * 28 + 4)
     assert (pixels[:56, group : group + 2 * 8 * 28] == 50).all()  # base images of the lacked class
     assert (pixels[:56, 2 * group :] == 200).all()  # the LoRA's images of it
+
+
+@pytest.mark.filterwarnings("ignore:Classes.*will NOT be used:UserWarning")
+def test_near_copies_are_audited_against_the_generators_training_images(tmp_path):
+    """The client LoRA's images (here copies of its client's own) against its client's images, the base's
+    (blank ones) against every client's; once per cell, and into the row and the table."""
+    settings = ExperimentSettings(num_rounds=2, partition=replace(ExperimentSettings().partition, num_clients=2))
+    settings = replace(settings, fill=FillSettings(supplement=0.05, store=str(tmp_path / "store")))
+    cells = bench_cells(settings, ["diffusion-base", "diffusion"], [0], "", tmp_path / "bench", cpus=2, verbose=False)
+    for cell, pixel in zip(cells, (0, None)):
+        finished_run(cell.folder, cell.settings, [0.1, 0.2], fill={"target": "uniform"})
+        store_diffusion_images(cell, pixel)
+    add_near_copies(cells)
+    base, lora = (json.loads((cell.folder / NEAR_COPIES).read_text())["diffusion"] for cell in cells)
+    assert (base["against"], lora["against"]) == ("every client's images", "each client's own images")
+    assert base["generator"].startswith("the base") and lora["generator"] == "each client's LoRA"
+    assert (base["flagged"], lora["flagged"]) == (0.0, 1.0)
+    assert base["reference_flagged"] < 0.05 and lora["reference_flagged"] < 0.05
+    rows = [finished_row(cell) for cell in cells]
+    assert [row["near_copies"] for row in rows] == [0.0, 1.0]
+    assert "| near-copies % | held-out near-copies % |" in format_table(rows, ["diffusion-base", "diffusion"])
+    written = (cells[1].folder / NEAR_COPIES).stat().st_mtime_ns
+    add_near_copies(cells)
+    assert (cells[1].folder / NEAR_COPIES).stat().st_mtime_ns == written
 
 
 @pytest.mark.e2e

@@ -186,6 +186,8 @@ def _option_values() -> dict[str, list]:
         "fill-adapter-rounds": [1, 30],
         "fill-adapter-steps": [1, 50],
         "fill-adapter-rule": ["fedavg", "product"],
+        "fill-adapter-dp-noise": [1.0, 0.3],
+        "fill-adapter-dp-clip": [0.1, 2.0],
         "fill-steps": [3, 50],
         "fill-guidance": [0.0, 7.5],
         "fill-base": [str(DEFAULT_BASE.resolve())],
@@ -225,8 +227,10 @@ def _normal(config: dict) -> ExperimentSettings:
         config["aggregate-weight"] = "examples"
         config["loss"] = "ce" if config["loss"] == "ratio" else config["loss"]
         config["init-freeze"] = False
-    if config["dp-noise"] and config["fill-lora"].startswith("federated"):  # DP does not cover the adapter
-        config["fill-lora"] = "client"
+    if config["fill-adapter-dp-noise"] and config["fill-adapter-rule"] == "product":  # DP covers the mean update
+        config["fill-adapter-rule"] = "ffa"
+    if config["dp-noise"] and config["fill-lora"].startswith("federated") and not config["fill-adapter-dp-noise"]:
+        config["fill-lora"] = "client"  # the classifier's DP alone does not cover the adapter
     if config["dp-noise"] or config["loss"] == "ratio":  # both need the plain average of the updates
         config["strategy"] = "fedavg" if config["strategy"] in ("fedavgm", "fedadam") else config["strategy"]
     return ExperimentSettings.from_config(config)

@@ -190,3 +190,23 @@ def test_federated_generator_rounds_send_only_the_adapter_and_resume(tmp_path, m
     assert [r["round"] for r in again["generator"]["rounds"]] == [1, 2, 3]
     assert again["generator"]["rounds"][:2] == generator["rounds"]  # rounds 1 and 2 read back, not retrained
     assert {m["action"] for m in json.loads((tmp_path / "run" / "traffic.json").read_text())} >= {"data_digest"}
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_private_federated_generator_clips_every_update_and_composes_the_runs_epsilon(tmp_path, monkeypatch, capfd):
+    """Client-level DP on the adapter (a clip below every update) and on the classifier: the summary's ε is the joint
+    history's."""
+    from regl.fl.privacy import client_level_epsilon, composed_epsilon
+
+    federated = ["--fill", "diffusion", "--fill-lora", "federated", "--fill-adapter-rounds", "2"]
+    federated += ["--fill-adapter-steps", "2", "--fill-steps", "2", "--fill-lora-rank", "2"]
+    private = ["--fill-adapter-dp-noise", "1.5", "--fill-adapter-dp-clip", "0.001", "--dp-noise", "0.5"]
+    summary, _ = _run_fill(tmp_path, monkeypatch, capfd, [*federated, *private])
+    generator = summary["generator"]
+    for record in generator["rounds"]:  # AdamW's first step alone moves each B weight by about lr = 1e-3
+        assert len(record["update_norms"]) == 2 and min(record["update_norms"]) > 0.001 and record["clipped"] == 2
+    assert generator["privacy"]["epsilon"] == pytest.approx(client_level_epsilon(1.5, 2))
+    assert (generator["privacy"]["clip"], generator["privacy"]["clipping"]) == (0.001, "server")
+    assert summary["privacy"]["epsilon"] == pytest.approx(composed_epsilon([(1.5, 2), (0.5, 1)]))
+    assert summary["privacy"]["generator"] == generator["privacy"]

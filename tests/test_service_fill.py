@@ -1,6 +1,7 @@
 """A client's fill made by its `regl serve` (run-config key fill-service) rather than in-process."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -76,3 +77,26 @@ def test_a_service_holding_another_clients_data_is_refused(tmp_path):
 def test_an_unreachable_service_is_named(tmp_path):
     with pytest.raises(ReglError, match="cannot reach the fill service at http://127.0.0.1:9"):
         prepare_fill(_settings(tmp_path, "http://127.0.0.1:9"), 0, target=None, mixed=None)
+
+
+def test_a_federated_generator_round_and_its_fill_go_to_the_service(tmp_path):
+    """The round the service trains is the one this process would; the fill then draws with the adapter it sends."""
+    from regl.fl.federated_generator import adapter_round, client_data_digest, forget_trainings, initial_adapter
+
+    with _service(tmp_path, client=0) as server:
+        settings = _settings(tmp_path, server.url)
+        settings = replace(settings, fill=replace(settings.fill, mode="diffusion", lora="federated", adapter_steps=2))
+        start = initial_adapter(settings)
+        trained, metrics, digest = adapter_round(settings, 0, start, server_round=1)
+        assert client_data_digest(settings, 0) == digest == client_data(settings, 0).content_digest
+        fill = prepare_fill(settings, 0, target=None, mixed=None, adapter=trained)
+        log = [job["kind"] for job in server.app.state.jobs.all()]
+    assert log == ["fill", "adapter-round"]  # newest first
+    assert fill["service-seconds"] > 0 and fill["synthetic-images"] == fill["planned-diffusion"] > 0
+    in_process = replace(settings, fill=replace(settings.fill, service=""))
+    here, here_metrics, here_digest = adapter_round(in_process, 0, start, server_round=1)
+    forget_trainings()
+    assert here_digest == digest
+    assert (here_metrics["examples"], here_metrics["loss"]) == (metrics["examples"], metrics["loss"])
+    for name, value in here.items():
+        np.testing.assert_array_equal(trained[name], value)

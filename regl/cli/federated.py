@@ -85,10 +85,24 @@ def method_lines(summary: dict) -> list[str]:
     """What a run's methods add to its printed summary: the DP guarantee, the monitor's accuracy."""
     lines = []
     if privacy := summary.get("privacy"):
+        composed = privacy.get("generator")
         lines.append(
             f"differential privacy: client-level (ε {privacy['epsilon']:.2f}, δ {privacy['delta']:g}) after "
             f"{privacy['rounds']} rounds at noise multiplier {privacy['noise_multiplier']:g}, clip "
             f"{privacy['clip']:g} ({privacy['accountant']})"
+            + (
+                f", composed with the federated generator's {composed['rounds']} rounds at noise multiplier "
+                f"{composed['noise_multiplier']:g}, clip {composed['clip']:g} (the classifier's alone: ε "
+                f"{privacy['epsilon_alone']:.2f})"
+                if composed
+                else ""
+            )
+        )
+    elif generator := (summary.get("generator") or {}).get("privacy"):
+        lines.append(
+            f"differential privacy: the federated generator's adapter client-level (ε {generator['epsilon']:.2f}, δ "
+            f"{generator['delta']:g}) after {generator['rounds']} rounds at noise multiplier "
+            f"{generator['noise_multiplier']:g}, clip {generator['clip']:g}; the classifier's updates are not private"
         )
     if "monitor_mean_cosine" in summary:
         detected = summary["monitor_detected_round"]

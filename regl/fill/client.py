@@ -23,6 +23,7 @@ from regl.fill.keys import (
     check_made_alike,
     compute_key,
     digest,
+    lora_settings_key,
     seeds_key,
     settings_key,
     source_seed,
@@ -120,7 +121,7 @@ class ClientFill:
     def _generator_key(self) -> dict:
         """What the diffusion images' generator is: the client's LoRA settings, or the federation's adapter by
         content (with the local steps on top, for federated+local)."""
-        local = {"settings": asdict(self._lora_settings()), **compute_key(self.settings.compute("training"))}
+        local = {"settings": lora_settings_key(self._lora_settings()), **compute_key(self.settings.compute("training"))}
         if self.settings.lora == "client":
             return local
         return {
@@ -282,7 +283,7 @@ class ClientFill:
             "counts": data.class_counts().tolist(),
             "seed": self.run_seed,
             **seeds_key(),
-            "settings": asdict(self._lora_settings()),
+            "settings": lora_settings_key(self._lora_settings()),
             "base": base_fingerprint(base),
             **self._domain_key(),
             **compute_key(self.settings.compute("training")),

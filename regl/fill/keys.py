@@ -12,6 +12,7 @@ import numpy as np
 from regl.compute import Compute
 from regl.errors import ReglError
 from regl.fill.settings import FillSettings
+from regl.generate.settings import LoraSettings
 from regl.seeds import SEED_DERIVATION, derive_seed
 
 # FillSettings fields newer than the stores in use
@@ -23,6 +24,8 @@ ADDED_LATER = (
     "adapter_rounds",
     "adapter_steps",
     "adapter_rule",
+    "adapter_dp_noise",
+    "adapter_dp_clip",
 )
 LORA_WAS = {"client": True, "none": False}  # `lora` was a bool before the federated generator
 
@@ -39,6 +42,12 @@ def settings_key(settings: FillSettings) -> dict:
         for name, value in asdict(settings).items()
         if not (name in ADDED_LATER and value == getattr(FillSettings(), name)) and name not in ("device", "dtype")
     }
+
+
+def lora_settings_key(settings: LoraSettings) -> dict:
+    """A LoRA's settings in a key; the layers it adapts are left out at the attention-only default, so LoRAs and
+    stores made before the choice existed are found again."""
+    return {name: value for name, value in asdict(settings).items() if not (name == "targets" and value == "attention")}
 
 
 def compute_key(compute: Compute) -> dict:

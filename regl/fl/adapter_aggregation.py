@@ -11,6 +11,9 @@ products (mean(B)·mean(A) ≠ mean(B·A)), which is what federated LoRA has to 
 Weights are per client (its images); a client that sent nothing has weight 0 and changes
 nothing. Torch-free: arrays in,
 arrays out, named as peft names them (`...lora_A.weight`, `...lora_B.weight`).
+
+`private_aggregate` is the client-level DP form of `ffa` and `fedavg` (`--fill-adapter-dp-noise`):
+the Gaussian mechanism on the clients' clipped updates, accounted by regl/fl/privacy.py.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import numpy as np
 from regl.errors import ReglError
 
 RULES = ("ffa", "fedavg", "product")
+# the rules whose new adapter is the global one plus the mean of the clients' updates, which clipping bounds;
+# `product` re-factorises the mean product by SVD, a step the clipped updates' sensitivity does not cover
+PRIVATE_RULES = ("ffa", "fedavg")
 Adapter = dict[str, np.ndarray]
 
 
@@ -66,6 +72,76 @@ def aggregate(global_adapter: Adapter, updates: list[Adapter], weights: list[flo
             out[b_name], out[a_name] = b.reshape(b_global.shape).astype(b_global.dtype), a.reshape(a_global.shape)
             out[a_name] = out[a_name].astype(a_global.dtype)
     return out
+
+
+def trained_names(adapter: Mapping[str, np.ndarray], rule: str) -> list[str]:
+    """The tensors a client's round changes under `rule`, sorted: FFA-LoRA trains the Bs only, A stays shared."""
+    if rule == "ffa":
+        return sorted(b for _, b in layer_pairs(adapter).values())
+    return sorted(adapter)
+
+
+def update_norm(global_adapter: Adapter, trained: Adapter, rule: str) -> float:
+    """The L2 norm of a client's update (trained − global) over the tensors `rule` trains, as one flat vector."""
+    names = trained_names(global_adapter, rule)
+    return float(np.sqrt(sum(np.square(_delta(global_adapter, trained, name)).sum() for name in names)))
+
+
+def private_aggregate(
+    global_adapter: Adapter,
+    updates: list[Adapter],
+    weights: list[float],
+    rule: str,
+    clip: float,
+    noise_multiplier: float,
+    seed: int,
+) -> Adapter:
+    """The new global adapter under client-level differential privacy: the Gaussian mechanism on the updates.
+
+    Each client's update (trained − global, over the tensors `rule` trains) is scaled down to an
+    L2 norm of at most `clip`, the N updates are averaged uniformly, and Gaussian noise of std
+    `noise_multiplier`·`clip`/N is added to every coordinate of the mean: one client joining or
+    leaving moves the mean by at most clip/N, so each round is a Gaussian mechanism with noise
+    multiplier z (regl/fl/privacy.py accounts it). Weighting by images would let a client's
+    count scale its influence past that bound, so the weights must be equal. The noise is drawn
+    from `seed`, which the server keeps from the clients (regl/seeds.py:secret_seed).
+    """
+    if rule not in PRIVATE_RULES:
+        raise ReglError(
+            f"client-level DP on the adapter covers the rules {', '.join(PRIVATE_RULES)}, not {rule!r}: its SVD "
+            "re-factorisation is not the mean of the clipped updates"
+        )
+    if len(updates) != len(weights):
+        raise ReglError(f"{len(updates)} client adapters but {len(weights)} weights")
+    if len(set(weights)) > 1 or any(not w > 0 for w in weights):
+        raise ReglError(
+            f"client-level DP averages the clients' updates uniformly: equal positive weights, got {weights}"
+        )
+    if not clip > 0 or not noise_multiplier >= 0:
+        raise ReglError(f"DP needs a clip > 0 and a noise multiplier ≥ 0, got clip {clip}, noise {noise_multiplier}")
+    out = {name: value.copy() for name, value in global_adapter.items()}
+    if not updates:
+        return out
+    for update in updates:
+        if set(update) != set(global_adapter):
+            raise ReglError("a client's adapter has other layers than the global one")
+    names = trained_names(global_adapter, rule)
+    total = {name: np.zeros(global_adapter[name].shape) for name in names}
+    for update in updates:
+        norm = update_norm(global_adapter, update, rule)
+        scale = clip / norm if norm > clip else 1.0
+        for name in names:
+            total[name] += scale * _delta(global_adapter, update, name)
+    rng = np.random.default_rng(seed)
+    std = noise_multiplier * clip / len(updates)
+    for name in names:
+        noisy = total[name] / len(updates) + rng.normal(0.0, std, total[name].shape)
+        out[name] = (global_adapter[name].astype(np.float64) + noisy).astype(global_adapter[name].dtype)
+    return out
+
+
+def _delta(global_adapter: Adapter, trained: Adapter, name: str) -> np.ndarray:
+    return trained[name].astype(np.float64) - global_adapter[name].astype(np.float64)
 
 
 def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from regl.fl.bench_report import format_table, write_figures, write_if_changed
 from regl.fl.settings import ExperimentSettings
 from regl.seeds import SEED_DERIVATION
 from regl.stopping import call
+
+if TYPE_CHECKING:
+    from regl.generate.near_copies import NearCopyScores
 
 SPECIAL_ARMS = ("iid", "centralized")
 # Arm parts that draw the diffusion fill with another generator than the bench's --fill-lora.
@@ -50,6 +53,9 @@ TSTR_PER_CLASS = 100
 TSTR_EPOCHS = 10
 # With client domains: how the generated images of a cell's missing classes fit the clients' looks.
 DOMAIN_FIT = "domain-fit.json"
+# A generating arm's fill images that are near-copies of the images their generator was trained on.
+NEAR_COPIES = "near-copies.json"
+NEAR_COPY_REFERENCE = 5000  # held-out real images scored against every client's images, at most
 # Where a run keeps things, not what it computes: a moved results folder still counts as finished.
 LOCATION_KEYS = ("out-dir", "fill-store")
 # What only a run with the federation's adapter reads.
@@ -241,6 +247,8 @@ def finished_row(cell: Cell) -> dict[str, Any]:
     in_domain = summary.get("final_in_domain_accuracy")
     fit = _read_json(cell.folder / DOMAIN_FIT) if (cell.folder / DOMAIN_FIT).is_file() else {}
     tstr = _read_json(cell.folder / GENERATOR_TSTR) if (cell.folder / GENERATOR_TSTR).is_file() else {}
+    copies = _read_json(cell.folder / NEAR_COPIES) if (cell.folder / NEAR_COPIES).is_file() else {}
+    audited = next((copies[source] for source in ("diffusion", "oracle") if source in copies), None)
     return {
         "arm": cell.arm,
         "seed": cell.seed,
@@ -251,6 +259,7 @@ def finished_row(cell: Cell) -> dict[str, Any]:
         **({} if in_domain is None else {"in_domain_accuracy": in_domain}),
         **({"own_look": fit["own_look"], "missing_recognised": fit["recognised"]} if fit else {}),
         **({"generator_tstr": tstr["accuracy"]} if tstr else {}),
+        **({"near_copies": audited["flagged"], "near_copies_floor": audited["reference_flagged"]} if audited else {}),
         **({"monitor_cosine": summary["monitor_mean_cosine"]} if "monitor_mean_cosine" in summary else {}),
         **({"epsilon": summary["privacy"]["epsilon"]} if "privacy" in summary else {}),
         "fill_seconds": (summary.get("time_split") or {}).get("fill_phase_wall_seconds", 0.0),
@@ -264,6 +273,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     (cell.folder / CELL_RECORD).unlink(missing_ok=True)
     (cell.folder / DOMAIN_FIT).unlink(missing_ok=True)
     (cell.folder / GENERATOR_TSTR).unlink(missing_ok=True)
+    (cell.folder / NEAR_COPIES).unlink(missing_ok=True)
     cell.folder.mkdir(parents=True, exist_ok=True)
     write_json_atomically(cell.folder / RUN_CONFIG, cell.settings.to_config())
     started = time.perf_counter()
@@ -311,6 +321,79 @@ def add_generator_tstr(cells: list[Cell]) -> None:
         accuracy = train_and_test(first_per_class(images, per_class), test_data(cell.settings), TSTR_EPOCHS, cell.seed)
         record = {"accuracy": accuracy, "per_class": per_class, "epochs": TSTR_EPOCHS, "sources": sources}
         write_json_atomically(cell.folder / GENERATOR_TSTR, record)
+
+
+def _generator_name(settings: ExperimentSettings, source: str) -> str:
+    """Who drew a fill source's images, as near-copies.json says it."""
+    if source == "oracle":
+        return "the base, shown in the true look (never saw a client's images: the control)"
+    return {
+        "none": "the base (never saw a client's images: the control)",
+        "client": "each client's LoRA",
+        "federated": "the federation's adapter",
+        "federated+local": "the federation's adapter, then each client's local steps",
+    }[settings.fill.lora]
+
+
+def _trained_on(
+    settings: ExperimentSettings, clients: tuple[int, ...], kept: dict
+) -> tuple[np.ndarray, NearCopyScores]:
+    """The images of `clients` and their held-out reference (the clients' in-domain test sets, in their looks,
+    NEAR_COPY_REFERENCE at most) scored against them; `kept` holds them for the bench's other cells of the seed."""
+    from regl.fl.experiment import client_data, in_domain_test_set
+    from regl.generate.near_copies import near_copy_scores
+
+    key = (settings.seed, clients)
+    if key not in kept:
+        held_out = [in_domain_test_set(settings, client).x for client in clients]
+        step = -(-sum(map(len, held_out)) // NEAR_COPY_REFERENCE)
+        training = np.concatenate([client_data(settings, client).x for client in clients])
+        kept[key] = training, near_copy_scores(np.concatenate([x[::step] for x in held_out]), training)
+    return kept[key]
+
+
+def add_near_copies(cells: list[Cell]) -> None:
+    """NEAR_COPIES in each finished cell folder whose fill holds generated images; made once.
+
+    Each source's images are scored (regl/generate/near_copies.py) against the images of the clients
+    whose data trained their generator: a client's LoRA's against its own client's images; the
+    federation's adapter's, and the base's, against every client's (the base never saw them, so its
+    fraction is the criterion's floor on generated images). Held-out test images in the clients'
+    looks are scored against the same images: the floor on real ones.
+    """
+    from regl.fl.bench_report import stored_shards
+    from regl.generate.near_copies import NearCopyScores, audit_record, near_copy_scores
+
+    kept: dict = {}
+    for cell in cells:
+        settings = cell.settings
+        sources = [s for s in ("diffusion", "oracle") if s in settings.fill.sources]
+        if not sources or (cell.folder / NEAR_COPIES).is_file():
+            continue
+        stored = stored_shards(settings, _read_json(cell.folder / "summary.json")["fill"])
+        if stored is None:
+            print(f"arm {cell.arm}, seed {cell.seed}: no complete synthetic stores, so no near-copy audit", flush=True)
+            continue
+        record = {}
+        for source in sources:
+            generated = {client: shards[source].x for client, shards in enumerate(stored) if source in shards}
+            if not generated:
+                continue
+            if source == "diffusion" and settings.fill.lora == "client":
+                groups, against = [((client,), x) for client, x in generated.items()], "each client's own images"
+            else:
+                everyone = tuple(range(settings.partition.num_clients))
+                groups, against = [(everyone, np.concatenate(list(generated.values())))], "every client's images"
+            print(f"arm {cell.arm}, seed {cell.seed}: near-copy audit of the {source} images", flush=True)
+            scored, reference = [], []
+            for clients, images in groups:
+                training, held_out = _trained_on(settings, clients, kept)
+                scored.append(near_copy_scores(images, training))
+                reference.append(held_out)
+            audit = audit_record(NearCopyScores.pooled(scored), NearCopyScores.pooled(reference))
+            record[source] = {"generator": _generator_name(settings, source), "against": against, **audit}
+        if record:
+            write_json_atomically(cell.folder / NEAR_COPIES, record)
 
 
 def add_domain_fits(cells: list[Cell]) -> None:
@@ -396,6 +479,7 @@ def run_arms(
     finished = [cell for number, cell in enumerate(cells) if "error" not in rows[number]]
     add_domain_fits(finished)
     add_generator_tstr(finished)
+    add_near_copies(finished)
     rows = {number: row if "error" in row else finished_row(cells[number]) for number, row in rows.items()}
     ordered = [rows[n] for n in sorted(rows)]
     title = f"{settings.dataset}, {settings.partition.describe()}, seeds {','.join(map(str, seeds))}"

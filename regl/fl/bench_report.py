@@ -41,12 +41,16 @@ def _cell(values: list[float | None], scale: float = 100.0, digits: int = 2) -> 
 
 
 # Columns only some runs have: row key → (heading, scale, digits). Client domains (regl/fl/domain_fit.py),
-# the Ratio Loss's monitor (its mean cosine to the true composition), DP (the run's ε).
+# generated images that are near-copies of their generator's training images and real held-out images
+# flagged by the same rule (regl/generate/near_copies.py), the Ratio Loss's monitor (its mean cosine to
+# the true composition), DP (the run's ε).
 OPTIONAL_COLUMNS = {
     "in_domain_accuracy": ("in-domain acc. %", 100.0, 2),
     "own_look": ("missing classes' images in own look %", 100.0, 2),
     "missing_recognised": ("missing classes' images recognised %", 100.0, 2),
     "generator_tstr": ("generator TSTR in look %", 100.0, 2),
+    "near_copies": ("near-copies %", 100.0, 2),
+    "near_copies_floor": ("held-out near-copies %", 100.0, 2),
     "monitor_cosine": ("monitor cosine", 1.0, 4),
     "epsilon": ("ε (δ = 10⁻⁵)", 1.0, 2),
 }
@@ -115,67 +119,72 @@ def write_figures(out_root: Path, finished: list[Cell], arms: list[str], title: 
             f"images in {cell.settings.fill.store} (regl bench does not generate images)."
         )
         return notes
-    from regl.data.datasets import load_split
+    from regl.fl.experiment import test_data
 
-    left_out = save_class_grid(load_split(cell.settings.dataset).test, generated, grid)
+    left_out = save_class_grid(test_data(cell.settings), generated, grid)  # in the federation's look
     notes.append(
-        f"grid.png: real test images (left) and the diffusion images of arm {cell.arm}, seed {cell.seed} "
+        f"grid.png: real test images as the run tests on them (left) and the diffusion images of arm {cell.arm}, seed {cell.seed} "
         f"(its {cell.settings.partition.num_clients} clients' synthetic stores; right), one row per class"
         + (f"; classes without generated images left out: {', '.join(left_out)}." if left_out else ".")
     )
     return notes
 
 
+# the generators looks.png compares, as their arms name them
+LOOK_ARMS = {"diffusion-base": "base", "diffusion": "client LoRA", "diffusion-federated": "federated adapter"}
+
+
 def write_looks_figure(out_root: Path, finished: list[Cell]) -> list[str]:
-    """looks.png: for three clients with a look of their own, their real images, then base and LoRA images
-    of a class they lack (same image seeds), from the first seed with both diffusion arms finished."""
+    """looks.png: for three clients in a look (their own or the federation's), their real images, then the base's,
+    their LoRA's and the federated adapter's images of a class they lack (same image seeds), from the first seed
+    with the base and another of those arms finished."""
     from regl.data.domains import distinct_looks
     from regl.fl.experiment import client_data
 
     path = out_root / "looks.png"
-    seeds = sorted(
-        {c.seed for c in finished if c.arm == "diffusion"} & {c.seed for c in finished if c.arm == "diffusion-base"}
-    )
     spec = finished[0].settings.partition if finished else None
-    if spec is None or spec.domain == "none" or not seeds:
+    seeds = sorted(
+        {c.seed for c in finished if c.arm == "diffusion-base"}
+        & {c.seed for c in finished if c.arm in LOOK_ARMS and c.arm != "diffusion-base"}
+    )
+    if spec is None or (spec.domain == "none" and spec.look == "none") or not seeds:
         path.unlink(missing_ok=True)
         return []
-    cells = {c.arm: c for c in finished if c.seed == seeds[0] and c.arm in ("diffusion-base", "diffusion")}
+    cells = {arm: c for arm in LOOK_ARMS for c in finished if c.seed == seeds[0] and c.arm == arm}
     stored = {arm: stored_shards(c.settings, _read_json(c.folder / "summary.json")["fill"]) for arm, c in cells.items()}
-    if any(shards is None for shards in stored.values()):
+    gone = [arm for arm, shards in stored.items() if shards is None]
+    if gone:
         path.unlink(missing_ok=True)
-        return [
-            f"no looks.png: seed {seeds[0]}'s diffusion stores are gone from {cells['diffusion'].settings.fill.store}."
-        ]
-    settings = cells["diffusion"].settings
+        return [f"no looks.png: the diffusion stores of seed {seeds[0]}'s arm {', '.join(gone)} are gone."]
+    settings = cells["diffusion-base"].settings
+    if spec.domain == "none":
+        shown_clients = [(client, f"the look {spec.look}") for client in range(min(LOOK_CLIENTS, spec.num_clients))]
+    else:
+        looks = distinct_looks(spec.domain, spec.num_clients, spec.seed)[-LOOK_CLIENTS:]
+        shown_clients = [(domain.client, domain.describe()) for domain in looks]
     rows, legend = [], []
-    for domain in distinct_looks(spec.domain, spec.num_clients, spec.seed)[-LOOK_CLIENTS:]:
-        real = client_data(settings, domain.client)
-        base, lora = (stored[arm][domain.client].get("diffusion") for arm in ("diffusion-base", "diffusion"))
-        if base is None or lora is None:
+    for client, look in shown_clients:
+        real = client_data(settings, client)
+        images = [stored[arm][client].get("diffusion") for arm in cells]
+        if any(generated is None for generated in images):
             continue
-        lacked = [c for c in range(real.num_classes) if real.class_counts()[c] == 0 and (base.y == c).any()]
+        lacked = [c for c in range(real.num_classes) if real.class_counts()[c] == 0 and (images[0].y == c).any()]
         if not lacked:
             continue
         held = np.flatnonzero(real.class_counts())
         mixed = np.concatenate([np.flatnonzero(real.y == c)[: max(GRID_PER_ROW // len(held), 1)] for c in held])
-        shown = [
-            real.x[mixed[:GRID_PER_ROW]],
-            base.x[base.y == lacked[0]][:GRID_PER_ROW],
-            lora.x[lora.y == lacked[0]][:GRID_PER_ROW],
-        ]
-        rows.append(shown)
-        legend.append(f"client {domain.client} ({domain.describe()}; {real.class_names[lacked[0]]})")
+        rows.append([real.x[mixed[:GRID_PER_ROW]]] + [g.x[g.y == lacked[0]][:GRID_PER_ROW] for g in images])
+        legend.append(f"client {client} ({look}; {real.class_names[lacked[0]]})")
     if not rows:
         path.unlink(missing_ok=True)
-        return ["no looks.png: no client with a look of its own lacks a class."]
+        return ["no looks.png: no client shown lacks a class."]
     from regl.generate.evaluate import image_rows_png
 
     write_if_changed(path, image_rows_png(rows))
+    columns = ", ".join(f"the {LOOK_ARMS[arm]}'s (arm {arm})" for arm in cells)
     return [
         f"looks.png: seed {seeds[0]}, one row per client — {'; '.join(legend)}: its real training images, then "
-        "the base's images of a class it lacks (arm diffusion-base), then its LoRA's images of that class with "
-        "the same image seeds (arm diffusion)."
+        f"images of a class it lacks, with the same image seeds: {columns}."
     ]
 
 

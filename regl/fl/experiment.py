@@ -245,10 +245,10 @@ def prepare_fill(
     view = client_view(settings, client_id)
     plan = client_plan(settings.fill, view.class_counts, target)
     remote = None
-    if settings.fill.service and not settings.fill.lora.startswith("federated"):  # the service has no adapter
+    if settings.fill.service:
         from regl.fill.remote import remote_fill
 
-        remote = remote_fill(settings.fill.service, settings.fill, settings.seed, view.data, target)
+        remote = remote_fill(settings.fill.service, settings.fill, settings.seed, view.data, target, adapter)
     synthetic, timings = view.fill(adapter).make(view.data, plan, mixed, remote)
     return {
         "client": client_id,

@@ -1,10 +1,13 @@
 """The federated generator: the fill's LoRA adapter trained by the whole federation before the classifier's rounds.
 
 Each round every client trains `--fill-adapter-steps` steps from the global adapter on its own
-images and class prompts (`adapter_round`); the server joins the copies
+images and class prompts (`adapter_round`), in its own process or, where its node names a fill
+service, in that warm `regl serve` (regl/fill/remote.py); the server joins the copies
 (regl/fl/adapter_aggregation.py) and keeps the adapter of every finished round on disk
 (`AdapterRounds`), so a killed run resumes from its last complete round and the federated arms
 of a bench share one adapter. Only the adapter's arrays travel; images never leave a client.
+
+Torch-free to import: a ClientApp whose service trains never loads torch.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from regl.atomic import write_json_atomically
-from regl.fill.keys import compute_key, digest, seeds_key
-from regl.fl.experiment import class_names, client_view
+from regl.fill.keys import compute_key, digest, lora_settings_key, seeds_key
 from regl.fl.settings import ExperimentSettings
 from regl.generate.settings import LoraSettings
 from regl.seeds import derive_seed
@@ -30,8 +32,8 @@ _TRAININGS: dict[tuple[ExperimentSettings, int], Any] = {}
 
 
 def adapter_settings(settings: ExperimentSettings) -> LoraSettings:
-    """The LoRA every client trains in the federation's rounds: the fill's rank, layers and rate, no priors (the other clients hold
-    the classes one lacks), initialised at the run's own seed."""
+    """The LoRA every client trains in the federation's rounds: the fill's rank, layers and rate, no priors (the
+    other clients hold the classes one lacks), initialised at the run's own seed."""
     fill = settings.fill
     return LoraSettings(
         rank=fill.lora_rank,
@@ -43,6 +45,7 @@ def adapter_settings(settings: ExperimentSettings) -> LoraSettings:
 
 
 def initial_adapter(settings: ExperimentSettings) -> Adapter:
+    from regl.fl.experiment import class_names
     from regl.generate.federated_lora import initial_adapter as peft_initial
     from regl.generate.prompts import template_for
 
@@ -52,12 +55,34 @@ def initial_adapter(settings: ExperimentSettings) -> Adapter:
 
 def adapter_round(
     settings: ExperimentSettings, client_id: int, adapter: Adapter, server_round: int
-) -> tuple[Adapter, dict[str, Any]]:
-    """One client's round: `adapter_steps` steps from the global adapter; its trained copy and what it did."""
+) -> tuple[Adapter, dict[str, Any], str]:
+    """One client's round: `adapter_steps` steps from the global adapter; its trained copy, what it did, and the
+    digest of the images it trained on (the fill service's copy where the node has one)."""
+    started = time.perf_counter()
+    fill = settings.fill
+    lora, train_a = adapter_settings(settings), fill.adapter_rule != "ffa"  # ffa: the A factors stay as sent
+    seed = derive_seed(settings.seed, "adapter-round", client_id, server_round)
+    if fill.service:
+        from regl.fill.remote import remote_adapter_round
+
+        trained, done = remote_adapter_round(
+            fill.service, lora, fill.adapter_steps, train_a, seed, adapter, fill.base_folder()
+        )
+        loss, examples, data = done["loss"], done["examples"], done["data_digest"]
+    else:
+        trained, loss, examples, data = _in_process_round(settings, client_id, lora, train_a, adapter, seed)
+    metrics = {"client": client_id, "examples": examples, "loss": loss, "seconds": time.perf_counter() - started}
+    return trained, metrics, data
+
+
+def _in_process_round(
+    settings: ExperimentSettings, client_id: int, lora: LoraSettings, train_a: bool, adapter: Adapter, seed: int
+) -> tuple[Adapter, float, int, str]:
+    """The round in this process, from the client's cached training: the adapter, loss, examples, data digest."""
+    from regl.fl.experiment import client_view
     from regl.generate.federated_lora import client_training, local_round
     from regl.generate.prompts import template_for
 
-    started = time.perf_counter()
     view = client_view(settings, client_id)
     key = (settings, client_id)
     if key not in _TRAININGS:
@@ -66,18 +91,23 @@ def adapter_round(
             view.data,
             view.class_names,
             template_for(settings.dataset),
-            adapter_settings(settings),
+            lora,
             settings.fill.compute("training"),
-            train_a=settings.fill.adapter_rule != "ffa",
+            train_a=train_a,
         )
-    seed = derive_seed(settings.seed, "adapter-round", client_id, server_round)
     trained, loss = local_round(_TRAININGS[key], adapter, settings.fill.adapter_steps, seed)
-    metrics = {"client": client_id, "examples": len(view.data), "loss": loss, "seconds": time.perf_counter() - started}
-    return trained, metrics
+    return trained, loss, len(view.data), view.data.content_digest
 
 
 def client_data_digest(settings: ExperimentSettings, client_id: int) -> str:
-    """What the kept rounds of the federation's adapter are checked against: the client's images by content."""
+    """What the kept rounds of the federation's adapter are checked against: the client's images by content, as
+    its fill service holds them where its node has one (the rounds trained there)."""
+    if settings.fill.service:
+        from regl.fill.remote import remote_data_digest
+
+        return remote_data_digest(settings.fill.service)
+    from regl.fl.experiment import client_view
+
     return client_view(settings, client_id).data.content_digest
 
 
@@ -103,10 +133,12 @@ class AdapterRounds:
             "seed": settings.seed,
             **seeds_key(),
             "base": base_fingerprint(fill.base_folder()),
-            "lora": asdict(adapter_settings(settings)),
+            "lora": lora_settings_key(adapter_settings(settings)),
             "steps": fill.adapter_steps,
             "rule": fill.adapter_rule,
             **compute_key(fill.compute("training")),
+            # a private run's rounds are not a plain run's, nor another noise's or clip's; plain keys stay as they were
+            **({"dp": {"noise": fill.adapter_dp_noise, "clip": fill.adapter_dp_clip}} if fill.adapter_dp_noise else {}),
         }
         self.key = key
         self.folder = Path(fill.store) / f"federated-rounds-{digest(key)}"

@@ -14,6 +14,7 @@ from typing import Any
 from regl.data.partitions import PartitionSpec
 from regl.errors import ReglError
 from regl.fill.settings import FillSettings
+from regl.fl.adapter_aggregation import PRIVATE_RULES
 from regl.options import cast, check_ranges, config_fields, option
 from regl.train.settings import LOSSES, TrainSettings
 
@@ -148,10 +149,19 @@ class ExperimentSettings:
                 f"Flower adds the DP noise after {self.strategy}'s server step, which the client-level accounting "
                 "does not cover: use --strategy fedavg or fedprox with --dp-noise"
             )
-        if self.dp_noise and self.fill.lora.startswith("federated") and "diffusion" in self.fill.sources:
+        if self.fill.adapter_dp_noise and self.fill.adapter_rule not in PRIVATE_RULES:
             raise ReglError(
-                "--dp-noise covers the classifier's updates, not the federated generator's adapter updates: "
-                "drop --dp-noise or use --fill-lora client"
+                f"--fill-adapter-dp-noise {self.fill.adapter_dp_noise:g} noises the mean of the clients' clipped "
+                f"adapter updates, which --fill-adapter-rule {self.fill.adapter_rule} re-factorises by SVD outside "
+                f"the clip's bound: use --fill-adapter-rule {' or '.join(PRIVATE_RULES)}, or drop "
+                "--fill-adapter-dp-noise"
+            )
+        generator = self.fill.lora.startswith("federated") and "diffusion" in self.fill.sources
+        if self.dp_noise and generator and not self.fill.adapter_dp_noise:
+            raise ReglError(
+                "--dp-noise covers the classifier's updates, not the federated generator's adapter updates: add "
+                "--fill-adapter-dp-noise (the adapter's own client-level DP, composed into the run's ε), drop "
+                "--dp-noise or use --fill-lora client"
             )
         if self.dp_noise and self.init_freeze:
             raise ReglError("the DP noise lands on every weight, the frozen feature extractor too: drop --init-freeze")

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import torch
 
 from regl.compute import Compute
 from regl.data.datasets import ImageDataset
+from regl.errors import ReglError
 from regl.generate.generator import ADAPTER, LORA_METADATA, Generator, base_fingerprint
-from regl.generate.lora import LoraTraining, add_adapter, start_training
+from regl.generate.lora import LoraTraining, add_adapter, lora_config, start_training
 from regl.generate.settings import LoraSettings
 
 Adapter = dict[str, np.ndarray]
@@ -48,6 +50,42 @@ def initial_adapter(base: Path, class_names: tuple[str, ...], template: str, set
     return adapter_arrays(generator)
 
 
+def check_adapter(adapter: Adapter, base: Path, settings: LoraSettings) -> None:
+    """Raise, naming what is wrong, unless the adapter has exactly the arrays and shapes of a LoRA of the settings'
+    rank and layers on the base, in finite floats: peft loads a partial adapter without a word, and trains from it.
+
+    The layout comes from the UNet's config on the meta device (no weights read or allocated), in this thread
+    only: a pipeline another thread loads meanwhile is not touched."""
+    from diffusers import UNet2DConditionModel
+    from peft.utils import get_peft_model_state_dict
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(Path(base) / "unet"))
+        unet.add_adapter(lora_config(settings), adapter_name=ADAPTER)
+    layout = {name: tuple(value.shape) for name, value in get_peft_model_state_dict(unet, adapter_name=ADAPTER).items()}
+    missing, unexpected = sorted(set(layout) - set(adapter)), sorted(set(adapter) - set(layout))
+    if missing or unexpected:
+        raise ReglError(
+            f"the adapter is not a rank-{settings.rank} LoRA of the {settings.targets} layers of this base: "
+            f"{len(missing)} of its {len(layout)} arrays missing{_examples(missing)}, "
+            f"{len(unexpected)} unexpected{_examples(unexpected)}"
+        )
+    for name, shape in layout.items():
+        value = adapter[name]
+        if value.shape != shape:
+            raise ReglError(
+                f"the adapter's {name} has shape {value.shape}; a rank-{settings.rank} LoRA of this base has {shape}"
+            )
+        if value.dtype.kind != "f":
+            raise ReglError(f"the adapter's {name} must be floats, got {value.dtype}")
+        if not np.isfinite(value).all():
+            raise ReglError(f"the adapter's {name} holds non-finite values")
+
+
+def _examples(names: list[str]) -> str:
+    return f" (e.g. {', '.join(names[:2])})" if names else ""
+
+
 def client_training(
     base: Path,
     data: ImageDataset,
@@ -63,13 +101,16 @@ def client_training(
     return start_training(generator, data, replace(settings, prior_per_class=0), compute, train_a=train_a)
 
 
-def local_round(training: LoraTraining, adapter: Adapter, steps: int, seed: int) -> tuple[Adapter, float]:
-    """`steps` steps from the federation's adapter, with a fresh optimiser; the trained adapter and the last loss."""
+def local_round(
+    training: LoraTraining, adapter: Adapter, steps: int, seed: int, on_step: Callable[[int], None] | None = None
+) -> tuple[Adapter, float]:
+    """`steps` steps from the federation's adapter, with a fresh optimiser; the trained adapter and the last loss.
+    `on_step(step)` after each step (a service's job reports progress and stops there)."""
     load_adapter(training.generator, adapter)
     params = [p for p in training.generator.pipe.unet.parameters() if p.requires_grad]
     training.optimizer = torch.optim.AdamW(params, lr=training.settings.lr)
     training.rng = torch.Generator().manual_seed(seed)
-    loss = training.steps(0, steps)
+    loss = training.steps(0, steps, on_step=on_step)
     return adapter_arrays(training.generator), loss
 
 

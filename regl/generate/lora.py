@@ -176,18 +176,22 @@ class LoraTraining:
         return float(loss.item())
 
 
-def add_adapter(unet, settings: LoraSettings) -> None:
-    """A fresh LoRA adapter on the UNet: A Gaussian at the settings' seed, B zero (peft's initialisation)."""
+def lora_config(settings: LoraSettings):
+    """peft's description of the settings' adapter: its rank, scale, initialisation and layers."""
     from peft import LoraConfig
 
-    torch.manual_seed(derive_seed(settings.seed, "lora-init"))
-    config = LoraConfig(
+    return LoraConfig(
         r=settings.rank,
         lora_alpha=settings.rank,
         init_lora_weights="gaussian",
         target_modules=TARGET_MODULES[settings.targets],
     )
-    unet.add_adapter(config, adapter_name=ADAPTER)
+
+
+def add_adapter(unet, settings: LoraSettings) -> None:
+    """A fresh LoRA adapter on the UNet: A Gaussian at the settings' seed, B zero (peft's initialisation)."""
+    torch.manual_seed(derive_seed(settings.seed, "lora-init"))
+    unet.add_adapter(lora_config(settings), adapter_name=ADAPTER)
 
 
 def start_training(

@@ -75,6 +75,13 @@ class LoraSettings:
     seed: int = 0
 
 
+# The LoraSettings options a round of the federation's adapter depends on, all that a client sends its node's
+# service with the adapter (regl/fill/remote.py): a round has no priors (the other clients hold the classes one
+# lacks) and no style token (the adapter draws every client's look), its steps are the round's own, and its
+# seeds come with the request (peft's initialisation is overwritten by the adapter sent).
+ADAPTER_ROUND_OPTIONS = ("rank", "targets", "lr", "batch_size")
+
+
 def check_style_token(token: str) -> None:
     if not re.fullmatch(STYLE_TOKEN_PATTERN, token):
         raise ReglError(f"the style token must be one word of letters, digits, '_' or '-' (at most 32), got {token!r}")

@@ -1,9 +1,11 @@
-"""Background jobs: start a LoRA fine-tune or a fill, follow them, fetch a fill's images."""
+"""Background jobs: start a LoRA fine-tune, a fill or a round of the federation's adapter, follow them, fetch a
+fill's images or a round's adapter."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from fastapi import APIRouter, HTTPException, status
@@ -11,12 +13,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from regl.service import encoding
-from regl.service.deps import JobsDep, ModelDep, SettingsDep
+from regl.service.adapter_job import adapter_round_work, received_adapter
+from regl.service.deps import AdapterTrainingsDep, JobsDep, ModelDep, SettingsDep
 from regl.service.errors import BUSY, INVALID, UNREADABLE_BODY, busy, field_error
 from regl.service.fill_job import fill_images, fill_work, finetune_work
 from regl.service.jobs import Job, JobRunner, JobsFull
 from regl.service.local_model import LocalModel
-from regl.service.schemas import FillRequest, FinetuneRequest, JobInfo
+from regl.service.schemas import AdapterRoundRequest, FillRequest, FinetuneRequest, JobInfo
 
 router = APIRouter(tags=["jobs"])
 Body = TypeVar("Body", bound=BaseModel)
@@ -38,7 +41,9 @@ async def finetune(body: FinetuneRequest, model: ModelDep, jobs: JobsDep, settin
 
 
 @router.post("/v1/fill", status_code=status.HTTP_202_ACCEPTED, responses=STARTS_A_JOB)
-async def fill(body: FillRequest, model: ModelDep, jobs: JobsDep, settings: SettingsDep) -> JobInfo:
+async def fill(
+    body: FillRequest, model: ModelDep, jobs: JobsDep, settings: SettingsDep, trainings: AdapterTrainingsDep
+) -> JobInfo:
     """Plan and make the client's synthetic fill into its store; the images at /v1/jobs/{id}/images."""
     _needs_data(model, "the fill")
     body = _within_cap(body, "lora_steps", settings.max_finetune_steps)
@@ -50,7 +55,23 @@ async def fill(body: FillRequest, model: ModelDep, jobs: JobsDep, settings: Sett
         )
     if body.target is not None and (len(body.target) != len(counts) or not sum(body.target) > 0):
         raise field_error("target", f"target must be {len(counts)} non-negative weights with a positive sum")
-    return _submit(jobs, "fill", fill_work(body, model, settings))
+    work = await asyncio.to_thread(fill_work, body, model, settings, trainings)  # a sent adapter is checked
+    return _submit(jobs, "fill", work)
+
+
+@router.post("/v1/adapter-round", status_code=status.HTTP_202_ACCEPTED, responses=STARTS_A_JOB)
+async def adapter_round(
+    body: AdapterRoundRequest, model: ModelDep, jobs: JobsDep, settings: SettingsDep, trainings: AdapterTrainingsDep
+) -> JobInfo:
+    """Train the federation's adapter a round on the client's images; the trained one at /v1/jobs/{id}/adapter.
+
+    The client's latents are cached for the next round of the same LoRA options. An adapter that is not a LoRA
+    of the request's rank and layers on the service's base is a 422.
+    """
+    _needs_data(model, "an adapter round")
+    body = _within_cap(body, "steps", settings.max_finetune_steps)
+    adapter = await asyncio.to_thread(received_adapter, body.adapter, settings.base, body.rank, body.targets)
+    return _submit(jobs, "adapter-round", adapter_round_work(body, adapter, model, settings, trainings))
 
 
 @router.get("/v1/jobs")
@@ -74,16 +95,29 @@ async def job(job_id: str, jobs: JobsDep) -> JobInfo:
     },
 )
 async def job_images(job_id: str, model: ModelDep, jobs: JobsDep) -> Response:
-    found = _job(jobs, job_id)
-    if found["kind"] != "fill" or found["status"] != "done":
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"job {job_id} is a {found['kind']} job, {found['status']}; images come from finished fill jobs",
-        )
+    found = _finished(jobs, job_id, "fill", "images")
     try:
         body = await asyncio.to_thread(lambda: encoding.npz_bytes(**fill_images(found, model)))
     except FileNotFoundError as exc:
         raise HTTPException(status.HTTP_410_GONE, str(exc)) from exc
+    return Response(body, media_type=encoding.NPZ)
+
+
+@router.get(
+    "/v1/jobs/{job_id}/adapter",
+    responses={
+        **NO_JOB,
+        200: {"content": {encoding.NPZ: {}}, "description": "the trained adapter's arrays, as peft names them"},
+        409: {"description": "not a finished adapter round"},
+        410: {"description": "the round's adapter was removed since"},
+    },
+)
+async def job_adapter(job_id: str, jobs: JobsDep) -> Response:
+    found = _finished(jobs, job_id, "adapter-round", "adapters")
+    try:
+        body = await asyncio.to_thread(Path(found["result"]["adapter"]).read_bytes)
+    except FileNotFoundError as exc:
+        raise HTTPException(status.HTTP_410_GONE, f"the adapter of job {job_id} was removed") from exc
     return Response(body, media_type=encoding.NPZ)
 
 
@@ -112,6 +146,17 @@ def _submit(jobs: JobRunner, kind: str, work: Callable[[Job], dict]) -> JobInfo:
         return JobInfo(**jobs.submit(kind, work))
     except JobsFull as exc:
         raise busy(60) from exc
+
+
+def _finished(jobs: JobRunner, job_id: str, kind: str, what: str) -> dict:
+    """The record of a finished job of `kind`, whose `what` the caller asks for; a 409 for any other job."""
+    found = _job(jobs, job_id)
+    if found["kind"] != kind or found["status"] != "done":
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id} is a {found['kind']} job, {found['status']}; {what} come from finished {kind} jobs",
+        )
+    return found
 
 
 def _job(jobs: JobRunner, job_id: str) -> dict:

@@ -1,4 +1,5 @@
-"""What the service serves: base and fingerprint, LoRA, classes, image format and limits."""
+"""What the service serves: base and fingerprint, LoRA, classes, image format, its data (count and digest) and
+limits."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ async def model_info(model: ModelDep, settings: SettingsDep) -> ModelInfo:
         device=model.compute.device,
         dtype=model.compute.precision,
         data_images=None if model.data is None else len(model.data),
+        data_digest=None if model.data is None else await asyncio.to_thread(lambda: model.data.content_digest),
         max_images_per_request=settings.max_images_per_request,
         max_batch=settings.max_batch,
     )
