@@ -105,8 +105,17 @@ def test_rows_come_from_the_cell_folders_and_name_their_environment(tmp_path):
     cells = two_seeds(tmp_path)
     for cell in cells:
         finished_run(cell.folder, cell.settings, [0.1, 0.3 + cell.seed / 10])
+    traffic = [  # what the clients sent: an adapter round's adapter and a train reply's weights
+        {"client": 0, "node": 1, "action": "adapter_round", "record": "adapter", "bytes": 2_000_000},
+        {"client": 0, "node": 1, "action": "train", "record": "arrays", "bytes": 3_500_000},
+    ]
+    write_json_atomically(cells[1].folder / "traffic.json", traffic)
     rows = [finished_row(cell) for cell in cells]
     assert [(r["seed"], r["accuracy"], r["wall_seconds"]) for r in rows] == [(0, 0.3, 9.0), (1, 0.4, 9.0)]
+    assert "sent_bytes" not in rows[0]  # a run older than traffic.json
+    assert (rows[1]["sent_bytes"], rows[1]["generator_sent_bytes"]) == (5_500_000, 2_000_000)
+    assert "| MB sent | of it the generator's MB |" in format_table(rows, ["none"])
+    assert "| 5.5 | 2.0 |" in format_table(rows[1:], ["none"])
     other_machine = {**rows[1], "environment": {"cpu": "elsewhere"}}
     failed = {"arm": "none", "seed": 2, "error": "exit code 1", "wall_seconds": 1.0}
     record = bench_record([rows[0], rows[1], other_machine, failed])
@@ -171,7 +180,7 @@ def test_grid_reads_the_diffusion_images_from_the_clients_stores(tmp_path):
     assert write_figures(out_root, [cell], ["diffusion"], "")[1].startswith("no grid.png: arm diffusion, seed 0")
     store_diffusion_images(cell, 0)
     notes = write_figures(out_root, [cell], ["diffusion"], "")
-    assert notes[1].startswith("grid.png: real test images (left) and the diffusion images of arm diffusion, seed 0")
+    assert notes[1].startswith("grid.png: real test images as the run tests on them (left) and the diffusion images")
     assert (out_root / "grid.png").read_bytes().startswith(PNG_SIGNATURE)
     assert not (out_root / "looks.png").exists()  # no client domains: nothing to compare
 

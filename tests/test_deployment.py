@@ -33,6 +33,8 @@ def test_node_service_environment_is_its_settings(monkeypatch):
 
 @pytest.mark.e2e
 def test_deployed_run_gets_each_clients_fill_from_its_own_service(tmp_path, monkeypatch, capfd):
+    """With the federated generator: each node's service trains its adapter round and draws its fill with the
+    federation's adapter."""
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
     code = main(
@@ -49,7 +51,15 @@ def test_deployed_run_gets_each_clients_fill_from_its_own_service(tmp_path, monk
             "--rounds",
             "1",
             "--fill",
-            "noise",
+            "diffusion+noise",
+            "--fill-lora",
+            "federated",
+            "--fill-adapter-rounds",
+            "1",
+            "--fill-adapter-steps",
+            "2",
+            "--fill-steps",
+            "2",
             "--fill-supplement",
             "0.01",
             "--fill-store",
@@ -63,15 +73,21 @@ def test_deployed_run_gets_each_clients_fill_from_its_own_service(tmp_path, monk
     summary = json.loads((out / "summary.json").read_text())
     deployment = json.loads((out / "deployment.json").read_text())
     assert (deployment["nodes"], deployment["service_fill"]) == (2, True)
+    [generator_round] = summary["generator"]["rounds"]
+    assert generator_round["clients"] == [0, 1] and not generator_round["failures"]
     fill = summary["fill"]["clients"]
     assert [c["client"] for c in fill] == [0, 1]
     for client in fill:
-        assert client["synthetic-images"] == client["planned-noise"] > 0 and client["service-seconds"] > 0
-    for node in (0, 1):  # each node's service made its own client's fill, once
+        assert client["planned-diffusion"] > 0 and client["planned-noise"] > 0 and client["service-seconds"] > 0
+        assert client["synthetic-images"] == client["planned-diffusion"] + client["planned-noise"]
+    for node in (0, 1):  # each node's service trained its client's round and made its fill, once each
         log = (out / "logs" / f"service-{node}.log").read_text()
-        assert log.count("POST /v1/fill") == 1 and "127.0.0.1" in log
+        assert log.count("POST /v1/adapter-round") == 1 and log.count("POST /v1/fill") == 1 and "127.0.0.1" in log
     traffic = json.loads((out / "traffic.json").read_text())
     assert {(m["action"], m["record"]) for m in traffic} == {
+        ("adapter_round", "adapter"),
+        ("adapter_round", "metrics"),
+        ("adapter_round", "data"),
         ("fill", "metrics"),
         ("train", "arrays"),
         ("train", "metrics"),

@@ -262,9 +262,22 @@ def finished_row(cell: Cell) -> dict[str, Any]:
         **({"near_copies": audited["flagged"], "near_copies_floor": audited["reference_flagged"]} if audited else {}),
         **({"monitor_cosine": summary["monitor_mean_cosine"]} if "monitor_mean_cosine" in summary else {}),
         **({"epsilon": summary["privacy"]["epsilon"]} if "privacy" in summary else {}),
+        **_sent(cell.folder / "traffic.json"),
         "fill_seconds": (summary.get("time_split") or {}).get("fill_phase_wall_seconds", 0.0),
         "wall_seconds": _read_json(cell.folder / CELL_RECORD)["wall_seconds"],
         "environment": _read_json(cell.folder / "config.json")["environment"],
+    }
+
+
+def _sent(traffic: Path) -> dict[str, float]:
+    """What the clients sent the server in the run (traffic.json: every record of every reply), in bytes:
+    in all and for the federated generator's adapter rounds."""
+    if not traffic.is_file():
+        return {}
+    entries = _read_json(traffic)
+    return {
+        "sent_bytes": float(sum(e["bytes"] for e in entries)),
+        "generator_sent_bytes": float(sum(e["bytes"] for e in entries if e["action"] == "adapter_round")),
     }
 
 

@@ -42,7 +42,8 @@ def _cell(values: list[float | None], scale: float = 100.0, digits: int = 2) -> 
 
 # Columns only some runs have: row key → (heading, scale, digits). Client domains (regl/fl/domain_fit.py),
 # generated images that are near-copies of their generator's training images and real held-out images
-# flagged by the same rule (regl/generate/near_copies.py), the Ratio Loss's monitor (its mean cosine to
+# flagged by the same rule (regl/generate/near_copies.py), what the clients sent the server (traffic.json; runs
+# older than it have none) and the federated generator's share of it, the Ratio Loss's monitor (its mean cosine to
 # the true composition), DP (the run's ε).
 OPTIONAL_COLUMNS = {
     "in_domain_accuracy": ("in-domain acc. %", 100.0, 2),
@@ -51,6 +52,8 @@ OPTIONAL_COLUMNS = {
     "generator_tstr": ("generator TSTR in look %", 100.0, 2),
     "near_copies": ("near-copies %", 100.0, 2),
     "near_copies_floor": ("held-out near-copies %", 100.0, 2),
+    "sent_bytes": ("MB sent", 1e-6, 1),
+    "generator_sent_bytes": ("of it the generator's MB", 1e-6, 1),
     "monitor_cosine": ("monitor cosine", 1.0, 4),
     "epsilon": ("ε (δ = 10⁻⁵)", 1.0, 2),
 }
@@ -123,7 +126,8 @@ def write_figures(out_root: Path, finished: list[Cell], arms: list[str], title: 
 
     left_out = save_class_grid(test_data(cell.settings), generated, grid)  # in the federation's look
     notes.append(
-        f"grid.png: real test images as the run tests on them (left) and the diffusion images of arm {cell.arm}, seed {cell.seed} "
+        f"grid.png: real test images as the run tests on them (left) and the diffusion images of arm {cell.arm}, "
+        f"seed {cell.seed} "
         f"(its {cell.settings.partition.num_clients} clients' synthetic stores; right), one row per class"
         + (f"; classes without generated images left out: {', '.join(left_out)}." if left_out else ".")
     )
