@@ -183,6 +183,7 @@ def _option_values() -> dict[str, list]:
         "fill-lora-rank": [2, 16],
         "fill-lora-targets": ["all"],
         "fill-lora-lr": [5e-3, 1e-4],
+        "fill-lora-cfg-dropout": [0.1, 0.5],
         "fill-adapter-rounds": [1, 30],
         "fill-adapter-steps": [1, 50],
         "fill-adapter-rule": ["fedavg", "product"],

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from regl.compute import Compute
 from regl.data.datasets import ImageDataset
@@ -72,3 +73,25 @@ def test_a_federated_adapter_loads_with_stock_load_lora_weights(base, tmp_path, 
     np.testing.assert_allclose(a_bag(stock), a_bag(trained), atol=1e-4)
     ours = Generator(base, CLASSES, TEMPLATE, lora=tmp_path / "federated")  # and through regl, base checked
     assert ours.lora == tmp_path / "federated"
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_prompt_dropout_trains_that_share_of_steps_on_the_empty_prompt(base, monkeypatch, dropout):
+    import regl.generate.lora as lora
+
+    seen = []
+    real_loss = lora.denoising_loss
+
+    def recording_loss(unet, scheduler, latents, embeddings, rng, snr_gamma):
+        seen.append(embeddings.detach().clone())
+        return real_loss(unet, scheduler, latents, embeddings, rng, snr_gamma)
+
+    monkeypatch.setattr(lora, "denoising_loss", recording_loss)
+    settings = replace(SETTINGS, batch_size=32, cfg_dropout=dropout)
+    training = client_training(base, _client([0, 1, 2], 120), CLASSES, TEMPLATE, settings, Compute("cpu"))
+    empty = training.embeddings[-1]
+    assert training.embeddings.shape[0] == 2 * len(CLASSES) + 1  # own prompts, the priors' prompts, ""
+    local_round(training, initial_adapter(base, CLASSES, TEMPLATE, settings), steps=4, seed=2)
+    rows = torch.cat(seen)
+    share = float((rows == empty).flatten(1).all(dim=1).float().mean())
+    assert share == 0.0 if dropout == 0 else 0.3 < share < 0.7  # 128 draws at 0.5

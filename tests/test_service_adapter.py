@@ -157,7 +157,7 @@ def test_the_document_describes_the_round_with_this_services_limits(api):
 
     spec = api.get("/openapi.json").json()
     body = spec["components"]["schemas"]["AdapterRoundRequest"]["properties"]
-    assert set(body) == {"adapter", "train_a", "seed", "rank", "targets", "lr", "batch_size", "steps"}
+    assert set(body) == {"adapter", "train_a", "seed", "rank", "targets", "lr", "batch_size", "cfg_dropout", "steps"}
     assert (body["seed"]["maximum"], body["steps"]["maximum"], body["steps"]["default"]) == (MAX_SEED, 5000, 20)
     assert (
         "/v1/jobs/{job_id}/adapter" in spec["paths"]

@@ -268,6 +268,7 @@ class ClientFill:
             rank=self.settings.lora_rank,
             targets=self.settings.lora_targets,
             lr=self.settings.lora_lr,
+            cfg_dropout=self.settings.lora_cfg_dropout,
             steps=self.settings.lora_steps,
             prior_per_class=self.settings.prior_per_class,
             style_token=self.settings.lora_style_token,

@@ -21,12 +21,14 @@ ADDED_LATER = (
     "lora_rank",
     "lora_targets",
     "lora_lr",
+    "lora_cfg_dropout",
     "adapter_rounds",
     "adapter_steps",
     "adapter_rule",
     "adapter_dp_noise",
     "adapter_dp_clip",
 )
+LORA_ADDED_LATER = ("targets", "cfg_dropout")  # LoraSettings fields newer than the LoRAs in use
 LORA_WAS = {"client": True, "none": False}  # `lora` was a bool before the federated generator
 
 
@@ -45,9 +47,13 @@ def settings_key(settings: FillSettings) -> dict:
 
 
 def lora_settings_key(settings: LoraSettings) -> dict:
-    """A LoRA's settings in a key; the layers it adapts are left out at the attention-only default, so LoRAs and
-    stores made before the choice existed are found again."""
-    return {name: value for name, value in asdict(settings).items() if not (name == "targets" and value == "attention")}
+    """A LoRA's settings in a key; those added later are left out at their defaults, so LoRAs and stores made
+    before the choices existed are found again."""
+    return {
+        name: value
+        for name, value in asdict(settings).items()
+        if not (name in LORA_ADDED_LATER and value == getattr(LoraSettings(), name))
+    }
 
 
 def compute_key(compute: Compute) -> dict:

@@ -84,6 +84,15 @@ class FillSettings:
         group="fill",
         request=True,
     )
+    lora_cfg_dropout: float = option(
+        LoraSettings().cfg_dropout,
+        "fraction of every fill LoRA's training prompts replaced by the empty prompt (classifier-free guidance's "
+        "unconditional branch then learns the look too)",
+        ge=0,
+        le=0.5,
+        group="fill",
+        request=True,
+    )
     lora_lr: float = option(
         LoraSettings().lr,
         "the AdamW learning rate of every LoRA the fill trains",

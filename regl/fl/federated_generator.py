@@ -39,6 +39,7 @@ def adapter_settings(settings: ExperimentSettings) -> LoraSettings:
         rank=fill.lora_rank,
         targets=fill.lora_targets,
         lr=fill.lora_lr,
+        cfg_dropout=fill.lora_cfg_dropout,
         prior_per_class=0,
         seed=derive_seed(settings.seed, "adapter-init"),
     )

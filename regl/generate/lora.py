@@ -132,7 +132,7 @@ class LoraTraining:
     compute: Compute
     latents: torch.Tensor
     embeddings: torch.Tensor
-    prompt_rows: torch.Tensor  # each sample's row of `embeddings`: its own images' prompts, then the priors'
+    prompt_rows: torch.Tensor  # each sample's row of `embeddings`: its own images' prompts, the priors', "" last
     draw_weights: torch.Tensor
     labels: np.ndarray
     is_prior: np.ndarray
@@ -154,12 +154,16 @@ class LoraTraining:
         loss = torch.tensor(float("nan"))
         for step in progress:
             rows = torch.multinomial(self.draw_weights, settings.batch_size, replacement=True, generator=self.rng)
+            prompts = self.prompt_rows[rows]
+            if settings.cfg_dropout:
+                dropped = torch.rand(len(rows), generator=self.rng) < settings.cfg_dropout
+                prompts = torch.where(dropped, len(self.embeddings) - 1, prompts)  # the empty prompt, last
             with self.compute.autocast_context():
                 loss = denoising_loss(
                     pipe.unet,
                     noise_scheduler,
                     self.latents[rows],
-                    self.embeddings[self.prompt_rows[rows]],
+                    self.embeddings[prompts],
                     self.rng,
                     settings.snr_gamma,
                 )
@@ -217,8 +221,8 @@ def start_training(
         latents = encode_latents(pipe.vae, pixels.to(compute.device)).float()
     plain = [generator.prompt(c) for c in range(len(class_names))]
     own = [f"{prompt} {settings.style_token}" if settings.style_token else prompt for prompt in plain]
-    with compute.autocast_context():  # own images', then priors'
-        embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, own + plain).float()
+    with compute.autocast_context():  # own images', then priors', then the empty prompt
+        embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, own + plain + [""]).float()
     prompt_rows = torch.from_numpy(np.asarray(labels, dtype=np.int64) + len(class_names) * is_prior)
     timings["cache_seconds"] = time.perf_counter() - started
 

@@ -54,6 +54,14 @@ class LoraSettings:
     # 32 cost twice the time for the same demo accuracy (README, "Speed")
     batch_size: int = option(16, "images per step", ge=1, le=1024, request=True)
     snr_gamma: float | None = option(5.0, "Min-SNR γ; 0 turns it off", ge=0)
+    cfg_dropout: float = option(
+        0.0,
+        "fraction of training prompts replaced by the empty prompt, so that classifier-free guidance's "
+        "unconditional branch learns the new look too (the base was pretrained with 0.1)",
+        ge=0,
+        le=0.5,
+        request=True,
+    )
     prior_per_class: int = option(
         32,
         "base images per missing class kept in training (prior preservation); 0 turns it off",
@@ -79,7 +87,7 @@ class LoraSettings:
 # service with the adapter (regl/fill/remote.py): a round has no priors (the other clients hold the classes one
 # lacks) and no style token (the adapter draws every client's look), its steps are the round's own, and its
 # seeds come with the request (peft's initialisation is overwritten by the adapter sent).
-ADAPTER_ROUND_OPTIONS = ("rank", "targets", "lr", "batch_size")
+ADAPTER_ROUND_OPTIONS = ("rank", "targets", "lr", "batch_size", "cfg_dropout")
 
 
 def check_style_token(token: str) -> None:
