@@ -46,6 +46,23 @@ def test_method_arms_alone_and_with_a_fill():
         check_arms(["fedsgd"])
 
 
+def test_setting_parts_sweep_a_run_setting_within_one_bench():
+    base = ExperimentSettings(fill=FillSettings(supplement=0.2))
+    wide = arm_settings(base, "diffusion-federated+fill-lora-rank=16+fill-lora-targets=all+focal", "")
+    assert (wide.fill.lora, wide.fill.lora_rank, wide.fill.lora_targets, wide.loss) == ("federated", 16, "all", "focal")
+    assert arm_settings(base, "diffusion-federated+fill-adapter-rule=product", "").fill.adapter_rule == "product"
+    assert arm_settings(base, "none+train-lr=0.05", "").train.lr == 0.05
+    check_arms(["diffusion-federated+fill-lora-lr=0.005"], base)
+    with pytest.raises(ReglError, match="'fill-lora-size' is not a run setting an arm can set"):
+        check_arms(["diffusion+fill-lora-size=3"], base)
+    with pytest.raises(ReglError, match="'out-dir' is not a run setting"):
+        check_arms(["none+out-dir=/tmp/x"], base)
+    with pytest.raises(ReglError, match="fill-lora-rank: 'big' is not a int"):
+        check_arms(["diffusion+fill-lora-rank=big"], base)
+    with pytest.raises(ReglError, match="--fill-lora-targets"):  # a value outside the declared choices
+        check_arms(["diffusion+fill-lora-targets=convs"], base)
+
+
 def test_table_is_mean_and_std_over_seeds():
     rows = [
         {

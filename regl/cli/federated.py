@@ -120,7 +120,9 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
         "--arms",
         default="none,diffusion",
         help="comma-separated: any --fill mode (none, public, diffusion, mixup, oracle, 'diffusion+noise', …), "
-        "diffusion-base (the base without the client LoRA), iid (FedAvg on an iid partition), centralized",
+        "diffusion-base / diffusion-client / diffusion-federated / diffusion-federated-local (the diffusion fill "
+        "with that generator), iid (FedAvg on an iid partition), centralized; '+'-joined with methods (focal, "
+        "fedprox, dp1.0, …) and with settings KEY=VALUE of the run config (diffusion-federated+fill-lora-rank=16)",
     )
     parser.add_argument("--seeds", default="0", help="comma-separated")
     add_run_options(parser)

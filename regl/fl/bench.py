@@ -59,7 +59,13 @@ NEAR_COPY_REFERENCE = 5000  # held-out real images scored against every client's
 # Where a run keeps things, not what it computes: a moved results folder still counts as finished.
 LOCATION_KEYS = ("out-dir", "fill-store")
 # What only a run with the federation's adapter reads.
-ADAPTER_KEYS = ("fill-adapter-rounds", "fill-adapter-steps", "fill-adapter-rule")
+ADAPTER_KEYS = (
+    "fill-adapter-rounds",
+    "fill-adapter-steps",
+    "fill-adapter-rule",
+    "fill-adapter-dp-noise",
+    "fill-adapter-dp-clip",
+)
 # What only a run that samples the diffusion model reads (the diffusion fill, the warm start): a run
 # without either is the same cell whatever they are, so a new sampling default reruns only those that sample.
 SAMPLING_KEYS = (
@@ -68,6 +74,9 @@ SAMPLING_KEYS = (
     "fill-prior-per-class",
     "fill-lora-style-token",
     "fill-lora-rank",
+    "fill-lora-targets",
+    "fill-lora-lr",
+    "fill-lora-cfg-dropout",
     *ADAPTER_KEYS,
     "fill-steps",
     "fill-guidance",
@@ -87,11 +96,31 @@ INIT_PART_PER_CLASS = 1000  # the warm start of an init-* part, when the bench g
 def is_method_part(part: str) -> bool:
     from regl.train.settings import LOSSES
 
-    return part in LOSSES or part in STRATEGY_PARTS or part in OTHER_PARTS or DP_PART.fullmatch(part) is not None
+    return (
+        part in LOSSES
+        or part in STRATEGY_PARTS
+        or part in OTHER_PARTS
+        or DP_PART.fullmatch(part) is not None
+        or "=" in part
+    )
+
+
+def with_setting(settings: ExperimentSettings, part: str) -> ExperimentSettings:
+    """`settings` with one run-config key set by an arm part KEY=VALUE (fill-lora-rank=16): a sweep of a setting
+    is arms of one bench, each cell keyed by its own settings."""
+    from regl.options import cast, config_fields
+
+    key, value = part.split("=", 1)
+    known = {cf.key: cf for cf in config_fields(ExperimentSettings)}
+    if key not in known or key in LOCATION_KEYS or key == "seed":
+        raise ReglError(f"arm part {part!r}: {key!r} is not a run setting an arm can set (see regl fl --help)")
+    return ExperimentSettings.from_config({**settings.to_config(), key: cast(known[key], value)})
 
 
 def with_method(settings: ExperimentSettings, part: str) -> ExperimentSettings:
     """`settings` with one method part of an arm switched on."""
+    if "=" in part:
+        return with_setting(settings, part)
     if part in STRATEGY_PARTS:
         return replace(settings, strategy=part)
     if part == "balanced-aggregation":
@@ -114,8 +143,9 @@ def with_method(settings: ExperimentSettings, part: str) -> ExperimentSettings:
 def arm_settings(settings: ExperimentSettings, arm: str, mix: str) -> ExperimentSettings:
     """`settings` as one arm runs them: a fill mode, `diffusion-base` (no LoRA), methods, iid FedAvg or centralized.
 
-    An arm is '+'-joined parts: fill sources (none if there are none) and methods (a --loss,
-    a --strategy, balanced-aggregation, augment, init-public, init-synthetic, dp<z>). `mix`
+    An arm is '+'-joined parts: fill sources (none if there are none), methods (a --loss,
+    a --strategy, balanced-aggregation, augment, init-public, init-synthetic, dp<z>) and settings
+    (KEY=VALUE, a run-config key: fill-lora-rank=16). `mix`
     goes to the arms with as many fill sources as it has weights.
     """
     if arm == "iid":
