@@ -45,7 +45,8 @@ def test_the_token_goes_on_the_clients_prompts_and_stays_with_its_lora(tmp_path,
     monkeypatch.setattr(lora_module, "encode_prompts", encode)
     assert finetune(tmp_path, base, "--style-token", "sks") == 0
     plain = [TEMPLATE.format(name) for name in NAMES]
-    assert seen["prompts"] == [f"{p} sks" for p in plain] + plain  # own images' prompts, then the priors'
+    # own images' prompts, then the priors', then the empty one (prompt dropout)
+    assert seen["prompts"] == [f"{p} sks" for p in plain] + plain + [""]
     _, labels, _, is_prior = seen["set"]
     assert not is_prior[labels == 0].any() and is_prior[labels != 0].all()  # client 0 holds only digit 0
     assert is_prior.sum() == 9  # one prior per missing class

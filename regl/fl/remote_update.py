@@ -30,8 +30,8 @@ def unpack_arrays(text: str) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False) as npz:
             names = [str(n) for n in npz["names"]]
             return {name: npz[f"{i:04d}"] for i, name in enumerate(names)}
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise ValueError(f"not a packed set of arrays: {exc}") from exc
+    except (OSError, EOFError, KeyError, ValueError, TypeError) as exc:  # EOFError: empty or cut off
+        raise ValueError(f"not a packed set of arrays: {exc!r}") from exc
 
 
 def remote_update(
