@@ -55,6 +55,8 @@ def test_setting_parts_sweep_a_run_setting_within_one_bench():
     check_arms(["diffusion-federated+fill-lora-lr=0.005"], base)
     with pytest.raises(ReglError, match="'fill-lora-size' is not a run setting an arm can set"):
         check_arms(["diffusion+fill-lora-size=3"], base)
+    with pytest.raises(ReglError, match="share one federation's data; give partition-look to the bench"):
+        check_arms(["none+partition-look=negative"], base)
     with pytest.raises(ReglError, match="'out-dir' is not a run setting"):
         check_arms(["none+out-dir=/tmp/x"], base)
     with pytest.raises(ReglError, match="fill-lora-rank: 'big' is not a int"):

@@ -56,6 +56,8 @@ DOMAIN_FIT = "domain-fit.json"
 # A generating arm's fill images that are near-copies of the images their generator was trained on.
 NEAR_COPIES = "near-copies.json"
 NEAR_COPY_REFERENCE = 5000  # held-out real images scored against every client's images, at most
+# The federation's data, which every arm of a bench shares (with the partition-* keys).
+DATA_KEYS = ("dataset", "classes", "test-data")
 # Where a run keeps things, not what it computes: a moved results folder still counts as finished.
 LOCATION_KEYS = ("out-dir", "fill-store")
 # What only a run with the federation's adapter reads.
@@ -114,6 +116,8 @@ def with_setting(settings: ExperimentSettings, part: str) -> ExperimentSettings:
     known = {cf.key: cf for cf in config_fields(ExperimentSettings)}
     if key not in known or key in LOCATION_KEYS or key == "seed":
         raise ReglError(f"arm part {part!r}: {key!r} is not a run setting an arm can set (see regl fl --help)")
+    if key in DATA_KEYS or key.startswith("partition-"):  # the bench's audits keep its clients' images per seed
+        raise ReglError(f"arm part {part!r}: the arms of a bench share one federation's data; give {key} to the bench")
     return ExperimentSettings.from_config({**settings.to_config(), key: cast(known[key], value)})
 
 
