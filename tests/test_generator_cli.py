@@ -95,6 +95,7 @@ def test_finetune_then_generate_with_the_lora(capsys, tmp_path, base):
         (["generate", "--class", "bag", "--n", "1000000000", "--out", "x"], "n must be between 1 and 100000"),
         (["generate", "--class", "bag", "--out", "x", "--lora", "/no/lora"], "/no/lora holds no"),
         (["finetune", "--data", "/no/client", "--out", "x"], "data folder /no/client does not exist"),
+        (["finetune", "--data", "mnist-10k", "--domain", "rotate", "--out", "x"], "pick one with --client"),
     ],
 )
 def test_bad_input_is_one_line(capsys, base, args, message):

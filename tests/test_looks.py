@@ -58,3 +58,18 @@ def test_a_runs_clients_and_its_test_set_share_the_look_and_the_public_pool_keep
     assert (test_data(settings).x == apply_look(plain.test, "outline").x).all()
     assert run_split("mnist-10k", "outline").public is plain.public
     assert settings.partition.describe().endswith("-look-outline")
+
+
+def test_eval_generator_judges_images_against_real_ones_in_the_look():
+    import torch
+
+    from regl.generate.evaluate import measure_generated
+    from regl.train.models import SmallCNN
+
+    torch.manual_seed(0)
+    classifier = (SmallCNN(), 0.1)  # any fixed feature map shows which real images the set is held against
+    test = load_split("mnist-10k").test
+    in_look = apply_look(test.subset(np.arange(0, len(test), 4)), "negative")
+    looked = measure_generated(in_look, "mnist-10k", per_class=20, classifier=classifier, look="negative")
+    plain = measure_generated(in_look, "mnist-10k", per_class=20, classifier=classifier)
+    assert looked.frechet < plain.frechet / 10

@@ -212,7 +212,7 @@ def test_eval_generator_saves_then_reloads_its_set_and_writes_every_figure(capsy
     build_pipeline(TEST_SD, words, tmp_path / "work").save_pretrained(tmp_path / "model")
     torch.manual_seed(0)
     untrained = SmallCNN()  # the reference classifier's training is not under test here; 9 s saved
-    monkeypatch.setattr(evaluate, "reference_classifier", lambda dataset: (untrained, 0.1))
+    monkeypatch.setattr(evaluate, "reference_classifier", lambda dataset, look="none": (untrained, 0.1))
     common = ["eval-generator", "--dataset", "mnist-10k", "--per-class", "4", "--tstr", "2,5", "--epochs", "1"]
     common += ["--threads", "1"]
     generate = ["--base", str(tmp_path / "model"), "--steps", "1", "--guidance", "3"]

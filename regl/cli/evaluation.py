@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from regl.cli.generation import add_sampling_options, class_list
 from regl.cli.options import Command
+from regl.data.looks import LOOKS
 from regl.errors import ReglError
 from regl.generate.settings import CLASSES_OF
 
@@ -26,6 +27,14 @@ def add_eval_generator_options(parser: argparse.ArgumentParser) -> None:
     from regl.train.settings import TrainSettings
 
     parser.add_argument("--dataset", default=CLASSES_OF, help="whose classes to generate and compare with")
+    parser.add_argument(
+        "--look",
+        default="none",
+        choices=LOOKS,
+        help="the federation's shared look, as regl fl --look: the real images measured against (private pool, "
+        "test set, and the public images TSTR compares with) are in it, so a generator fitted to the look is "
+        "judged in it",
+    )
     add_sampling_options(parser)
     parser.add_argument("--lora-scale", type=float, default=1.0, help="weight of the LoRA")
     parser.add_argument(
@@ -160,12 +169,14 @@ def generated_images(
 def cmd_eval_generator(args: argparse.Namespace) -> int:
     import torch
 
-    from regl.data.datasets import load_split
+    from regl.data.datasets import DatasetSplit, load_split
+    from regl.data.looks import apply_look, split_in_look
     from regl.generate.evaluate import format_quality, measure_generated, quality_record
     from regl.generate.tstr import check_public_pool, format_tstr, parse_counts, train_on_synthetic, tstr_record
 
     counts = parse_counts(args.tstr)
-    split = load_split(args.dataset)
+    looked = split_in_look(load_split(args.dataset), args.look)
+    split = DatasetSplit(looked.private, apply_look(looked.public, args.look), looked.test)
     check_eval_generator_args(args, counts, split.test.class_counts().tolist())
     if counts:
         check_public_pool(split.public)
@@ -183,6 +194,7 @@ def cmd_eval_generator(args: argparse.Namespace) -> int:
         groups=groups,
         k=args.pr_k,
         images_per_second=generation["images_per_second"],
+        look=args.look,
     )
     if args.grid:
         from regl.generate.evaluate import save_grid
@@ -192,6 +204,8 @@ def cmd_eval_generator(args: argparse.Namespace) -> int:
     title = f"{generation['base']}" + (f" + LoRA {lora} (scale {generation['lora_scale']})" if lora else "")
     if args.load_generated:
         title += f", generated set {args.load_generated}"
+    if args.look != "none":
+        title += f", judged against real images in the look {args.look}"
     print(format_quality(quality, names, title, groups))
     rows = train_on_synthetic(fake, split.public, split.test, counts, args.epochs, args.seed) if counts else []
     if rows:
@@ -202,6 +216,7 @@ def cmd_eval_generator(args: argparse.Namespace) -> int:
 
         record = {
             "dataset": args.dataset,
+            "look": args.look,
             "generation": generation,
             "quality": quality_record(quality, names, groups),
             "tstr": tstr_record(rows, split.test, args.epochs, args.seed) if rows else None,

@@ -67,6 +67,7 @@ def _finetune_data(args: argparse.Namespace) -> tuple[ImageDataset, tuple[str, .
     the names it is given.
     """
     from regl.data.datasets import BUILTINS, load_dataset
+    from regl.data.looks import apply_look
     from regl.data.node_data import load_labelled, run_class_names
 
     names = run_class_names(args.classes_like, args.classes) if args.classes or args.classes_like else None
@@ -76,10 +77,12 @@ def _finetune_data(args: argparse.Namespace) -> tuple[ImageDataset, tuple[str, .
         if args.client >= args.clients:
             raise ReglError(f"--client must be below --clients ({args.clients}), got {args.client}")
         data = client_data(ExperimentSettings(dataset=args.data, partition=partition_spec(args)), args.client)
+    elif args.domain != "none":
+        raise ReglError(f"--domain {args.domain} gives each simulated client a look of its own: pick one with --client")
     elif names is not None and args.data not in BUILTINS:
-        data = load_labelled(args.data, names)
+        data = apply_look(load_labelled(args.data, names), args.look)
     else:
-        data = load_dataset(args.data)
+        data = apply_look(load_dataset(args.data), args.look)
     if names is None:
         return data, data.class_names
     if len(names) != data.num_classes:

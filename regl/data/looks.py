@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from regl.data.datasets import ImageDataset
+from regl.data.datasets import DatasetSplit, ImageDataset
 from regl.errors import ReglError
 
 LOOKS = ("none", "negative", "outline")
@@ -35,6 +35,12 @@ def apply_look(data: ImageDataset, look: str) -> ImageDataset:
     if look == "none" or not len(data):
         return data
     return ImageDataset(_transform(data.x, look), data.y, data.class_names)
+
+
+def split_in_look(split: DatasetSplit, look: str) -> DatasetSplit:
+    """A dataset's split as the federation sees it: its private pool and test set in the shared `look`;
+    the public pool, the base's pretraining data, as it is."""
+    return DatasetSplit(apply_look(split.private, look), split.public, apply_look(split.test, look))
 
 
 def _transform(x: np.ndarray, look: str) -> np.ndarray:

@@ -17,7 +17,7 @@ import torch
 
 from regl.data.datasets import BUILTINS, DatasetSplit, ImageDataset, cache_dir, load_split, mirror_safe
 from regl.data.domains import ClientDomain, round_robin
-from regl.data.looks import apply_look
+from regl.data.looks import split_in_look
 from regl.data.node_data import NodeData, load_labelled, load_node_data, node_key, run_class_names
 from regl.data.partitions import Partition, cached_partition
 from regl.errors import ReglError
@@ -42,9 +42,8 @@ def run_split(dataset: str, look: str) -> DatasetSplit:
     split = load_split(dataset)
     if look == "none":
         return split
-    return DatasetSplit(
-        _read_only(apply_look(split.private, look)), split.public, _read_only(apply_look(split.test, look))
-    )
+    looked = split_in_look(split, look)
+    return DatasetSplit(_read_only(looked.private), looked.public, _read_only(looked.test))
 
 
 @lru_cache(maxsize=8)

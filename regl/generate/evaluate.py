@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from regl.data.datasets import ImageDataset, load_split
+from regl.data.looks import split_in_look
 from regl.generate.fidelity import DEFAULT_K, PrecisionRecall, class_precision_recall
 from regl.generate.generated_sets import first_per_class
 from regl.seeds import derive_seed
@@ -27,9 +28,10 @@ from regl.train.models import SmallCNN
 CLASSIFIER_EPOCHS = 5
 
 
-def reference_classifier(dataset: str, seed: int = 0) -> tuple[SmallCNN, float]:
-    """The NIID-Bench CNN trained on the private pool; returns it and its real test accuracy."""
-    split = load_split(dataset)
+def reference_classifier(dataset: str, seed: int = 0, look: str = "none") -> tuple[SmallCNN, float]:
+    """The NIID-Bench CNN trained on the private pool (in the shared `look`); returns it and its real test
+    accuracy."""
+    split = split_in_look(load_split(dataset), look)
     torch.manual_seed(derive_seed(seed, "model-init"))
     model = SmallCNN(split.private.channels, split.private.num_classes, split.private.resolution)
     train(model, split.private, TrainSettings(epochs=CLASSIFIER_EPOCHS, lr=0.05), seed=seed)
@@ -77,14 +79,16 @@ def measure_generated(
     groups: dict[str, list[int]] | None = None,
     k: int = DEFAULT_K,
     images_per_second: float | None = None,
+    look: str = "none",
 ) -> GeneratorQuality:
     """The quality figures of the first `per_class` generated images of each class.
 
     `groups` (e.g. a client's own and missing classes) get a Fréchet distance of their own,
-    between the generated and the real test images of just those classes.
+    between the generated and the real test images of just those classes. With a shared `look`, the real
+    images (the classifier's training and the test set) are in it.
     """
-    model, real_accuracy = classifier or reference_classifier(dataset)
-    test = load_split(dataset).test
+    model, real_accuracy = classifier or reference_classifier(dataset, look=look)
+    test = split_in_look(load_split(dataset), look).test
     measured = first_per_class(fake, per_class)
     result = evaluate(model, measured)
     fake_features, test_features = features(model, measured.x), features(model, test.x)
