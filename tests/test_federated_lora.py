@@ -95,3 +95,35 @@ def test_prompt_dropout_trains_that_share_of_steps_on_the_empty_prompt(base, mon
     rows = torch.cat(seen)
     share = float((rows == empty).flatten(1).all(dim=1).float().mean())
     assert share == 0.0 if dropout == 0 else 0.3 < share < 0.7  # 128 draws at 0.5
+
+
+def test_each_client_trains_and_draws_under_its_own_look_token(base, tmp_path):
+    from regl.errors import ReglError
+    from regl.fill.client import ClientFill
+    from regl.fill.keys import adapter_digest
+    from regl.fill.settings import FillSettings
+    from regl.fl.federated_generator import adapter_settings
+    from regl.fl.settings import ExperimentSettings
+    from regl.generate.diffusion_loss import encode_prompts
+    from regl.generate.settings import client_look_token
+
+    fill = FillSettings(mode="diffusion", lora="federated", lora_style_token="sks", store=str(tmp_path), base=str(base))
+    run = ExperimentSettings(fill=fill)
+    assert [adapter_settings(run, client).style_token for client in (0, 7)] == ["sks0", "sks7"]
+    assert adapter_settings(run).style_token == "sks"  # the kept rounds' key names the word, not a client
+    assert client_look_token("", 7) == ""
+    with pytest.raises(ReglError, match="at most 32"):
+        client_look_token("x" * 32, 7)
+
+    # a round trains the client's own images under its token
+    settings = replace(SETTINGS, style_token="sks1")
+    training = client_training(base, _client([0, 1], 150), CLASSES, TEMPLATE, settings, Compute("cpu"))
+    pipe = training.generator.pipe
+    tokened = encode_prompts(pipe.tokenizer, pipe.text_encoder, [f"a photo of a {c} sks1" for c in CLASSES])
+    torch.testing.assert_close(training.embeddings[: len(CLASSES)], tokened.float())
+    assert not torch.allclose(training.embeddings[: len(CLASSES)], training.embeddings[len(CLASSES) : -1])
+
+    # and the client's fill draws the classes it lacks under it, with the federation's adapter
+    adapter = initial_adapter(base, CLASSES, TEMPLATE, SETTINGS)
+    client = ClientFill("fashion-mnist", TEMPLATE, 2, 0, fill, adapter_digest=adapter_digest(adapter), adapter=adapter)
+    assert client._federated_generator(_client([0], 100), base).prompt(1) == "a photo of a bag sks2"

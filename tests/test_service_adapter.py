@@ -2,6 +2,7 @@
 federation's adapter."""
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -67,6 +68,19 @@ def test_a_round_through_the_service_is_the_same_round_in_process(api, start, se
     assert any(not np.array_equal(second[name], trained[name]) for name in trained if ".lora_B." in name)
 
 
+def test_a_round_trains_under_the_clients_look_token_it_is_sent(api, start, service_base, client_folder):
+    trained, result = _round(api, start, style_token="sks3")
+    data = load_dataset(str(client_folder))
+    lora = replace(LORA, style_token="sks3")
+    training = client_training(service_base, data, CLASSES, DEFAULT_TEMPLATE, lora, Compute("cpu"), train_a=False)
+    here, loss = local_round(training, start, steps=2, seed=5)
+    assert loss == result["loss"]
+    for name, value in here.items():
+        np.testing.assert_array_equal(trained[name], value)
+    plain, _ = _round(api, start)
+    assert any(not np.array_equal(plain[name], trained[name]) for name in trained if ".lora_B." in name)
+
+
 def _broken(start: dict[str, np.ndarray], how: str) -> dict[str, np.ndarray]:
     name = sorted(start)[0]
     if how == "missing":
@@ -106,6 +120,7 @@ def test_a_malformed_adapter_is_a_422_that_says_what_is_wrong(api, start, how, w
         ({"steps": 0}, "steps"),
         ({"train_a": "yes"}, "train_a"),
         ({"prior_per_class": 1}, "prior_per_class"),  # a round has no priors
+        ({"style_token": "two words"}, "style_token"),
     ],
 )
 def test_bad_round_requests_name_the_field(api, start, body, field):
@@ -157,7 +172,19 @@ def test_the_document_describes_the_round_with_this_services_limits(api):
 
     spec = api.get("/openapi.json").json()
     body = spec["components"]["schemas"]["AdapterRoundRequest"]["properties"]
-    assert set(body) == {"adapter", "train_a", "seed", "rank", "targets", "lr", "batch_size", "cfg_dropout", "steps"}
+    expected = {
+        "adapter",
+        "train_a",
+        "seed",
+        "rank",
+        "targets",
+        "lr",
+        "batch_size",
+        "cfg_dropout",
+        "style_token",
+        "steps",
+    }
+    assert set(body) == expected
     assert (body["seed"]["maximum"], body["steps"]["maximum"], body["steps"]["default"]) == (MAX_SEED, 5000, 20)
     assert (
         "/v1/jobs/{job_id}/adapter" in spec["paths"]

@@ -30,7 +30,7 @@ from regl.fill.keys import (
 )
 from regl.fill.plan import FillPlan
 from regl.fill.settings import FillSettings
-from regl.generate.settings import LoraSettings
+from regl.generate.settings import LoraSettings, client_look_token
 
 RemoteFill = Callable[[FillPlan], tuple[dict[str, ImageDataset], dict]]
 # (the stage, e.g. "LoRA step 40/100"; the fraction of that stage done); it may raise to stop the fill
@@ -264,6 +264,9 @@ class ClientFill:
         }
 
     def _lora_settings(self) -> LoraSettings:
+        """The client's LoRA, or its local steps on the federation's adapter (whose style token is the client's
+        own look token, as in the rounds)."""
+        word = self.settings.lora_style_token
         return LoraSettings(
             rank=self.settings.lora_rank,
             targets=self.settings.lora_targets,
@@ -271,7 +274,7 @@ class ClientFill:
             cfg_dropout=self.settings.lora_cfg_dropout,
             steps=self.settings.lora_steps,
             prior_per_class=self.settings.prior_per_class,
-            style_token=self.settings.lora_style_token,
+            style_token=client_look_token(word, self.client_id) if self.settings.lora != "client" else word,
             seed=source_seed(self.run_seed, self.client_id, "lora") % 2**31,
         )
 
@@ -349,7 +352,9 @@ class ClientFill:
             if self.settings.lora == "federated+local":  # its style token, if any, goes on every prompt
                 metadata["settings"] = asdict(self._lora_settings())
             save_adapter(adapter, base, folder, metadata)
-        return Generator(base, data.class_names, self.template, lora=folder, compute=self.settings.compute())
+        generator = Generator(base, data.class_names, self.template, lora=folder, compute=self.settings.compute())
+        generator.style_token = self._lora_settings().style_token  # the federation's adapter is every client's
+        return generator
 
     def _noise(self, data: ImageDataset, counts: np.ndarray) -> ImageDataset:
         from regl.generate.natural_noise import natural_noise

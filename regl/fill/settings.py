@@ -68,7 +68,9 @@ class FillSettings:
     lora_style_token: str = option(
         LoraSettings().style_token,
         "a word for the client's look in its LoRA's prompts (on its own images' prompts, not the priors', "
-        "and on every prompt the fill generates with), e.g. sks; empty: none",
+        "and on every prompt the fill generates with), e.g. sks; with --fill-lora federated or federated+local, "
+        "client i's own look token is the word then i (sks3), in the federation's rounds and in its fill; "
+        "empty: none",
         metavar="WORD",
         pattern=STYLE_TOKEN_PATTERN,
         group="fill",

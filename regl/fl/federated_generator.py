@@ -23,7 +23,7 @@ import numpy as np
 from regl.atomic import write_json_atomically
 from regl.fill.keys import compute_key, digest, lora_settings_key, seeds_key
 from regl.fl.settings import ExperimentSettings
-from regl.generate.settings import LoraSettings
+from regl.generate.settings import LoraSettings, client_look_token
 from regl.seeds import derive_seed
 
 Adapter = dict[str, np.ndarray]
@@ -31,16 +31,19 @@ Adapter = dict[str, np.ndarray]
 _TRAININGS: dict[tuple[ExperimentSettings, int], Any] = {}
 
 
-def adapter_settings(settings: ExperimentSettings) -> LoraSettings:
+def adapter_settings(settings: ExperimentSettings, client_id: int | None = None) -> LoraSettings:
     """The LoRA every client trains in the federation's rounds: the fill's rank, layers and rate, no priors (the
-    other clients hold the classes one lacks), initialised at the run's own seed."""
+    other clients hold the classes one lacks), initialised at the run's own seed; with a style token, client
+    `client_id`'s own look token (the rounds' key, with no client, keeps the word)."""
     fill = settings.fill
+    word = fill.lora_style_token
     return LoraSettings(
         rank=fill.lora_rank,
         targets=fill.lora_targets,
         lr=fill.lora_lr,
         cfg_dropout=fill.lora_cfg_dropout,
         prior_per_class=0,
+        style_token=word if client_id is None else client_look_token(word, client_id),
         seed=derive_seed(settings.seed, "adapter-init"),
     )
 
@@ -61,7 +64,7 @@ def adapter_round(
     digest of the images it trained on (the fill service's copy where the node has one)."""
     started = time.perf_counter()
     fill = settings.fill
-    lora, train_a = adapter_settings(settings), fill.adapter_rule != "ffa"  # ffa: the A factors stay as sent
+    lora, train_a = adapter_settings(settings, client_id), fill.adapter_rule != "ffa"  # ffa: A stays as sent
     seed = derive_seed(settings.seed, "adapter-round", client_id, server_round)
     if fill.service:
         from regl.fill.remote import remote_adapter_round

@@ -85,11 +85,23 @@ class LoraSettings:
 
 # The LoraSettings options a round of the federation's adapter depends on, all that a client sends its node's
 # service with the adapter (regl/fill/remote.py): a round has no priors (the other clients hold the classes one
-# lacks) and no style token (the adapter draws every client's look), its steps are the round's own, and its
+# lacks), its style token is the client's own (client_look_token), its steps are the round's own, and its
 # seeds come with the request (peft's initialisation is overwritten by the adapter sent).
-ADAPTER_ROUND_OPTIONS = ("rank", "targets", "lr", "batch_size", "cfg_dropout")
+ADAPTER_ROUND_OPTIONS = ("rank", "targets", "lr", "batch_size", "cfg_dropout", "style_token")
 
 
 def check_style_token(token: str) -> None:
     if not re.fullmatch(STYLE_TOKEN_PATTERN, token):
         raise ReglError(f"the style token must be one word of letters, digits, '_' or '-' (at most 32), got {token!r}")
+
+
+def client_look_token(word: str, client_id: int) -> str:
+    """Client `client_id`'s own look token in the federation's adapter: `word` then its index (sks3), empty without a
+    word. The adapter sees each client's token on that client's classes and every class under some client's
+    token, so look and class can come apart in its conditioning: a client then draws a class it lacks under its
+    own token, in its own look."""
+    if not word:
+        return ""
+    token = f"{word}{client_id}"
+    check_style_token(token)
+    return token
