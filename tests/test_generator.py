@@ -198,3 +198,16 @@ def test_lora_from_another_base_is_refused(tmp_path, base):
     ).save_pretrained(bigger)
     with pytest.raises(ReglError, match="does not fit this base model"):
         Generator(bigger, CLASSES, TEMPLATE, lora=tmp_path / "lora")
+
+
+def test_training_images_are_padded_with_their_own_edges_not_a_black_frame():
+    from regl.data.datasets import ImageDataset
+    from regl.generate.diffusion_loss import to_pipeline_pixels
+
+    x = np.zeros((2, 28, 28, 1), np.uint8)
+    x[0] = 255  # a light background, as the negative look's
+    x[1, :, 14:] = 200  # half dark, half light: each side keeps its own
+    pixels = to_pipeline_pixels(ImageDataset(x, np.zeros(2, np.int64), ("a",))).numpy()
+    assert pixels.shape == (2, 3, 32, 32)
+    assert np.all(pixels[0] == 1.0)
+    assert np.all(pixels[1, :, :, :16] == -1.0) and np.allclose(pixels[1, :, :, 16:], 200 / 127.5 - 1)

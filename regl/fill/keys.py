@@ -12,7 +12,7 @@ import numpy as np
 from regl.compute import Compute
 from regl.errors import ReglError
 from regl.fill.settings import FillSettings
-from regl.generate.settings import LoraSettings
+from regl.generate.settings import PADDING, LoraSettings
 from regl.seeds import SEED_DERIVATION, derive_seed
 
 # FillSettings fields newer than the stores in use
@@ -47,13 +47,15 @@ def settings_key(settings: FillSettings) -> dict:
 
 
 def lora_settings_key(settings: LoraSettings) -> dict:
-    """A LoRA's settings in a key; those added later are left out at their defaults, so LoRAs and stores made
-    before the choices existed are found again."""
-    return {
+    """A LoRA's settings in a key, with how its training images were padded (PADDING); settings added later are
+    left out at their defaults, so stores made before the choices existed (with the same padding) are found
+    again."""
+    chosen = {
         name: value
         for name, value in asdict(settings).items()
         if not (name in LORA_ADDED_LATER and value == getattr(LoraSettings(), name))
     }
+    return {**chosen, "padding": PADDING}
 
 
 def compute_key(compute: Compute) -> dict:

@@ -7,17 +7,18 @@ import torch
 from torch.nn import functional as F
 
 from regl.data.datasets import ImageDataset
+from regl.generate.settings import PADDING
 from regl.generate.tiny_sd import RESOLUTION
 
 
 def to_pipeline_pixels(data: ImageDataset) -> torch.Tensor:
-    """uint8 N×H×W×C → float N×3×32×32 in [-1, 1]: 28×28 images padded, gray repeated to RGB."""
+    """uint8 N×H×W×C → float N×3×32×32 in [-1, 1]: 28×28 images padded (PADDING), gray repeated to RGB."""
     x = torch.tensor(data.x).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # a copy: data may be read-only
     if x.shape[1] == 1:
         x = x.repeat(1, 3, 1, 1)
     pad = RESOLUTION - x.shape[-1]
     if pad > 0:
-        x = F.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=-1.0)
+        x = F.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), mode=PADDING)
     elif pad < 0:
         x = F.interpolate(x, size=(RESOLUTION, RESOLUTION), mode="bilinear", antialias=True)
     return x

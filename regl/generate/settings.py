@@ -32,6 +32,12 @@ FILL_SAMPLING = SamplingSettings(steps=10, guidance=1.5)
 # A style token is one plain word (or empty: none), so every prompt holds it whole.
 STYLE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{0,32}$"
 
+# How 28×28 images are padded to the pipeline's 32×32: each with its own edge pixels. A black pad drew a dark
+# frame around every image on a light background (the negative look), which a LoRA learned and its generated
+# images kept inside the 28×28 crop (their outer 2 pixels 143 of 255 against real images' 194): an artefact a
+# classifier can tell the fill apart by. On a black background it is the black pad it replaces.
+PADDING = "replicate"  # torch.nn.functional.pad mode
+
 # Which UNet layers a LoRA adapts (regl/generate/lora.py names their modules).
 LORA_TARGETS = ("attention", "all")
 
