@@ -53,6 +53,7 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
             show_progress=False,
             on_step=on_step,
             compute=resolve(settings.device, settings.dtype, "training"),
+            prior_cache=Path(settings.store) / "priors",
         )
         if body.activate:
             job.message = "loading the new LoRA"

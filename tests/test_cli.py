@@ -167,6 +167,7 @@ def _option_values() -> dict[str, list]:
         "partition-look": ["negative", "outline"],
         "seed": [3, -7],
         "num-rounds": [1, 60],
+        "clients-per-round": [1, 2],
         "train-epochs": [2, 10],
         "train-batch-size": [8, 256],
         "train-lr": [0.1, 1e-4],
@@ -191,6 +192,7 @@ def _option_values() -> dict[str, list]:
         "fill-adapter-dp-clip": [0.1, 2.0],
         "fill-steps": [3, 50],
         "fill-guidance": [0.0, 7.5],
+        "fill-sampler": ["lcm"],
         "fill-base": [str(DEFAULT_BASE.resolve())],
         "fill-store": ["/tmp/store", "/tmp/other store"],
         "fill-device": ["cpu"],  # cuda and the half dtypes are refused up front where the run cannot take them

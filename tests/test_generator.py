@@ -141,6 +141,37 @@ def test_lora_saved_then_stock_loaded_matches_memory_and_differs_from_base(tmp_p
     assert np.abs(loaded - plain).max() > 1e-3
 
 
+def test_priors_are_drawn_once_per_base_and_sampling_setting_and_shared_by_clients(tmp_path, base, monkeypatch):
+    from dataclasses import replace
+
+    from regl.generate.lora import prior_images
+
+    drawn = []
+    real = Generator.generate
+
+    def counted(self, labels, *args, **kwargs):
+        drawn.append(list(labels))
+        return real(self, labels, *args, **kwargs)
+
+    monkeypatch.setattr(Generator, "generate", counted)
+    cache, settings = tmp_path / "priors", replace(LORA, prior_per_class=2, prior_steps=2)
+    generator = Generator(base, CLASSES, TEMPLATE)
+    first = prior_images(generator, [1, 2], settings, cache)  # a client lacking a bag and a coat
+    second = prior_images(generator, [0, 2], settings, cache)  # another, lacking a sneaker and a coat
+    assert drawn == [[1, 1, 2, 2], [0, 0]]  # the coats come from the cache
+    np.testing.assert_array_equal(second[2:], first[2:])
+    np.testing.assert_array_equal(prior_images(generator, [0, 2], settings), second)  # as drawn without a cache
+    prior_images(generator, [1], replace(settings, prior_steps=3), cache)
+    prior_images(generator, [1], replace(settings, prior_guidance=1.0), cache)
+    other = tmp_path / "other"
+    build_pipeline(TEST_SD, prompt_words(class_prompts(CLASSES, TEMPLATE)), tmp_path / "w", seed=1).save_pretrained(
+        other
+    )
+    prior_images(Generator(other, CLASSES, TEMPLATE), [1], settings, cache)
+    assert drawn[3:] == [[1, 1]] * 3  # another sampling setting or base draws its own
+    assert len(list(cache.glob("prior-*.npy"))) == 6
+
+
 def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch):
     data = client_data([0, 0, 1, 1])
     full = finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "full", LORA)

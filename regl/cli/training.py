@@ -1,4 +1,5 @@
-"""`regl finetune` and `regl pretrain-base`: training the generator, a client's LoRA or the base itself.
+"""`regl finetune`, `regl pretrain-base` and `regl distill-lcm`: training the generator, a client's LoRA, the base
+itself, or the base's few-step adapter.
 
 The LoRA's options are declared on `LoraSettings` (regl/options.py); the base's defaults come from `PretrainSettings`.
 """
@@ -167,6 +168,67 @@ def cmd_pretrain_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_distill_options(parser: argparse.ArgumentParser) -> None:
+    from regl.generate.consistency import DistillSettings
+
+    default = DistillSettings()
+    add_base_option(parser)
+    parser.add_argument(
+        "--out", default="", help="adapter folder to write; empty: BASE/few-step, where --fill-sampler lcm looks"
+    )
+    parser.add_argument("--steps", type=int, default=default.steps, help="distillation steps")
+    parser.add_argument("--batch-size", type=int, default=default.batch_size, help="latents per step")
+    parser.add_argument("--lr", type=float, default=default.lr, help="AdamW learning rate")
+    parser.add_argument(
+        "--rank", type=int, default=default.rank, help="the adapter's LoRA rank (UNet attention and convolutions)"
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=default.guidance,
+        help="the teacher's classifier-free guidance, folded into the adapter (the fill's, by default)",
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="steps")
+    parser.add_argument("--seed", type=int, default=default.seed, help="the adapter's initialisation and draws")
+    add_threads_option(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT/checkpoint")
+
+
+def cmd_distill_lcm(args: argparse.Namespace) -> int:
+    import torch
+
+    from regl.generate.consistency import DistillSettings, distill
+    from regl.generate.generator import FEW_STEP_FOLDER
+    from regl.generate.pretrain import public_training_set
+
+    for flag in ("steps", "batch_size", "rank", "checkpoint_every"):
+        if getattr(args, flag) < 1:
+            raise ReglError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if not args.lr > 0 or args.guidance < 1:
+        raise ReglError(f"--lr must be positive and --guidance at least 1, got {args.lr:g} and {args.guidance:g}")
+    base = Path(args.base)
+    if not (base / "unet").is_dir():
+        raise ReglError(f"--base {base} is not a diffusers Stable Diffusion folder (no unet/)")
+    torch.set_num_threads(args.threads)
+    settings = DistillSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        rank=args.rank,
+        guidance=args.guidance,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    out = Path(args.out) if args.out else base / FEW_STEP_FOLDER
+    record = distill(base, out, public_training_set(), settings, resume=args.resume)
+    losses = record["loss_every_100_steps"]
+    print(
+        f"few-step adapter written to {out} ({record['seconds_this_call']:.0f}s in this call); loss {losses[0]:.4f} "
+        f"over the first 100 steps, {losses[-1]:.4f} over the last"
+    )
+    return 0
+
+
 COMMANDS = (
     Command(
         "pretrain-base",
@@ -177,6 +239,17 @@ COMMANDS = (
         "steps.",
         add_pretrain_options,
         cmd_pretrain_base,
+    ),
+    Command(
+        "distill-lcm",
+        "distil the base for few-step sampling (an LCM-LoRA)",
+        "Latent consistency distillation (Luo et al. 2023) of the base on its own pretraining images, the "
+        "guidance folded in: the adapter it writes (diffusers' LoRA format) samples with LCMScheduler in 1-4 "
+        "steps of one UNet pass each, and a client's LoRA stacks on it. Written into the base folder by "
+        "default, where --fill-sampler lcm and the lcm scheduler find it. Checkpoints every "
+        "--checkpoint-every steps; --resume continues.",
+        add_distill_options,
+        cmd_distill_lcm,
     ),
     Command(
         "finetune",

@@ -221,8 +221,7 @@ class ClientFill:
         images = generator.generate(
             labels,
             [image_seed(seed, i) for i in range(len(labels))],
-            steps=self.settings.steps,
-            guidance=self.settings.guidance,
+            **self.settings.sampling(),
             on_batch=lambda done: report(f"diffusion image {done}/{len(labels)}", done / len(labels)),
         )
         timings["generate_seconds"] = time.perf_counter() - started
@@ -256,8 +255,7 @@ class ClientFill:
             "seed": self.run_seed,
             **seeds_key(),
             "counts": counts.tolist(),
-            "steps": self.settings.steps,
-            "guidance": self.settings.guidance,
+            **self.settings.sampling_key(),
             "base": base_fingerprint(self.settings.base_folder()),
             **compute_key(self.settings.compute()),
             **self._data_key(data),
@@ -317,6 +315,7 @@ class ClientFill:
             show_progress=False,
             on_step=lambda step: report(f"LoRA step {step}/{steps}", step / steps),
             compute=compute,
+            prior_cache=Path(self.settings.store) / "priors",
         ).generator
         generator.set_compute(self.settings.compute())
         return generator

@@ -9,6 +9,7 @@ preservation: images the *base* generates for them, trained on with their own pr
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -31,8 +32,8 @@ from regl.generate.diffusion_loss import (
     rng_state,
     to_pipeline_pixels,
 )
-from regl.generate.generator import ADAPTER, LORA_METADATA, Generator, base_fingerprint, image_seed
-from regl.generate.settings import LoraSettings, check_style_token
+from regl.generate.generator import ADAPTER, LORA_METADATA, SAMPLING, Generator, base_fingerprint, image_seed
+from regl.generate.settings import PRIOR_SEED, LoraSettings, check_style_token
 from regl.progress import progress as progress_bar
 from regl.seeds import derive_seed
 
@@ -47,8 +48,49 @@ TARGET_MODULES = {
 }
 
 
+def prior_images(
+    generator: Generator, classes: list[int], settings: LoraSettings, cache: Path | None = None
+) -> np.ndarray:
+    """`settings.prior_per_class` base images of each of `classes`, class after class (uint8 N×H×W×3).
+
+    Every client and run draws the same ones (PRIOR_SEED), so a `cache` folder keeps each class's images once
+    per base, prompt and sampling setting and every client that lacks the class reuses them.
+    """
+    from regl.atomic import write_bytes_atomically
+    from regl.fill.keys import compute_key, digest, seeds_key
+
+    seeds = [image_seed(PRIOR_SEED, i) for i in range(settings.prior_per_class)]
+
+    def file(c: int) -> Path | None:
+        key = {
+            "base": base_fingerprint(generator.base),
+            "prompt": generator.prompt(c),
+            "images": settings.prior_per_class,
+            "steps": settings.prior_steps,
+            "guidance": settings.prior_guidance,
+            "scheduler": SAMPLING.scheduler,
+            **seeds_key(),
+            **compute_key(generator.compute),
+        }
+        return cache / f"prior-{digest(key)}.npy" if cache else None
+
+    images = {c: np.load(path) for c in classes if (path := file(c)) and path.is_file()}
+    if drawn := [c for c in classes if c not in images]:
+        labels = [c for c in drawn for _ in seeds]
+        new = generator.generate(
+            labels, seeds * len(drawn), steps=settings.prior_steps, guidance=settings.prior_guidance
+        )
+        for i, c in enumerate(drawn):
+            images[c] = new[i * len(seeds) : (i + 1) * len(seeds)]
+            if path := file(c):
+                buffer = io.BytesIO()
+                np.save(buffer, images[c])
+                write_bytes_atomically(path, buffer.getvalue())
+    return np.concatenate([images[c] for c in classes])
+
+
 def _training_set(
-    generator: Generator, data: ImageDataset, settings: LoraSettings
+    generator: Generator, data: ImageDataset, settings: LoraSettings, prior_cache: Path | None
 ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:
     """Client pixels and labels plus base-generated priors for the classes the client lacks.
 
@@ -62,9 +104,7 @@ def _training_set(
     missing = [c for c in range(len(generator.class_names)) if not (data.y == c).any()]
     if settings.prior_per_class and missing:
         prior_labels = [c for c in missing for _ in range(settings.prior_per_class)]
-        prior_seed = derive_seed(settings.seed, "lora-prior")
-        seeds = [image_seed(prior_seed, i) for i in range(len(prior_labels))]
-        prior = generator.generate(prior_labels, seeds, steps=settings.prior_steps, guidance=settings.prior_guidance)
+        prior = prior_images(generator, missing, settings, prior_cache)
         prior_pixels = torch.from_numpy(prior).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         pixels = torch.cat([pixels, prior_pixels])
         labels = np.concatenate([labels, prior_labels])
@@ -86,7 +126,7 @@ def _check_style_token(generator: Generator, token: str) -> None:
             raise ReglError(f"{prompt!r} takes {length} tokens, more than the text encoder reads ({limit})")
 
 
-def _save_lora(pipe, out: Path, metadata: dict) -> None:
+def save_lora(pipe, out: Path, metadata: dict, adapter: str = ADAPTER) -> None:
     """Write the finished LoRA beside `out`, then swap; the checkpoint goes with the old folder."""
     from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
@@ -94,7 +134,7 @@ def _save_lora(pipe, out: Path, metadata: dict) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     # peft's names: diffusers loads them as they are, for convolutions too (its older names cover attention only)
-    layers = get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER)
+    layers = get_peft_model_state_dict(pipe.unet, adapter_name=adapter)
     StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
     (tmp / LORA_METADATA).write_text(json.dumps(metadata, indent=2))
     old = out.with_name(out.name + ".old")
@@ -192,10 +232,10 @@ def lora_config(settings: LoraSettings):
     )
 
 
-def add_adapter(unet, settings: LoraSettings) -> None:
+def add_adapter(unet, settings: LoraSettings, name: str = ADAPTER) -> None:
     """A fresh LoRA adapter on the UNet: A Gaussian at the settings' seed, B zero (peft's initialisation)."""
     torch.manual_seed(derive_seed(settings.seed, "lora-init"))
-    unet.add_adapter(lora_config(settings), adapter_name=ADAPTER)
+    unet.add_adapter(lora_config(settings), adapter_name=name)
 
 
 def start_training(
@@ -204,17 +244,19 @@ def start_training(
     settings: LoraSettings,
     compute: Compute,
     train_a: bool = True,
+    prior_cache: Path | None = None,
 ) -> LoraTraining:
     """Cache the client's latents and prompts (with priors for the classes it lacks) and add a fresh adapter.
 
-    `train_a=False` freezes the adapter's A factors at their initialisation (FFA-LoRA).
+    `train_a=False` freezes the adapter's A factors at their initialisation (FFA-LoRA). `prior_cache`: where
+    the prior images are kept for every client (`prior_images`).
     """
     pipe, class_names = generator.pipe, generator.class_names
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
     _check_style_token(generator, settings.style_token)
     started = time.perf_counter()
-    pixels, labels, draw_weights, is_prior = _training_set(generator, data, settings)
+    pixels, labels, draw_weights, is_prior = _training_set(generator, data, settings, prior_cache)
     timings = {"prior_seconds": time.perf_counter() - started}
     started = time.perf_counter()
     with compute.autocast_context():
@@ -259,12 +301,14 @@ def finetune_lora(
     show_progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     compute: Compute | None = None,
+    prior_cache: Path | None = None,
 ) -> FinetuneResult:
     """Train a LoRA on `data` and write `out/pytorch_lora_weights.safetensors`.
 
     `on_step(steps_done)` is called after every step (the service's job progress). `compute`
     (default: `resolve(purpose="training")`) keeps the weights in float32 whatever the
-    autocast dtype, so the saved adapter is float32.
+    autocast dtype, so the saved adapter is float32. `prior_cache`: where prior images are kept for other
+    clients (`prior_images`); None draws them afresh.
     """
     from peft.utils import set_peft_model_state_dict
 
@@ -282,7 +326,7 @@ def finetune_lora(
         raise ReglError(f"a LoRA trains with float32 weights (autocast for lower precision), got {compute.describe()}")
     generator = Generator(base, class_names, template, compute=compute)
     timings["load_seconds"] = time.perf_counter() - started
-    training = start_training(generator, data, settings, compute)
+    training = start_training(generator, data, settings, compute, prior_cache=prior_cache)
     timings.update(training.timings)
     start_step = 0
     if resume:
@@ -295,7 +339,7 @@ def finetune_lora(
     generator.style_token = settings.style_token
     timings["train_seconds"] = time.perf_counter() - trained
     timings["total_seconds"] = time.perf_counter() - started
-    _save_lora(
+    save_lora(
         generator.pipe,
         out,
         {

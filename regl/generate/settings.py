@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from regl.errors import ReglError
 from regl.options import option
+from regl.seeds import derive_seed
 
 CLASSES_OF = "fashion-mnist"  # whose class names, prompt template and image format, when no data says
 TORCH_THREADS = 2  # generation and fine-tuning take both cores of a small CPU
@@ -37,6 +38,10 @@ STYLE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{0,32}$"
 # images kept inside the 28×28 crop (their outer 2 pixels 143 of 255 against real images' 194): an artefact a
 # classifier can tell the fill apart by. On a black background it is the black pad it replaces.
 PADDING = "replicate"  # torch.nn.functional.pad mode
+
+# The prior images of every client and run (regl/generate/lora.py:prior_images): one set per base, class prompt
+# and sampling setting, drawn once and cached, where each client drew its own from its LoRA's seed before.
+PRIOR_SEED = derive_seed(0, "lora-prior")
 
 # Which UNet layers a LoRA adapts (regl/generate/lora.py names their modules).
 LORA_TARGETS = ("attention", "all")
