@@ -94,6 +94,25 @@ def test_deployed_run_gets_each_clients_fill_from_its_own_service(tmp_path, monk
     }
 
 
+@pytest.mark.e2e
+def test_a_supernode_with_an_unregistered_key_is_refused_and_the_others_train_over_tls(tmp_path, monkeypatch, capfd):
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    argv = ["deploy", "--dataset", "mnist-10k", "-k", "5", "--clients", "2", "--rounds", "2", "--in-process-train"]
+    code = main([*argv, "--unknown-nodes", "1", "--out-dir", str(out)])
+    terminal = capfd.readouterr()
+    assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
+    deployment = json.loads((out / "deployment.json").read_text())
+    assert deployment["refused_nodes"] == [2] and set(deployment["registered_nodes"]) == {"0", "1"}
+    assert deployment["tls"] == "trial CA" and deployment["supernode_restarts"] == {}
+    rounds = [r for r in json.loads((out / "rounds.json").read_text()) if r["round"] > 0]
+    assert [sorted(c["client"] for c in r["clients"]) for r in rounds] == [[0, 1], [0, 1]]
+    assert "supernode-2 refused by the SuperLink: its key (SHA256:" in terminal.err
+    link = (out / "logs" / "superlink.log").read_text()
+    assert "No SuperNode found with the given public key" in link  # the SuperLink's own word on it
+    assert "--insecure" not in link and "Failed to activate SuperNode" in (out / "logs" / "supernode-2.log").read_text()
+
+
 def _digit_folders(root: Path, holdings: dict[str, range], per_class: int) -> list[Path]:
     """PNG folders of real mnist-10k digits: one per node, a subfolder per digit it holds."""
     from regl.data.datasets import load_split
