@@ -12,13 +12,15 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from regl.compute import Compute
 from regl.data.datasets import load_split
-from regl.generate.generator import Generator, image_seed
+from regl.generate.cost_model import FillCost, describe, hours
+from regl.generate.generator import FEW_STEP_FOLDER, LORA_FILE, Generator, image_seed
 from regl.generate.settings import FILL_SAMPLING, LoraSettings, SamplingSettings
 
 # Dense float16/bfloat16 tensor-core TFLOP/s by the name torch reports (float32: the TF32 figure is
@@ -26,6 +28,8 @@ from regl.generate.settings import FILL_SAMPLING, LoraSettings, SamplingSettings
 GPU_PEAK_TFLOPS = {"H200": (989.0, 67.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5), "L4": (121.0, 30.3)}
 # The demo's fill settings (`make demo`), for the one-client fill profile.
 DEMO_FILL = {"supplement": 0.2, "lora_steps": 100, "prior_per_class": 8}
+FEW_STEPS = 4  # the few-step sampler's steps in these figures
+CLIENTS = 1000  # the federation the cost model predicts for
 
 
 def cpu_clock_ghz() -> float:
@@ -55,21 +59,33 @@ def unet_flops_per_call(pipe, batch: int) -> int:
     return counter.get_total_flops()
 
 
-def bench_generation(generator: Generator, batch: int, steps: int, guidance: float, repeats: int = 2) -> dict:
+def bench_generation(
+    generator: Generator, batch: int, steps: int, guidance: float, scheduler: str = "dpm", repeats: int = 2
+) -> dict:
     labels = [i % len(generator.class_names) for i in range(batch)]
-    generator.generate(labels[:2], [0, 1], steps=2, guidance=guidance)  # warm-up
+    sampling = {"guidance": guidance, "scheduler": scheduler}
+    generator.generate(labels[:2], [0, 1], steps=2, **sampling)  # warm-up
     best = float("inf")
     for r in range(repeats):
         _synchronize(generator.compute)
         started = time.perf_counter()
-        generator.generate(
-            labels, [image_seed(r, i) for i in range(batch)], steps=steps, guidance=guidance, batch_size=batch
-        )
+        generator.generate(labels, [image_seed(r, i) for i in range(batch)], steps=steps, batch_size=batch, **sampling)
         _synchronize(generator.compute)
         best = min(best, time.perf_counter() - started)
-    unet_batch = batch * (2 if guidance > 1 else 1)
-    flops = unet_flops_per_call(generator.pipe, unet_batch) * steps
-    return {"images_per_second": batch / best, "seconds": best, "unet_flops_per_second": flops / best}
+    passes = steps * passes_per_step(scheduler, guidance)
+    flops = unet_flops_per_call(generator.pipe, batch) * passes
+    return {
+        "images_per_second": batch / best,
+        "seconds": best,
+        "unet_flops_per_second": flops / best,
+        "pass_seconds": best / (batch * passes),
+    }
+
+
+def passes_per_step(scheduler: str, guidance: float) -> int:
+    """UNet passes per image and step: two with classifier-free guidance, one without or with the few-step
+    sampler (its guidance folded into the adapter)."""
+    return 2 if guidance > 1 and scheduler != "lcm" else 1
 
 
 def _synchronize(compute: Compute) -> None:
@@ -179,8 +195,14 @@ def run_benchmark(
         f"machine: {os.cpu_count()} CPUs, torch threads {threads}; generator on {generator.compute.describe()}; "
         f"assumed peak {how}"
     ]
-    for label, sampling in (("the fill's sampling", FILL_SAMPLING), ("plain generation", SamplingSettings())):
-        result = bench_generation(generator, batch=64, steps=sampling.steps, guidance=sampling.guidance)
+    samplings = [("the fill's sampling", FILL_SAMPLING), ("plain generation", SamplingSettings())]
+    if (base / FEW_STEP_FOLDER / LORA_FILE).is_file():
+        samplings.append(("the few-step sampler", replace(FILL_SAMPLING, steps=FEW_STEPS, scheduler="lcm")))
+    measured = {}
+    for label, sampling in samplings:
+        measured[label] = result = bench_generation(
+            generator, 64, sampling.steps, sampling.guidance, sampling.scheduler
+        )
         lines.append(
             f"generate ({label}: batch 64, {sampling.steps} {sampling.scheduler} steps, guidance "
             f"{sampling.guidance:g}): {result['images_per_second']:.1f} images/s ({result['seconds']:.2f}s); UNet "
@@ -209,4 +231,39 @@ def run_benchmark(
         f"{lora['train_seconds']:.1f}s) + generation {fill['generate_seconds']:.1f}s + store "
         f"{fill['store_seconds']:.1f}s"
     )
+    fill_sampling = measured["the fill's sampling"]
+    cost = FillCost(
+        setup_seconds=timings["load_seconds"] + timings["cache_seconds"],
+        lora_step_seconds=1 / timings["steps_per_second"],
+        pass_seconds=fill_sampling["pass_seconds"],
+        pass_flops=unet_flops_per_call(generator.pipe, 1),
+    )
+    lines += cost_lines(
+        cost, fill["images"], fill_sampling["unet_flops_per_second"] / peak, "the few-step sampler" in measured
+    )
     return "\n".join(lines)
+
+
+def cost_lines(cost: FillCost, images: int, utilisation: float, few_step: bool) -> list[str]:
+    """The cost model and its predictions for CLIENTS clients of `images` images each."""
+    lora_steps = DEMO_FILL["lora_steps"]
+    work = [("10 dpm steps with guidance", FILL_SAMPLING.steps, 2)] + (
+        [("4 lcm steps", FEW_STEPS, 1)] if few_step else []
+    )
+    lines = [f"cost model (measured here): a client's fill ≈ {describe(cost)}"]
+    name, (tensor, _) = "H100", GPU_PEAK_TFLOPS["H100"]
+    for where, model in (
+        ("on this CPU", cost),
+        (
+            f"on an {name} ({tensor:.0f} TFLOP/s dense 16-bit) at this CPU's {100 * utilisation:.1f}% of peak",
+            cost.on_device(tensor * 1e12, utilisation),
+        ),
+    ):
+        figures = "; ".join(
+            f"{label}: {hours(CLIENTS * model.client_seconds(images, steps, passes, lora_steps))}"
+            for label, steps, passes in work
+        )
+        lines.append(
+            f"prediction, {CLIENTS:,} clients of {images} images with {lora_steps} LoRA steps each, {where}: {figures}"
+        )
+    return lines
