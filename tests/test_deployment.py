@@ -205,19 +205,21 @@ def test_a_supernode_killed_in_round_2_is_reported_missing_and_rejoins(tmp_path,
 
     killer = threading.Thread(target=kill_node_1_in_round_2, daemon=True)
     killer.start()
-    argv = ["deploy", "--dataset", "mnist-10k", "-k", "5", "--clients", "3", "--rounds", "5", "--local-epochs", "2"]
+    # enough rounds for the restarted node to be let in again: the SuperLink holds its dead session about a minute
+    argv = ["deploy", "--dataset", "mnist-10k", "-k", "5", "--clients", "3", "--rounds", "16", "--local-epochs", "2"]
     code = main([*argv, "--out-dir", str(out)])
     killer.join(timeout=5)
     terminal = capfd.readouterr()
     assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
     assert killed == {"after_round": 1}
     rounds = [r for r in json.loads((out / "rounds.json").read_text()) if r["round"] > 0]
-    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]  # the run finished its rounds
+    assert [r["round"] for r in rounds] == list(range(1, 17))  # the run finished its rounds
     assert rounds[0]["missing_clients"] == [] and rounds[1]["missing_clients"] == [1]
     assert sorted(c["client"] for c in rounds[1]["clients"]) == [0, 2]
     assert rounds[-1]["missing_clients"] == []  # restarted, node 1 is back
     assert json.loads((out / "deployment.json").read_text())["supernode_restarts"] == {"1": 1}
     assert "supernode-1 exited with code -9; starting it again" in terminal.err
+    assert "supernode-1 was refused: the SuperLink holds its dead session" in terminal.err
     assert "no update from client 1" in terminal.out
 
 

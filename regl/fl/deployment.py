@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +45,8 @@ SUPERNODE_PORT = 9100  # + node index: each SuperNode's runtime API
 SERVICE_PORT = 8100  # + node index: each node's `regl serve`
 MAX_RESTARTS = 3  # per SuperNode and per service: one that keeps dying is left dead
 REFUSAL_SECONDS = 60  # how long a SuperNode with an unregistered key may take to be refused
+REJOIN_SECONDS = 10.0  # a restarted SuperNode refused for its dead session is started again this often
+REJOIN_LIMIT_SECONDS = 180.0  # ... for this long (the session lapses after about 60 s)
 REFUSED = "Failed to activate SuperNode"  # what a refused SuperNode logs before it exits (Flower 1.41)
 POLL_SECONDS = 0.5
 SUPEREXEC_POLL_SECONDS = "0.1"
@@ -105,7 +106,7 @@ class Processes:
     """Started processes, each logging to its own file; all stopped on exit."""
 
     def __init__(self, log_dir: Path, bin_dir: Path) -> None:
-        self.log_dir, self.running, self.argv, self.extra_env = log_dir, {}, {}, {}
+        self.log_dir, self.running, self.argv, self.extra_env, self.log_start = log_dir, {}, {}, {}, {}
         log_dir.mkdir(parents=True, exist_ok=True)
         # the SuperLink and SuperNodes start `flower-superexec` and the apps by name; that looks for
         # new tasks every second unless told otherwise, a wait every message of every round pays
@@ -117,7 +118,9 @@ class Processes:
 
     def start(self, name: str, argv: list[str], mode: str = "w", env: dict[str, str] | None = None) -> subprocess.Popen:
         """`env`: this process's own variables on top of the shared ones."""
-        with open(self.log_dir / f"{name}.log", mode) as log:  # the child keeps its own descriptor
+        log_file = self.log_dir / f"{name}.log"
+        self.log_start[name] = log_file.stat().st_size if mode == "a" and log_file.exists() else 0
+        with open(log_file, mode) as log:  # the child keeps its own descriptor
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})})
         self.running[name], self.argv[name], self.extra_env[name] = process, argv, env
         return process
@@ -125,6 +128,12 @@ class Processes:
     def restart(self, name: str) -> subprocess.Popen:
         """The same command again, its log appended to."""
         return self.start(name, self.argv[name], mode="a", env=self.extra_env[name])
+
+    def output(self, name: str) -> str:
+        """What the process has logged since it was last started."""
+        with open(self.log_dir / f"{name}.log", "rb") as log:
+            log.seek(self.log_start[name])
+            return log.read().decode(errors="replace")
 
     def exited(self, name: str) -> int | None:
         return self.running[name].poll()
@@ -187,27 +196,47 @@ def _node_config(node: int, nodes: int, service: str | None, service_fill: bool,
     return config
 
 
-def _supervise(
-    flwr_run: subprocess.Popen, processes: Processes, names: list[str], before_restart: Callable[[str], None]
-) -> dict[str, int]:
+def _supervise(flwr_run: subprocess.Popen, processes: Processes, names: list[str]) -> dict[str, int]:
     """Wait for `flwr run`; start each of `names` (SuperNodes, services) that dies again, at most MAX_RESTARTS
-    times each, with its own command and environment, `before_restart(name)` first. Returns the restarts by
-    name, those restarted only."""
+    times each, with its own command and environment. Returns the restarts by name, those restarted only.
+
+    A restarted SuperNode is refused while the SuperLink still holds its dead session online (until the
+    heartbeat lapses: Flower's 30 s interval × 2) and its key with it; it is started again every
+    REJOIN_SECONDS until let in, for at most REJOIN_LIMIT_SECONDS, without counting against MAX_RESTARTS.
+    """
     restarts = dict.fromkeys(names, 0)
+    refused_since: dict[str, float] = {}
+    next_look: dict[str, float] = {}
 
     def start_the_dead() -> int | None:
         if (code := flwr_run.poll()) is not None:
             return code
+        now = time.monotonic()
         for name in names:
             code = processes.exited(name)
-            if code is not None and restarts[name] < MAX_RESTARTS:
+            if code is None or now < next_look.get(name, 0.0):
+                continue
+            if restarts[name] and REFUSED in processes.output(name):
+                if name not in refused_since:
+                    refused_since[name] = now
+                    print(
+                        f"{name} was refused: the SuperLink holds its dead session until its heartbeat lapses; "
+                        f"starting it every {REJOIN_SECONDS:.0f}s until it is let in",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                if now - refused_since[name] > REJOIN_LIMIT_SECONDS:
+                    continue  # left dead: rounds.json names it missing
+                next_look[name] = now + REJOIN_SECONDS
+                processes.restart(name)
+            elif restarts[name] < MAX_RESTARTS:
                 restarts[name] += 1
+                refused_since.pop(name, None)
                 print(
                     f"{name} exited with code {code}; starting it again ({restarts[name]} of {MAX_RESTARTS})",
                     file=sys.stderr,
                     flush=True,
                 )
-                before_restart(name)
                 processes.restart(name)
         return None
 
@@ -233,26 +262,12 @@ def _register(bin_dir: Path, processes: Processes, public: Path, name: str) -> i
     raise ReglError(f"flwr supernode register {name} failed: {(result.stdout + result.stderr).strip()[-500:]}")
 
 
-def _unregister(bin_dir: Path, processes: Processes, node_id: int) -> None:
-    """Release a dead SuperNode's registration: the SuperLink holds its session online until its heartbeat lapses
-    (about a minute) and refuses its key until then; registered again, the key activates at once."""
-    result = subprocess.run(
-        [str(bin_dir / "flwr"), "supernode", "unregister", str(node_id), "deployment"],
-        env=processes.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if result.returncode:
-        raise ReglError(f"flwr supernode unregister {node_id} failed: {(result.stdout + result.stderr).strip()[-500:]}")
-
-
 def _refused(processes: Processes, name: str) -> bool:
     """Whether the SuperNode `name` exited because the SuperLink refused its key, waiting up to REFUSAL_SECONDS."""
     deadline = time.monotonic() + REFUSAL_SECONDS
     while processes.exited(name) is None and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
-    return processes.exited(name) is not None and REFUSED in (processes.log_dir / f"{name}.log").read_text()
+    return processes.exited(name) is not None and REFUSED in processes.output(name)
 
 
 def _per_node(restarts: dict[str, int], kind: str) -> dict[int, int]:
@@ -378,15 +393,7 @@ def deploy(
         )
         try:
             supervised = [f"supernode-{node}" for node in range(nodes)] + [f"service-{node}" for node in services]
-
-            def before_restart(name: str) -> None:
-                kind, _, index = name.rpartition("-")
-                if kind == "supernode":
-                    node = int(index)
-                    _unregister(bin_dir, processes, registered[node])
-                    registered[node] = _register(bin_dir, processes, locks.node_keys[node][1], name)
-
-            restarts = _supervise(flwr_run, processes, supervised, before_restart)
+            restarts = _supervise(flwr_run, processes, supervised)
         finally:
             end([flwr_run])  # stopped (SIGTERM, Ctrl-C): `flwr run` first, then the processes above
         if flwr_run.returncode != 0:
