@@ -113,7 +113,8 @@ class FillPhase:
         """`adapter`: the federated generator's, sent with every fill message; its digest then goes with every
         round. `known`: the clients' class counts and nodes where the server asked for them already."""
         self.grid, self.traffic, self.write, self.adapter = grid, traffic, write, adapter
-        self.fill = fill = settings.fill
+        fill = settings.fill
+        self.mode = fill.mode
         self.config = settings.to_config()
         self.failures: list[dict] = []
         self.clients: list[dict] = []
@@ -148,7 +149,7 @@ class FillPhase:
     def fill(self, nodes: list[int]) -> list[int]:
         """Fill the clients on `nodes`; a line as each one is done. Returns the clients filled."""
         started = time.perf_counter()
-        self.write(f"fill phase: {self.fill.mode} on {len(nodes)} clients; a line as each one is done")
+        self.write(f"fill phase: {self.mode} on {len(nodes)} clients; a line as each one is done")
         progress = FillProgress(len(nodes), self.write)
         mixed = self._mixup([self._client_of(node) for node in nodes])
 
