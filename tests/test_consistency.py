@@ -11,7 +11,7 @@ from regl.generate.generator import load_pipeline
 from regl.generate.lora import finetune_lora
 from regl.generate.pretrain import PublicTrainingSet
 from regl.generate.settings import LoraSettings
-from tests.test_generator import CLASSES, TEMPLATE, client_data
+from tests.test_generator import CLASSES, TEMPLATE, a_bag, client_data
 
 SETTINGS = DistillSettings(steps=4, batch_size=4, rank=4, checkpoint_every=2)
 
@@ -33,31 +33,19 @@ def test_the_boundary_scalings_are_lcm_schedulers():
     torch.testing.assert_close(consistency(z, noise, torch.tensor([0, 0]), alphas), z)  # f(z, 0) = z
 
 
-def images(pipe, steps: int) -> np.ndarray:
-    return pipe(
-        "a photo of a bag",
-        num_inference_steps=steps,
-        guidance_scale=1.0,
-        height=32,
-        width=32,
-        generator=torch.Generator().manual_seed(3),
-        output_type="np",
-    ).images
-
-
 def test_the_adapter_loads_in_stock_diffusers_and_a_client_lora_stacks_on_it(tmp_path, three_class_base):
     record = distill(three_class_base, tmp_path / "lcm", tiny_set(), SETTINGS)
     assert len(record["loss_every_100_steps"]) == 1 and np.isfinite(record["loss_every_100_steps"][0])
     finetune_lora(client_data([0] * 4), CLASSES, TEMPLATE, three_class_base, tmp_path / "client", LoraSettings(steps=2))
     pipe = load_pipeline(three_class_base)
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
-    plain = images(pipe, 2)
+    plain = a_bag(pipe, guidance_scale=1.0)
     pipe.load_lora_weights(tmp_path / "lcm", adapter_name="lcm")  # plain diffusers calls from here on
     pipe.load_lora_weights(tmp_path / "client", adapter_name="client")
     pipe.set_adapters(["lcm"])
-    few_step = images(pipe, 2)
+    few_step = a_bag(pipe, guidance_scale=1.0)
     pipe.set_adapters(["lcm", "client"], adapter_weights=[1.0, 1.0])
-    stacked = images(pipe, 2)
+    stacked = a_bag(pipe, guidance_scale=1.0)
     assert np.abs(few_step - plain).max() > 1e-3 and np.abs(stacked - few_step).max() > 1e-3
 
 
@@ -112,13 +100,5 @@ def test_the_lcm_sampler_uses_the_bases_few_step_adapter_at_its_folded_guidance(
     pipe = load_pipeline(base)  # the same images from stock diffusers
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     pipe.load_lora_weights(base / FEW_STEP_FOLDER)
-    stock = pipe(
-        "a photo of a bag",
-        num_inference_steps=2,
-        guidance_scale=1.0,
-        height=32,
-        width=32,
-        generator=torch.Generator().manual_seed(3),
-        output_type="np",
-    ).images
+    stock = a_bag(pipe, guidance_scale=1.0)
     np.testing.assert_array_equal(np.clip(np.rint(stock * 255), 0, 255).astype(np.uint8), few_step)

@@ -31,11 +31,11 @@ def generator(base):
     return Generator(base, CLASSES, TEMPLATE)
 
 
-def a_bag(pipe) -> np.ndarray:
-    """One 2-step image of a bag from a stock diffusers pipeline call, seed 3."""
+def a_bag(pipe, **options) -> np.ndarray:
+    """One 2-step image of a bag from a stock diffusers pipeline call, seed 3; `options` go to the call."""
     return pipe(
         "a photo of a bag",
-        num_inference_steps=2,
+        **{"num_inference_steps": 2, **options},
         height=32,
         width=32,
         generator=torch.Generator().manual_seed(3),
