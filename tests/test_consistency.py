@@ -6,11 +6,11 @@ import torch
 from diffusers import LCMScheduler
 
 from regl.generate import consistency as consistency_module
-from regl.generate.consistency import DistillSettings, boundary_scalings, consistency, distill
+from regl.generate.consistency import boundary_scalings, consistency, distill
 from regl.generate.generator import load_pipeline
 from regl.generate.lora import finetune_lora
 from regl.generate.pretrain import PublicTrainingSet
-from regl.generate.settings import LoraSettings
+from regl.generate.settings import DistillSettings, LoraSettings
 from tests.test_generator import CLASSES, TEMPLATE, a_bag, client_data
 
 SETTINGS = DistillSettings(steps=4, batch_size=4, rank=4, checkpoint_every=2)

@@ -169,27 +169,16 @@ def cmd_pretrain_base(args: argparse.Namespace) -> int:
 
 
 def add_distill_options(parser: argparse.ArgumentParser) -> None:
-    from regl.generate.consistency import DistillSettings
+    """The base and output are the command's; the distillation's options are DistillSettings' declarations."""
+    from regl.generate.settings import DistillSettings
+    from regl.options import add_arguments, config_fields, default_of
 
-    default = DistillSettings()
     add_base_option(parser)
     parser.add_argument(
         "--out", default="", help="adapter folder to write; empty: BASE/few-step, where --fill-sampler lcm looks"
     )
-    parser.add_argument("--steps", type=int, default=default.steps, help="distillation steps")
-    parser.add_argument("--batch-size", type=int, default=default.batch_size, help="latents per step")
-    parser.add_argument("--lr", type=float, default=default.lr, help="AdamW learning rate")
-    parser.add_argument(
-        "--rank", type=int, default=default.rank, help="the adapter's LoRA rank (UNet attention and convolutions)"
-    )
-    parser.add_argument(
-        "--guidance",
-        type=float,
-        default=default.guidance,
-        help="the teacher's classifier-free guidance, folded into the adapter (the fill's, by default)",
-    )
-    parser.add_argument("--checkpoint-every", type=int, default=default.checkpoint_every, help="steps")
-    parser.add_argument("--seed", type=int, default=default.seed, help="the adapter's initialisation and draws")
+    options = list(config_fields(DistillSettings))
+    add_arguments(parser, options, {cf.key: default_of(cf.field) for cf in options})
     add_threads_option(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT/checkpoint")
 
@@ -197,28 +186,18 @@ def add_distill_options(parser: argparse.ArgumentParser) -> None:
 def cmd_distill_lcm(args: argparse.Namespace) -> int:
     import torch
 
-    from regl.generate.consistency import DistillSettings, distill
+    from regl.generate.consistency import distill
     from regl.generate.generator import FEW_STEP_FOLDER
     from regl.generate.pretrain import public_training_set
+    from regl.generate.settings import DistillSettings
+    from regl.options import check_ranges, config_fields
 
-    for flag in ("steps", "batch_size", "rank", "checkpoint_every"):
-        if getattr(args, flag) < 1:
-            raise ReglError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if not args.lr > 0 or args.guidance < 1:
-        raise ReglError(f"--lr must be positive and --guidance at least 1, got {args.lr:g} and {args.guidance:g}")
+    settings = DistillSettings(**{cf.field.name: getattr(args, cf.dest) for cf in config_fields(DistillSettings)})
+    check_ranges(settings)
     base = Path(args.base)
     if not (base / "unet").is_dir():
         raise ReglError(f"--base {base} is not a diffusers Stable Diffusion folder (no unet/)")
     torch.set_num_threads(args.threads)
-    settings = DistillSettings(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        rank=args.rank,
-        guidance=args.guidance,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-    )
     out = Path(args.out) if args.out else base / FEW_STEP_FOLDER
     record = distill(base, out, public_training_set(), settings, resume=args.resume)
     losses = record["loss_every_100_steps"]

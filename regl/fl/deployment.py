@@ -13,9 +13,10 @@ with another key is refused, named on stderr and in deployment.json, and left de
 Faults: a node whose service does not come up joins without it (its ClientApp then says
 why it cannot work, each round, in rounds.json). A SuperNode or a node's service that dies
 later is started again, as an operator's supervisor would: the SuperNode rejoins once the
-SuperLink lets its key in again (`_supervise`); the service comes back with the same settings and store folder, so a fill it
-was making resumes from its store and cached LoRA (its ClientApp waits for it and asks
-again: regl/fill/remote.py), and its node trains again from the round after it is back.
+SuperLink lets its key in again (`_supervise`); the service comes back with the same
+settings and store folder, so a fill it was making resumes from its store and cached LoRA
+(its ClientApp waits for it and asks again: regl/fill/remote.py), and its node trains
+again from the round after it is back.
 """
 
 from __future__ import annotations

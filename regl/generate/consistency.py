@@ -15,7 +15,7 @@ scale 1: no unconditional pass), and a client's LoRA stacks on the adapter with 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,29 +25,12 @@ from regl.errors import ReglError
 from regl.generate.diffusion_loss import encode_latents, encode_prompts, restore_rng, rng_state
 from regl.generate.generator import FEW_STEP_ADAPTER, base_fingerprint, load_pipeline
 from regl.generate.pretrain import PublicTrainingSet
-from regl.generate.settings import FILL_SAMPLING, LoraSettings
+from regl.generate.settings import DistillSettings
 from regl.progress import progress as progress_bar
 from regl.seeds import derive_seed
 
 SIGMA_DATA = 0.5  # LCMScheduler's boundary condition
 TIMESTEP_SCALING = 10.0  # LCMScheduler's default `timestep_scaling`
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    rank: int = 16
-    targets: str = "all"
-    guidance: float = FILL_SAMPLING.guidance  # folded in: the fill's guidance
-    ddim_steps: int = 50  # the teacher's grid; LCMScheduler's `original_inference_steps`
-    huber_c: float = 1e-3
-    checkpoint_every: int = 250
-    seed: int = 0
-
-    def lora(self) -> LoraSettings:
-        return LoraSettings(rank=self.rank, targets=self.targets, lr=self.lr, seed=self.seed)
 
 
 def boundary_scalings(timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -116,3 +116,24 @@ def client_look_token(word: str, client_id: int) -> str:
     token = f"{word}{client_id}"
     check_style_token(token)
     return token
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """`regl distill-lcm`'s: the few-step adapter's distillation (regl/generate/consistency.py)."""
+
+    steps: int = option(2000, "distillation steps", ge=1)
+    batch_size: int = option(64, "latents per step", ge=1, le=4096)
+    lr: float = option(1e-3, "AdamW learning rate", gt=0, le=1.0)
+    rank: int = option(16, "the adapter's LoRA rank (UNet attention and convolutions)", ge=1, le=128)
+    guidance: float = option(
+        FILL_SAMPLING.guidance, "the teacher's classifier-free guidance, folded into the adapter (the fill's)", ge=1
+    )
+    checkpoint_every: int = option(250, "steps between checkpoints", ge=1)
+    seed: int = option(0, "the adapter's initialisation and draws", ge=0)
+    targets: str = "all"  # every layer LoraSettings' "all" names
+    ddim_steps: int = 50  # the teacher's grid; LCMScheduler's `original_inference_steps`
+    huber_c: float = 1e-3
+
+    def lora(self) -> LoraSettings:
+        return LoraSettings(rank=self.rank, targets=self.targets, lr=self.lr, seed=self.seed)
