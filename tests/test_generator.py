@@ -10,7 +10,7 @@ import torch
 from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
 from regl.generate import lora as lora_module
-from regl.generate.generator import MAX_IMAGES, Generator, load_pipeline, save_pngs, to_dataset_format
+from regl.generate.generator import LORA_METADATA, MAX_IMAGES, Generator, load_pipeline, save_pngs, to_dataset_format
 from regl.generate.lora import finetune_lora
 from regl.generate.prompts import class_prompts, prompt_words
 from regl.generate.settings import LoraSettings
@@ -206,6 +206,9 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch
     for key in a:
         torch.testing.assert_close(a[key], b[key])
     assert resumed.timings["train_seconds"] > 0 and full.timings["train_seconds"] > 0
+    full_curve, cut_curve = (json.loads((tmp_path / run / LORA_METADATA).read_text()) for run in ("full", "cut"))
+    assert len(full_curve["loss_every_10_steps"]) == 1  # 6 steps
+    assert cut_curve["loss_every_10_steps"] == pytest.approx(full_curve["loss_every_10_steps"])  # kept across the stop
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path, base):

@@ -92,7 +92,7 @@ def distill(base: Path, out: Path, data: PublicTrainingSet, settings: DistillSet
     """
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-    from regl.generate.lora import add_adapter, save_lora
+    from regl.generate.lora import add_adapter, loss_curve, save_lora
 
     checkpoint = out / "checkpoint" / "state.pt"
     if resume and not checkpoint.is_file():
@@ -144,7 +144,7 @@ def distill(base: Path, out: Path, data: PublicTrainingSet, settings: DistillSet
         "base": str(base),
         "base_fingerprint": base_fingerprint(base),
         "settings": asdict(settings),
-        "loss_every_100_steps": [float(np.mean(losses[i : i + 100])) for i in range(0, len(losses), 100)],
+        "loss_every_100_steps": loss_curve(losses, 100),
         "seconds_this_call": time.perf_counter() - started,
     }
     save_lora(pipe, out, record, FEW_STEP_ADAPTER)

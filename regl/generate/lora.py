@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +179,7 @@ class LoraTraining:
     optimizer: torch.optim.Optimizer
     rng: torch.Generator
     timings: dict  # prior_seconds (drawing the priors), cache_seconds (latents and prompts)
+    losses: list[float] = field(default_factory=list)  # every step's training loss, for choosing the step count
 
     def steps(self, start: int, stop: int, show_progress: bool = False, on_step=None, checkpoint_to=None) -> float:
         """Train steps start..stop-1; returns the last loss. `checkpoint_to`: write OUT/checkpoint every
@@ -210,14 +211,21 @@ class LoraTraining:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            progress.set_postfix(loss=f"{loss.item():.4f}")
+            self.losses.append(loss.item())
+            progress.set_postfix(loss=f"{self.losses[-1]:.4f}")
             if on_step is not None:
                 on_step(step + 1)
             if checkpoint_to is not None and (step + 1) % settings.checkpoint_every == 0 and step + 1 < stop:
                 state = {"step": step + 1, "optimizer": self.optimizer.state_dict(), "rng": rng_state(self.rng)}
+                state["losses"] = self.losses
                 _save_checkpoint(pipe, checkpoint_to, {**state, "settings": asdict(settings)})
         pipe.unet.eval()
         return float(loss.item())
+
+
+def loss_curve(losses: list[float], every: int) -> list[float]:
+    """The mean loss of each `every` steps: one step's loss (one batch, random timesteps) is too noisy to read."""
+    return [float(np.mean(losses[i : i + every])) for i in range(0, len(losses), every)]
 
 
 def lora_config(settings: LoraSettings):
@@ -333,7 +341,7 @@ def finetune_lora(
         state = torch.load(checkpoint, weights_only=False, map_location="cpu")  # the optimizer moves it back
         set_peft_model_state_dict(generator.pipe.unet, state["adapter"], adapter_name=ADAPTER)
         training.optimizer.load_state_dict(state["optimizer"])
-        start_step, training.rng = state["step"], restore_rng(state["rng"])
+        start_step, training.rng, training.losses = state["step"], restore_rng(state["rng"]), state["losses"]
     trained = time.perf_counter()
     training.steps(start_step, settings.steps, show_progress, on_step, checkpoint_to=out)
     generator.style_token = settings.style_token
@@ -352,6 +360,7 @@ def finetune_lora(
             "prior_class_counts": np.bincount(training.labels[training.is_prior], minlength=len(class_names)).tolist(),
             "settings": asdict(settings),
             "timings": timings,
+            "loss_every_10_steps": loss_curve(training.losses, 10),
         },
     )
     return FinetuneResult(generator, timings)
