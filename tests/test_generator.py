@@ -181,7 +181,7 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:  # dies during step 4, after the step-2 checkpoint... and step 3
+        if calls["n"] == 4:  # the fixed-noise loss at step 0, steps 1 and 2 (checkpoint), dies in step 3
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
@@ -197,7 +197,7 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch
     resumed_steps = []
     monkeypatch.setattr(lora_module, "denoising_loss", lambda *a, **k: resumed_steps.append(1) or real_loss(*a, **k))
     resumed = finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "cut", LORA, resume=True)
-    assert len(resumed_steps) == LORA.steps - 2
+    assert len(resumed_steps) == LORA.steps - 2 + 1  # and the fixed-noise loss at the end
     from safetensors.torch import load_file
 
     a = load_file(tmp_path / "full" / "pytorch_lora_weights.safetensors")
@@ -209,6 +209,8 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch
     full_curve, cut_curve = (json.loads((tmp_path / run / LORA_METADATA).read_text()) for run in ("full", "cut"))
     assert len(full_curve["loss_every_10_steps"]) == 1  # 6 steps
     assert cut_curve["loss_every_10_steps"] == pytest.approx(full_curve["loss_every_10_steps"])  # kept across the stop
+    assert [step for step, _ in full_curve["fixed_noise_loss"]] == [0, 6]  # every 20 steps and the last
+    np.testing.assert_allclose(cut_curve["fixed_noise_loss"], full_curve["fixed_noise_loss"], rtol=1e-5)
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path, base):

@@ -37,6 +37,8 @@ from regl.generate.settings import PRIOR_SEED, LoraSettings, check_style_token
 from regl.progress import progress as progress_bar
 from regl.seeds import derive_seed
 
+FIXED_IMAGES = 32  # the fixed-noise loss's images: a forward pass on 32 every FIXED_EVERY steps costs ~3%
+FIXED_EVERY = 20
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 # peft matches a name's last parts: every ResNet block's conv1/conv2/conv_shortcut/time_emb_proj, the
 # transformers' proj_in/proj_out and feed-forward, the UNet's conv_in/conv_out
@@ -179,7 +181,35 @@ class LoraTraining:
     optimizer: torch.optim.Optimizer
     rng: torch.Generator
     timings: dict  # prior_seconds (drawing the priors), cache_seconds (latents and prompts)
-    losses: list[float] = field(default_factory=list)  # every step's training loss, for choosing the step count
+    losses: list[float] = field(default_factory=list)  # every step's training loss
+    fixed_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, fixed_noise_loss()) every FIXED_EVERY
+
+    def fixed_noise_loss(self) -> float:
+        """The loss on the same FIXED_IMAGES of the client's own images, noise and timesteps every time.
+
+        The training loss draws a new batch and new timesteps each step, and that noise hides the adapter's
+        progress; this curve is what the step count and learning rate are chosen from.
+        """
+        from diffusers import DDPMScheduler
+
+        own = np.flatnonzero(~self.is_prior)
+        rows = torch.from_numpy(own[np.linspace(0, len(own) - 1, min(FIXED_IMAGES, len(own))).astype(int)])
+        scheduler = DDPMScheduler.from_config(self.generator.pipe.scheduler.config)
+        rng = torch.Generator().manual_seed(derive_seed(self.settings.seed, "lora-fixed-loss"))
+        with torch.no_grad(), self.compute.autocast_context():
+            loss = denoising_loss(
+                self.generator.pipe.unet,
+                scheduler,
+                self.latents[rows],
+                self.embeddings[self.prompt_rows[rows]],
+                rng,
+                None,
+            )
+        return float(loss)
+
+    def _record_fixed_loss(self, step: int) -> None:
+        if not self.fixed_losses or self.fixed_losses[-1][0] != step:
+            self.fixed_losses.append((step, self.fixed_noise_loss()))
 
     def steps(self, start: int, stop: int, show_progress: bool = False, on_step=None, checkpoint_to=None) -> float:
         """Train steps start..stop-1; returns the last loss. `checkpoint_to`: write OUT/checkpoint every
@@ -194,6 +224,8 @@ class LoraTraining:
         )
         loss = torch.tensor(float("nan"))
         for step in progress:
+            if step % FIXED_EVERY == 0:
+                self._record_fixed_loss(step)
             rows = torch.multinomial(self.draw_weights, settings.batch_size, replacement=True, generator=self.rng)
             prompts = self.prompt_rows[rows]
             if settings.cfg_dropout:
@@ -217,8 +249,9 @@ class LoraTraining:
                 on_step(step + 1)
             if checkpoint_to is not None and (step + 1) % settings.checkpoint_every == 0 and step + 1 < stop:
                 state = {"step": step + 1, "optimizer": self.optimizer.state_dict(), "rng": rng_state(self.rng)}
-                state["losses"] = self.losses
+                state["losses"], state["fixed_losses"] = self.losses, self.fixed_losses
                 _save_checkpoint(pipe, checkpoint_to, {**state, "settings": asdict(settings)})
+        self._record_fixed_loss(stop)
         pipe.unet.eval()
         return float(loss.item())
 
@@ -341,7 +374,8 @@ def finetune_lora(
         state = torch.load(checkpoint, weights_only=False, map_location="cpu")  # the optimizer moves it back
         set_peft_model_state_dict(generator.pipe.unet, state["adapter"], adapter_name=ADAPTER)
         training.optimizer.load_state_dict(state["optimizer"])
-        start_step, training.rng, training.losses = state["step"], restore_rng(state["rng"]), state["losses"]
+        start_step, training.rng = state["step"], restore_rng(state["rng"])
+        training.losses, training.fixed_losses = state["losses"], state["fixed_losses"]
     trained = time.perf_counter()
     training.steps(start_step, settings.steps, show_progress, on_step, checkpoint_to=out)
     generator.style_token = settings.style_token
@@ -361,6 +395,7 @@ def finetune_lora(
             "settings": asdict(settings),
             "timings": timings,
             "loss_every_10_steps": loss_curve(training.losses, 10),
+            "fixed_noise_loss": [[step, loss] for step, loss in training.fixed_losses],
         },
     )
     return FinetuneResult(generator, timings)
