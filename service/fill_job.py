@@ -58,7 +58,7 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
         if body.activate:
             job.message = "loading the new LoRA"
             model.use_lora(out)
-        return {"lora": str(out), "active": body.activate, "timings": result.timings}
+        return {"lora": str(out), "active": body.activate, "steps_run": result.steps_run, "timings": result.timings}
 
     return work
 

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -211,6 +212,18 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch
     assert cut_curve["loss_every_10_steps"] == pytest.approx(full_curve["loss_every_10_steps"])  # kept across the stop
     assert [step for step, _ in full_curve["fixed_noise_loss"]] == [0, 6]  # every 20 steps and the last
     np.testing.assert_allclose(cut_curve["fixed_noise_loss"], full_curve["fixed_noise_loss"], rtol=1e-5)
+
+
+def test_a_lora_that_learns_nothing_stops_at_its_first_fixed_noise_check(tmp_path, base):
+    data = client_data([0, 0, 1, 1])
+    stalled = replace(LORA, steps=50, lr=1e-12, prior_per_class=0)  # the loss cannot fall
+    stopped = finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "stopped", stalled)
+    assert stopped.steps_run == 20
+    meta = json.loads((tmp_path / "stopped" / LORA_METADATA).read_text())
+    assert meta["steps_run"] == 20 and [step for step, _ in meta["fixed_noise_loss"]] == [0, 20]
+    assert len(meta["loss_every_10_steps"]) == 2
+    every_step = finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "all", replace(stalled, early_stop=0.0))
+    assert every_step.steps_run == 50
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path, base):

@@ -28,6 +28,7 @@ ADDED_LATER = (
     "adapter_dp_noise",
     "adapter_dp_clip",
     "sampler",
+    "lora_early_stop",  # reaches a store's key through its LoRA's settings (lora_settings_key)
 )
 LORA_ADDED_LATER = ("targets", "cfg_dropout")  # LoraSettings fields newer than the LoRAs in use
 LORA_WAS = {"client": True, "none": False}  # `lora` was a bool before the federated generator

@@ -57,7 +57,7 @@ class FillSettings:
         request=True,
     )
     lora_steps: int = option(
-        LoraSettings().steps, "each client's LoRA fine-tuning steps", ge=1, group="fill", request=True
+        LoraSettings().steps, "each client's LoRA fine-tuning steps, at most", ge=1, group="fill", request=True
     )
     prior_per_class: int = option(
         LoraSettings().prior_per_class,
@@ -102,6 +102,16 @@ class FillSettings:
         "the AdamW learning rate of every LoRA the fill trains",
         gt=0,
         le=1.0,
+        group="fill",
+        request=True,
+    )
+    lora_early_stop: float = option(
+        LoraSettings().early_stop,
+        "stop a client's LoRA before --fill-lora-steps when its fixed-noise loss (checked every 20 steps) has not "
+        "fallen this fraction below its best: where the base already draws the client's images the LoRA learns "
+        "nothing and stops at 20 steps; 0 runs every step",
+        ge=0,
+        le=0.5,
         group="fill",
         request=True,
     )

@@ -161,6 +161,7 @@ def _save_checkpoint(pipe, out: Path, state: dict) -> None:
 class FinetuneResult:
     generator: Generator  # the base with the trained adapter active
     timings: dict
+    steps_run: int  # below the settings' steps where the adapter stalled (LoraSettings.early_stop)
 
 
 @dataclass
@@ -211,9 +212,19 @@ class LoraTraining:
         if not self.fixed_losses or self.fixed_losses[-1][0] != step:
             self.fixed_losses.append((step, self.fixed_noise_loss()))
 
-    def steps(self, start: int, stop: int, show_progress: bool = False, on_step=None, checkpoint_to=None) -> float:
-        """Train steps start..stop-1; returns the last loss. `checkpoint_to`: write OUT/checkpoint every
-        `settings.checkpoint_every` steps (not at `stop`)."""
+    def stalled(self) -> bool:
+        """The last fixed-noise loss is not `settings.early_stop` (a fraction) below the best before it."""
+        if not self.settings.early_stop or len(self.fixed_losses) < 2:
+            return False
+        best = min(loss for _, loss in self.fixed_losses[:-1])
+        return self.fixed_losses[-1][1] > (1 - self.settings.early_stop) * best
+
+    def steps(
+        self, start: int, stop: int, show_progress: bool = False, on_step=None, checkpoint_to=None, watch=False
+    ) -> int:
+        """Train steps start..stop-1; returns the step it stopped at. `checkpoint_to`: write OUT/checkpoint every
+        `settings.checkpoint_every` steps (not at `stop`). `watch`: record the fixed-noise loss every FIXED_EVERY
+        steps and at `stop`, and stop at a check that finds the adapter stalled (`stalled`)."""
         from diffusers import DDPMScheduler
 
         pipe, settings = self.generator.pipe, self.settings
@@ -222,10 +233,13 @@ class LoraTraining:
         progress = progress_bar(
             range(start, stop), initial=start, total=stop, desc="lora", unit="step", disable=not show_progress
         )
-        loss = torch.tensor(float("nan"))
         for step in progress:
-            if step % FIXED_EVERY == 0:
+            if watch and step % FIXED_EVERY == 0:
                 self._record_fixed_loss(step)
+                if self.stalled():
+                    progress.close()
+                    pipe.unet.eval()
+                    return step
             rows = torch.multinomial(self.draw_weights, settings.batch_size, replacement=True, generator=self.rng)
             prompts = self.prompt_rows[rows]
             if settings.cfg_dropout:
@@ -251,9 +265,10 @@ class LoraTraining:
                 state = {"step": step + 1, "optimizer": self.optimizer.state_dict(), "rng": rng_state(self.rng)}
                 state["losses"], state["fixed_losses"] = self.losses, self.fixed_losses
                 _save_checkpoint(pipe, checkpoint_to, {**state, "settings": asdict(settings)})
-        self._record_fixed_loss(stop)
+        if watch:
+            self._record_fixed_loss(stop)
         pipe.unet.eval()
-        return float(loss.item())
+        return stop
 
 
 def loss_curve(losses: list[float], every: int) -> list[float]:
@@ -377,7 +392,7 @@ def finetune_lora(
         start_step, training.rng = state["step"], restore_rng(state["rng"])
         training.losses, training.fixed_losses = state["losses"], state["fixed_losses"]
     trained = time.perf_counter()
-    training.steps(start_step, settings.steps, show_progress, on_step, checkpoint_to=out)
+    steps_run = training.steps(start_step, settings.steps, show_progress, on_step, checkpoint_to=out, watch=True)
     generator.style_token = settings.style_token
     timings["train_seconds"] = time.perf_counter() - trained
     timings["total_seconds"] = time.perf_counter() - started
@@ -394,8 +409,9 @@ def finetune_lora(
             "prior_class_counts": np.bincount(training.labels[training.is_prior], minlength=len(class_names)).tolist(),
             "settings": asdict(settings),
             "timings": timings,
+            "steps_run": steps_run,  # below settings.steps where the fixed-noise loss stalled (early_stop)
             "loss_every_10_steps": loss_curve(training.losses, 10),
             "fixed_noise_loss": [[step, loss] for step, loss in training.fixed_losses],
         },
     )
-    return FinetuneResult(generator, timings)
+    return FinetuneResult(generator, timings, steps_run)
