@@ -27,10 +27,10 @@ def test_guidance_doubles_the_passes_except_for_the_few_step_sampler():
 
 
 def test_the_prediction_lines_say_they_are_predictions_for_1000_clients():
-    lines = cost_lines(COST, images=240, utilisation=0.05, few_step=True)
+    lines = cost_lines(COST, images=240, lora_steps=20, utilisation=0.05, few_step=True)
     assert lines[0].startswith("cost model (measured here): a client's fill ≈ 2.0s + 0.100s × LoRA steps")
-    cpu = 1000 * COST.client_seconds(240, 10, 2, 100) / 3600
-    assert lines[1].startswith("prediction, 1,000 clients of 240 images with 100 LoRA steps each, on this CPU: ")
+    cpu = 1000 * COST.client_seconds(240, 10, 2, 20) / 3600
+    assert lines[1].startswith("prediction, 1,000 clients of 240 images with 20 LoRA steps each, on this CPU: ")
     assert f"10 dpm steps with guidance: {cpu:.1f} h" in lines[1] and "4 lcm steps: " in lines[1]
     assert "H100 (989 TFLOP/s dense 16-bit) at this CPU's 5.0% of peak" in lines[2]
-    assert "4 lcm steps" not in cost_lines(COST, 240, 0.05, few_step=False)[1]
+    assert "4 lcm steps" not in cost_lines(COST, 240, 20, 0.05, few_step=False)[1]
