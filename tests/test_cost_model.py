@@ -27,10 +27,12 @@ def test_guidance_doubles_the_passes_except_for_the_few_step_sampler():
 
 
 def test_the_prediction_lines_say_they_are_predictions_for_1000_clients():
-    lines = cost_lines(COST, images=240, lora_steps=20, utilisation=0.05, few_step=True)
+    lines = cost_lines(COST, images=240, lora_steps=20, utilisation=0.05, few_step_pass_seconds=0.002)
     assert lines[0].startswith("cost model (measured here): a client's fill ≈ 2.0s + 0.100s × LoRA steps")
+    assert lines[1] == "the few-step sampler's UNet pass (its adapter unfused): 2.000 ms"
     cpu = 1000 * COST.client_seconds(240, 10, 2, 20) / 3600
-    assert lines[1].startswith("prediction, 1,000 clients of 240 images with 20 LoRA steps each, on this CPU: ")
-    assert f"10 dpm steps with guidance: {cpu:.1f} h" in lines[1] and "4 lcm steps: " in lines[1]
-    assert "H100 (989 TFLOP/s dense 16-bit) at this CPU's 5.0% of peak" in lines[2]
-    assert "4 lcm steps" not in cost_lines(COST, 240, 20, 0.05, few_step=False)[1]
+    few = 1000 * (2.0 + 20 * 0.1 + 240 * 1 * 1 * 0.002) / 3600  # one lcm step at the few-step pass
+    assert lines[2].startswith("prediction, 1,000 clients of 240 images with 20 LoRA steps each, on this CPU: ")
+    assert f"10 dpm steps with guidance: {cpu:.1f} h" in lines[2] and f"1 lcm step: {few:.1f} h" in lines[2]
+    assert "H100 (989 TFLOP/s dense 16-bit) at this CPU's 5.0% of peak" in lines[3]
+    assert len(cost_lines(COST, 240, 20, 0.05, None)) == 3 and "lcm" not in cost_lines(COST, 240, 20, 0.05, None)[1]

@@ -27,8 +27,8 @@ from regl.generate.settings import FILL_SAMPLING, LoraSettings, SamplingSettings
 # not used, FP32 CUDA-core figures are in the second place).
 GPU_PEAK_TFLOPS = {"H200": (989.0, 67.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5), "L4": (121.0, 30.3)}
 # The demo's fill settings (`make demo`), for the one-client fill profile.
-DEMO_FILL = {"supplement": 0.2, "lora_steps": 100, "prior_per_class": 8}
-FEW_STEPS = 4  # the few-step sampler's steps in these figures
+DEMO_FILL = {"supplement": 0.2, "lora_steps": 100, "prior_per_class": 8, "sampler": "lcm", "steps": 1}
+FEW_STEPS = 1  # the few-step sampler's steps in these figures: the fill's (results/sampler-few-step)
 CLIENTS = 1000  # the federation the cost model predicts for
 
 
@@ -193,7 +193,6 @@ def run_benchmark(
     compute_names: tuple[str, str] = ("auto", "auto"),
 ) -> str:
     from regl.compute import resolve
-    from regl.fill.settings import FillSettings
     from regl.generate.prompts import template_for
 
     torch.set_num_threads(threads)
@@ -236,7 +235,8 @@ def run_benchmark(
         lora = fill["lora"]
         lines.append(
             f"one client's fill (make demo's client 0: {fill['images']} images, {fill['lora_steps']} of at most "
-            f"{DEMO_FILL['lora_steps']} LoRA steps, {FillSettings().sampler} sampler, priors {priors}): "
+            f"{DEMO_FILL['lora_steps']} LoRA steps, {DEMO_FILL['steps']} {DEMO_FILL['sampler']} step, "
+            f"priors {priors}): "
             f"{fill['total_seconds']:.1f}s = LoRA {fill['finetune_seconds']:.1f}s (load {lora['load_seconds']:.1f}s, "
             f"priors {lora['prior_seconds']:.1f}s, caching {lora['cache_seconds']:.1f}s, training "
             f"{lora['train_seconds']:.1f}s) + generation {fill['generate_seconds']:.1f}s + store "
@@ -255,28 +255,39 @@ def run_benchmark(
         fill["images"],
         fill["lora_steps"],
         fill_sampling["unet_flops_per_second"] / peak,
-        "the few-step sampler" in measured,
+        measured["the few-step sampler"]["pass_seconds"] if "the few-step sampler" in measured else None,
     )
     return "\n".join(lines)
 
 
-def cost_lines(cost: FillCost, images: int, lora_steps: int, utilisation: float, few_step: bool) -> list[str]:
-    """The cost model and its predictions for CLIENTS clients of `images` images and `lora_steps` LoRA steps each."""
-    work = [("10 dpm steps with guidance", FILL_SAMPLING.steps, 2)] + (
-        [("4 lcm steps", FEW_STEPS, 1)] if few_step else []
-    )
+def cost_lines(
+    cost: FillCost, images: int, lora_steps: int, utilisation: float, few_step_pass_seconds: float | None
+) -> list[str]:
+    """The cost model and its predictions for CLIENTS clients of `images` images and `lora_steps` LoRA steps each.
+
+    The few-step sampler's pass is measured with its adapter's LoRA layers unfused, as the fill runs it; the GPU
+    prediction counts the base's FLOPs, as if the adapter were fused into the weights.
+    """
+    few_label = f"{FEW_STEPS} lcm step{'s' * (FEW_STEPS > 1)}"
     lines = [f"cost model (measured here): a client's fill ≈ {describe(cost)}"]
+    if few_step_pass_seconds is not None:
+        lines.append(f"the few-step sampler's UNet pass (its adapter unfused): {1000 * few_step_pass_seconds:.3f} ms")
     name, (tensor, _) = "H100", GPU_PEAK_TFLOPS["H100"]
-    for where, model in (
-        ("on this CPU", cost),
+    on_gpu = cost.on_device(tensor * 1e12, utilisation)
+    for where, model, few_step in (
+        ("on this CPU", cost, few_step_pass_seconds and replace(cost, pass_seconds=few_step_pass_seconds)),
         (
             f"on an {name} ({tensor:.0f} TFLOP/s dense 16-bit) at this CPU's {100 * utilisation:.1f}% of peak",
-            cost.on_device(tensor * 1e12, utilisation),
+            on_gpu,
+            few_step_pass_seconds and on_gpu,
         ),
     ):
+        work = [("10 dpm steps with guidance", model, FILL_SAMPLING.steps, 2)]
+        if few_step:
+            work.append((few_label, few_step, FEW_STEPS, 1))
         figures = "; ".join(
-            f"{label}: {hours(CLIENTS * model.client_seconds(images, steps, passes, lora_steps))}"
-            for label, steps, passes in work
+            f"{label}: {hours(CLIENTS * m.client_seconds(images, steps, passes, lora_steps))}"
+            for label, m, steps, passes in work
         )
         lines.append(
             f"prediction, {CLIENTS:,} clients of {images} images with {lora_steps} LoRA steps each, {where}: {figures}"
