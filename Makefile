@@ -17,7 +17,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/regl bench --dataset mnist-10k --partition classes --classes-per-client 2 --clients 10 \
 		--rounds 10 --arms none,diffusion --fill-supplement 0.2 --fill-lora-steps 100 --fill-prior-per-class 8 \
-		--fill-dtype float32
+		--fill-sampler lcm --fill-steps 1 --fill-dtype float32
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q

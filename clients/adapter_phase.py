@@ -17,6 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from regl.clients.fill_phase import exchange
+from regl.clients.participation import Participation
 from regl.clients.traffic import TrafficLog, record_bytes
 from regl.fill.keys import adapter_digest
 from regl.fl.adapter_aggregation import aggregate, private_aggregate, update_norm
@@ -31,19 +32,25 @@ def adapter_record(adapter: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 def run_adapter_phase(
-    grid: Grid, settings: ExperimentSettings, traffic: TrafficLog, write: Write
+    grid: Grid,
+    settings: ExperimentSettings,
+    traffic: TrafficLog,
+    write: Write,
+    participation: Participation | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """The federation's adapter after `--fill-adapter-rounds` rounds, and what the run summary records of them.
 
     Rounds kept from an earlier run count only for the same clients' images (each sends a digest of
-    them); a round some client failed is used but not kept, so a resumed run trains it again.
+    them); a round some client failed is used but not kept, so a resumed run trains it again. With
+    `participation`, each round trains the clients sampled for it (a draw of its own, apart from the
+    classifier's rounds).
     """
     fill = settings.fill
     config = settings.to_config()
     started, failures = time.perf_counter(), []
     kept = AdapterRounds(settings)
     done, adapter, rounds, data = kept.latest(fill.adapter_rounds)
-    if done and _data_digests(grid, config, traffic, failures) != data:
+    if done and _changed(_data_digests(grid, config, traffic, failures), data):
         write(f"federated generator: the clients' images changed since the rounds kept in {kept.folder}")
         done, adapter, rounds, data = 0, None, [], {}
     if adapter is None:
@@ -54,13 +61,17 @@ def run_adapter_phase(
         if fill.adapter_dp_noise
         else ""
     )
+    sampled = f"{settings.clients_per_round} sampled of " if participation else ""
     write(
         f"federated generator: {fill.adapter_rounds} rounds of {fill.adapter_steps} LoRA steps on "
-        f"{len(grid.get_node_ids())} clients, joined by {fill.adapter_rule}{private}{resumed}"
+        f"{sampled}{len(grid.get_node_ids())} clients, joined by {fill.adapter_rule}{private}{resumed}"
     )
     for server_round in range(done + 1, fill.adapter_rounds + 1):
         round_started = time.perf_counter()
-        nodes = sorted(grid.get_node_ids())  # a SuperNode started again has a new id
+        if participation is not None:
+            nodes = sorted(participation.sample("generator", server_round).values())
+        else:
+            nodes = sorted(grid.get_node_ids())  # a SuperNode started again has a new id
         sent = adapter_record(adapter)
 
         def content(node: int, sent: ArrayRecord = sent, server_round: int = server_round) -> RecordDict:
@@ -115,6 +126,11 @@ def run_adapter_phase(
 
         summary["privacy"] = privacy_report(fill.adapter_dp_noise, fill.adapter_dp_clip, "server", fill.adapter_rounds)
     return adapter, summary
+
+
+def _changed(digests: dict[str, str], kept: dict[str, str]) -> bool:
+    """Whether a client whose images trained the kept rounds has other images now (or is gone)."""
+    return any(digests.get(client) != digest for client, digest in kept.items())
 
 
 def _data_digests(grid: Grid, config: dict, traffic: TrafficLog, failures: list[dict]) -> dict[str, str]:

@@ -10,7 +10,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from regl.atomic import write_json_atomically
-from regl.clients.fill_phase import run_fill_phase
+from regl.clients.fill_phase import FillPhase
+from regl.clients.participation import Participation
 from regl.clients.polling import QuickGrid
 from regl.clients.strategy import build_strategy
 from regl.clients.traffic import TrafficLog
@@ -49,7 +50,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
         np.random.seed(secret_seed() % 2**32)  # the legacy seed takes 32 bits
     traffic = TrafficLog()
     model = new_model(settings)
-    strategy, recording = build_strategy(settings, traffic, _monitor(settings))
+    participation = Participation(grid, settings, traffic) if settings.clients_per_round else None
     report = RunReport(Path(settings.out_dir), {"name": settings.name, "mode": "federated", **settings.to_config()})
     started = time.perf_counter()
     warm = {}
@@ -62,15 +63,20 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
             f"{settings.warm_start_epochs} epochs on the server"
         )
         warm = warm_start(settings, model, write)  # round 0's evaluation is the warm-started model's
-    fill, train_extras, generator = None, {}, None
+    train_extras, generator, filling = {}, None, None
     adapter = None
     if "diffusion" in settings.fill.sources and settings.fill.lora.startswith("federated"):
         from regl.clients.adapter_phase import run_adapter_phase
 
-        adapter, generator = run_adapter_phase(grid, settings, traffic, write)
+        adapter, generator = run_adapter_phase(grid, settings, traffic, write, participation)
     if settings.fill.synthetic:
-        phase = run_fill_phase(grid, settings, traffic, write, adapter)
-        fill, train_extras = phase["summary"], phase["train_config"]
+        known = (participation.counts, participation.node_of) if participation else None
+        filling = FillPhase(grid, settings, traffic, write, adapter, known)
+        train_extras = filling.train_config()
+        if participation is None:
+            filling.fill(sorted(grid.get_node_ids()))
+    choose = _sampler(participation, filling, write) if participation else None
+    strategy, recording = build_strategy(settings, traffic, _monitor(settings), choose)
     progress = RoundProgress(settings.num_rounds, started, write)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -92,6 +98,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
         timeout=ROUND_TIMEOUT_SECONDS,
     )
     write_json_atomically(Path(settings.out_dir) / "traffic.json", traffic.messages())
+    fill = filling.summary() if filling else None
     return report.finish(
         {
             "wall_seconds": time.perf_counter() - started,
@@ -107,6 +114,26 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
             **_monitor_summary(report.rounds),
         }
     )
+
+
+def _sampler(participation: Participation, filling: FillPhase | None, write: Write):
+    """Recording's `choose`: the round's sampled nodes, and the fill of the clients among them sampled for the
+    first time (a client never sampled makes none)."""
+    filled: set[int] = set()
+
+    def choose(server_round: int) -> tuple[list[int], dict]:
+        sampled = participation.sample("classifier", server_round)
+        chosen = {"participants": sorted(sampled)}
+        new = [client for client in sorted(sampled) if client not in filled]
+        if filling is not None and new:
+            write(f"round {server_round}: {len(new)} of its {len(sampled)} clients are sampled for the first time")
+            fill_started = time.perf_counter()
+            made = filling.fill([sampled[client] for client in new])
+            filled.update(new)  # a client whose fill failed is not asked again: its rounds report it missing
+            chosen |= {"filled_clients": made, "fill_seconds": time.perf_counter() - fill_started}
+        return list(sampled.values()), chosen
+
+    return choose
 
 
 def _monitor_summary(rounds: list[dict]) -> dict:
@@ -170,6 +197,7 @@ def _round_timing(last_round: dict, eval_started: float) -> dict:
         "failed_clients": last_round["failures"],
         "missing_clients": last_round["missing_clients"],
         "errors": last_round["errors"],
+        **{k: last_round[k] for k in ("participants", "filled_clients", "fill_seconds") if k in last_round},
         **last_round.get("monitor", {}),
         "personalized_accuracy": sum(c["personalized-accuracy"] for c in clients) / max(len(clients), 1),
         **_mean_in_domain(clients),

@@ -7,7 +7,7 @@ class balance (regl/fl/aggregation.py) and run the Ratio Loss's composition moni
 """
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from regl.clients.participation import SampledGrid
 from regl.clients.traffic import TrafficLog
 from regl.fl.aggregation import class_balanced_weights
 from regl.fl.monitor import CompositionMonitor
@@ -55,6 +56,7 @@ class Recording:
         weighting: str,
         monitor: CompositionMonitor | None,
         num_clients: int,
+        choose: Callable[[int], tuple[list[int], dict]] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -63,12 +65,19 @@ class Recording:
         self.last_round: dict = {}
         self.traffic, self.weighting, self.monitor = traffic, weighting, monitor
         self.num_clients = num_clients
+        # partial participation: a round's nodes, and what the round records of choosing them (its participants,
+        # the fills made for clients sampled the first time); None: every connected node trains
+        self.choose = choose
         self.client_of_node: dict[int, int] = {}  # learnt from replies: a node that fails is named by its client
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.last_round = {"started": time.perf_counter()}
+        chosen: dict = {}
+        if self.choose is not None:
+            nodes, chosen = self.choose(server_round)
+            grid = SampledGrid(grid, nodes)
+        self.last_round = {"started": time.perf_counter(), **chosen}
         if self.monitor is not None:
             self.monitor.start_round(arrays.to_torch_state_dict())
             if (ratio := self.monitor.ratio) is not None:
@@ -110,7 +119,8 @@ class Recording:
             }
             for msg in failed
         ]
-        return {"missing_clients": sorted(set(range(self.num_clients)) - clients), "errors": errors}
+        expected = self.last_round.get("participants", range(self.num_clients))
+        return {"missing_clients": sorted(set(expected) - clients), "errors": errors}
 
     def _set_weights(self, replies: list[Message]) -> None:
         metrics = [msg.content["metrics"] for msg in replies]
@@ -141,9 +151,13 @@ class RecordingFedAdam(Recording, FedAdam):
 
 
 def build_strategy(
-    settings: ExperimentSettings, traffic: TrafficLog, monitor: CompositionMonitor | None
+    settings: ExperimentSettings,
+    traffic: TrafficLog,
+    monitor: CompositionMonitor | None,
+    choose: Callable[[int], tuple[list[int], dict]] | None = None,
 ) -> tuple[Strategy, Recording]:
-    """The strategy to start and the recording one inside it (the same object unless DP wraps it)."""
+    """The strategy to start and the recording one inside it (the same object unless DP wraps it); `choose`:
+    Recording's, under partial participation."""
     n = settings.partition.num_clients
     common = {
         "traffic": traffic,
@@ -151,8 +165,10 @@ def build_strategy(
         "weighting": "uniform" if settings.dp_noise else settings.aggregate_weight,
         "monitor": monitor,
         "num_clients": n,
-        # every node that is connected trains (a skewed client holds classes the others lack), and a round
-        # goes on with as few as one: a dead node is left out instead of the run waiting for it forever
+        "choose": choose,
+        # every node shown trains (a skewed client holds classes the others lack; under partial participation
+        # `choose` shows the round's sample), and a round goes on with as few as one: a dead node is left out
+        # instead of the run waiting for it forever
         "fraction_train": 1.0,
         "min_train_nodes": 1,
         "min_available_nodes": 1,
@@ -169,4 +185,4 @@ def build_strategy(
         "client": DifferentialPrivacyClientSideFixedClipping,
         "server": DifferentialPrivacyServerSideFixedClipping,
     }[settings.dp_clipping]
-    return wrapper(recording, settings.dp_noise, settings.dp_clip, n), recording
+    return wrapper(recording, settings.dp_noise, settings.dp_clip, settings.clients_per_round or n), recording

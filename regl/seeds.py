@@ -62,6 +62,9 @@ PURPOSES = (
     "pretrain-unet",  # its UNet stage's draws
     "adapter-init",  # the federated generator's initial adapter (its A factors stay there under FFA-LoRA)
     "adapter-round",  # (client, round): a client's steps in a round of the federated generator
+    "participation",  # (phase, round): the clients sampled to train in a round (phase 0 classifier, 1 generator)
+    "lcm-distill",  # the few-step adapter's distillation draws (batches, timesteps, noise)
+    "lora-fixed-loss",  # the fixed noise and timesteps of a LoRA's fixed-noise loss curve
 )
 
 SEED_LIMIT = 2**63  # derived seeds are below it: torch.manual_seed, default_rng and JSON-safe int64 all take them

@@ -53,11 +53,12 @@ def finetune_work(body: FinetuneRequest, model: LocalModel, settings: ServiceSet
             show_progress=False,
             on_step=on_step,
             compute=resolve(settings.device, settings.dtype, "training"),
+            prior_cache=Path(settings.store) / "priors",
         )
         if body.activate:
             job.message = "loading the new LoRA"
             model.use_lora(out)
-        return {"lora": str(out), "active": body.activate, "timings": result.timings}
+        return {"lora": str(out), "active": body.activate, "steps_run": result.steps_run, "timings": result.timings}
 
     return work
 

@@ -123,7 +123,7 @@ def test_help_shows_the_settings_defaults(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     fill = FillSettings()
     assert (
-        f"--fill-lora-steps FILL_LORA_STEPS each client's LoRA fine-tuning steps (default: {fill.lora_steps})"
+        f"--fill-lora-steps FILL_LORA_STEPS each client's LoRA fine-tuning steps, at most (default: {fill.lora_steps})"
         in help_text
     )
     assert f"(default: {ExperimentSettings().num_rounds})" in help_text
@@ -167,6 +167,7 @@ def _option_values() -> dict[str, list]:
         "partition-look": ["negative", "outline"],
         "seed": [3, -7],
         "num-rounds": [1, 60],
+        "clients-per-round": [1, 2],
         "train-epochs": [2, 10],
         "train-batch-size": [8, 256],
         "train-lr": [0.1, 1e-4],
@@ -183,6 +184,7 @@ def _option_values() -> dict[str, list]:
         "fill-lora-rank": [2, 16],
         "fill-lora-targets": ["all"],
         "fill-lora-lr": [5e-3, 1e-4],
+        "fill-lora-early-stop": [0.0, 0.02],
         "fill-lora-cfg-dropout": [0.1, 0.5],
         "fill-adapter-rounds": [1, 30],
         "fill-adapter-steps": [1, 50],
@@ -191,6 +193,7 @@ def _option_values() -> dict[str, list]:
         "fill-adapter-dp-clip": [0.1, 2.0],
         "fill-steps": [3, 50],
         "fill-guidance": [0.0, 7.5],
+        "fill-sampler": ["lcm"],
         "fill-base": [str(DEFAULT_BASE.resolve())],
         "fill-store": ["/tmp/store", "/tmp/other store"],
         "fill-device": ["cpu"],  # cuda and the half dtypes are refused up front where the run cannot take them

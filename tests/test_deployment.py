@@ -94,6 +94,25 @@ def test_deployed_run_gets_each_clients_fill_from_its_own_service(tmp_path, monk
     }
 
 
+@pytest.mark.e2e
+def test_a_supernode_with_an_unregistered_key_is_refused_and_the_others_train_over_tls(tmp_path, monkeypatch, capfd):
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    argv = ["deploy", "--dataset", "mnist-10k", "-k", "5", "--clients", "2", "--rounds", "2", "--in-process-train"]
+    code = main([*argv, "--unknown-nodes", "1", "--out-dir", str(out)])
+    terminal = capfd.readouterr()
+    assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
+    deployment = json.loads((out / "deployment.json").read_text())
+    assert deployment["refused_nodes"] == [2] and set(deployment["registered_nodes"]) == {"0", "1"}
+    assert deployment["tls"] == "trial CA" and deployment["supernode_restarts"] == {}
+    rounds = [r for r in json.loads((out / "rounds.json").read_text()) if r["round"] > 0]
+    assert [sorted(c["client"] for c in r["clients"]) for r in rounds] == [[0, 1], [0, 1]]
+    assert "supernode-2 refused by the SuperLink: its key (SHA256:" in terminal.err
+    link = (out / "logs" / "superlink.log").read_text()
+    assert "No SuperNode found with the given public key" in link  # the SuperLink's own word on it
+    assert "--insecure" not in link and "Failed to activate SuperNode" in (out / "logs" / "supernode-2.log").read_text()
+
+
 def _digit_folders(root: Path, holdings: dict[str, range], per_class: int) -> list[Path]:
     """PNG folders of real mnist-10k digits: one per node, a subfolder per digit it holds."""
     from regl.data.datasets import load_split
@@ -186,19 +205,21 @@ def test_a_supernode_killed_in_round_2_is_reported_missing_and_rejoins(tmp_path,
 
     killer = threading.Thread(target=kill_node_1_in_round_2, daemon=True)
     killer.start()
-    argv = ["deploy", "--dataset", "mnist-10k", "-k", "5", "--clients", "3", "--rounds", "5", "--local-epochs", "2"]
+    # enough rounds for the restarted node to be let in again: the SuperLink holds its dead session about a minute
+    argv = ["deploy", "--dataset", "mnist-10k", "-k", "5", "--clients", "3", "--rounds", "16", "--local-epochs", "2"]
     code = main([*argv, "--out-dir", str(out)])
     killer.join(timeout=5)
     terminal = capfd.readouterr()
     assert code == 0, terminal.out[-3000:] + terminal.err[-3000:]
     assert killed == {"after_round": 1}
     rounds = [r for r in json.loads((out / "rounds.json").read_text()) if r["round"] > 0]
-    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]  # the run finished its rounds
+    assert [r["round"] for r in rounds] == list(range(1, 17))  # the run finished its rounds
     assert rounds[0]["missing_clients"] == [] and rounds[1]["missing_clients"] == [1]
     assert sorted(c["client"] for c in rounds[1]["clients"]) == [0, 2]
     assert rounds[-1]["missing_clients"] == []  # restarted, node 1 is back
     assert json.loads((out / "deployment.json").read_text())["supernode_restarts"] == {"1": 1}
     assert "supernode-1 exited with code -9; starting it again" in terminal.err
+    assert "supernode-1 was refused: the SuperLink holds its dead session" in terminal.err
     assert "no update from client 1" in terminal.out
 
 

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from regl.data.datasets import ImageDataset
 from regl.errors import ReglError
 from regl.generate import lora as lora_module
-from regl.generate.generator import MAX_IMAGES, Generator, load_pipeline, save_pngs, to_dataset_format
+from regl.generate.generator import LORA_METADATA, MAX_IMAGES, Generator, load_pipeline, save_pngs, to_dataset_format
 from regl.generate.lora import finetune_lora
 from regl.generate.prompts import class_prompts, prompt_words
 from regl.generate.settings import LoraSettings
@@ -31,11 +32,11 @@ def generator(base):
     return Generator(base, CLASSES, TEMPLATE)
 
 
-def a_bag(pipe) -> np.ndarray:
-    """One 2-step image of a bag from a stock diffusers pipeline call, seed 3."""
+def a_bag(pipe, **options) -> np.ndarray:
+    """One 2-step image of a bag from a stock diffusers pipeline call, seed 3; `options` go to the call."""
     return pipe(
         "a photo of a bag",
-        num_inference_steps=2,
+        **{"num_inference_steps": 2, **options},
         height=32,
         width=32,
         generator=torch.Generator().manual_seed(3),
@@ -141,6 +142,37 @@ def test_lora_saved_then_stock_loaded_matches_memory_and_differs_from_base(tmp_p
     assert np.abs(loaded - plain).max() > 1e-3
 
 
+def test_priors_are_drawn_once_per_base_and_sampling_setting_and_shared_by_clients(tmp_path, base, monkeypatch):
+    from dataclasses import replace
+
+    from regl.generate.lora import prior_images
+
+    drawn = []
+    real = Generator.generate
+
+    def counted(self, labels, *args, **kwargs):
+        drawn.append(list(labels))
+        return real(self, labels, *args, **kwargs)
+
+    monkeypatch.setattr(Generator, "generate", counted)
+    cache, settings = tmp_path / "priors", replace(LORA, prior_per_class=2, prior_steps=2)
+    generator = Generator(base, CLASSES, TEMPLATE)
+    first = prior_images(generator, [1, 2], settings, cache)  # a client lacking a bag and a coat
+    second = prior_images(generator, [0, 2], settings, cache)  # another, lacking a sneaker and a coat
+    assert drawn == [[1, 1, 2, 2], [0, 0]]  # the coats come from the cache
+    np.testing.assert_array_equal(second[2:], first[2:])
+    np.testing.assert_array_equal(prior_images(generator, [0, 2], settings), second)  # as drawn without a cache
+    prior_images(generator, [1], replace(settings, prior_steps=3), cache)
+    prior_images(generator, [1], replace(settings, prior_guidance=1.0), cache)
+    other = tmp_path / "other"
+    build_pipeline(TEST_SD, prompt_words(class_prompts(CLASSES, TEMPLATE)), tmp_path / "w", seed=1).save_pretrained(
+        other
+    )
+    prior_images(Generator(other, CLASSES, TEMPLATE), [1], settings, cache)
+    assert drawn[3:] == [[1, 1]] * 3  # another sampling setting or base draws its own
+    assert len(list(cache.glob("prior-*.npy"))) == 6
+
+
 def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch):
     data = client_data([0, 0, 1, 1])
     full = finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "full", LORA)
@@ -150,7 +182,7 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:  # dies during step 4, after the step-2 checkpoint... and step 3
+        if calls["n"] == 4:  # the fixed-noise loss at step 0, steps 1 and 2 (checkpoint), dies in step 3
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
@@ -166,7 +198,7 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch
     resumed_steps = []
     monkeypatch.setattr(lora_module, "denoising_loss", lambda *a, **k: resumed_steps.append(1) or real_loss(*a, **k))
     resumed = finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "cut", LORA, resume=True)
-    assert len(resumed_steps) == LORA.steps - 2
+    assert len(resumed_steps) == LORA.steps - 2 + 1  # and the fixed-noise loss at the end
     from safetensors.torch import load_file
 
     a = load_file(tmp_path / "full" / "pytorch_lora_weights.safetensors")
@@ -175,6 +207,23 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, base, monkeypatch
     for key in a:
         torch.testing.assert_close(a[key], b[key])
     assert resumed.timings["train_seconds"] > 0 and full.timings["train_seconds"] > 0
+    full_curve, cut_curve = (json.loads((tmp_path / run / LORA_METADATA).read_text()) for run in ("full", "cut"))
+    assert len(full_curve["loss_every_10_steps"]) == 1  # 6 steps
+    assert cut_curve["loss_every_10_steps"] == pytest.approx(full_curve["loss_every_10_steps"])  # kept across the stop
+    assert [step for step, _ in full_curve["fixed_noise_loss"]] == [0, 6]  # every 20 steps and the last
+    np.testing.assert_allclose(cut_curve["fixed_noise_loss"], full_curve["fixed_noise_loss"], rtol=1e-5)
+
+
+def test_a_lora_that_learns_nothing_stops_at_its_first_fixed_noise_check(tmp_path, base):
+    data = client_data([0, 0, 1, 1])
+    stalled = replace(LORA, steps=50, lr=1e-12, prior_per_class=0)  # the loss cannot fall
+    stopped = finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "stopped", stalled)
+    assert stopped.steps_run == 20
+    meta = json.loads((tmp_path / "stopped" / LORA_METADATA).read_text())
+    assert meta["steps_run"] == 20 and [step for step, _ in meta["fixed_noise_loss"]] == [0, 20]
+    assert len(meta["loss_every_10_steps"]) == 2
+    every_step = finetune_lora(data, CLASSES, TEMPLATE, base, tmp_path / "all", replace(stalled, early_stop=0.0))
+    assert every_step.steps_run == 50
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path, base):

@@ -166,6 +166,32 @@ def add_deploy_options(parser: argparse.ArgumentParser) -> None:
         help="one folder (a subfolder per class it holds, named as the run's classes) or npz per node, "
         "comma-separated; sets --clients to their number. --dataset still names the prompts and base model",
     )
+    locks = parser.add_argument_group(
+        "locks",
+        "TLS and SuperNode authentication: by default a throwaway CA for 127.0.0.1 and a key pair per node, made "
+        "in OUT_DIR/tls; every node's public key is registered with the SuperLink before it starts",
+    )
+    for flag, what in (
+        ("--ssl-ca-certfile", "the CA certificate the nodes verify the SuperLink's against"),
+        ("--ssl-certfile", "the SuperLink's certificate (PEM), naming 127.0.0.1"),
+        ("--ssl-keyfile", "its private key (PEM, unencrypted)"),
+    ):
+        locks.add_argument(flag, default="", help=f"{what}; the three together, or none for a trial CA")
+    locks.add_argument(
+        "--node-keys",
+        default="",
+        metavar="DIR",
+        help="supernode-<i>.key and supernode-<i>.pub for each node (OpenSSH EC keys on a NIST curve: ssh-keygen -t "
+        "ecdsa -b 384); empty: made for the run",
+    )
+    locks.add_argument(
+        "--unknown-nodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also start N SuperNodes with keys never registered, to see the SuperLink refuse them (a trial of the "
+        "lock); the run goes on with the others",
+    )
     parser.add_argument(
         "--in-process-fill",
         action="store_true",
@@ -192,12 +218,24 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     settings = replace(settings, out_dir=str(Path(settings.out_dir).resolve()))
     check_data(settings, node_local=bool(data_dirs))
     service_fill = settings.fill.synthetic and not args.in_process_fill
+    ssl_files = (args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile)
+    if any(ssl_files) and not all(ssl_files):
+        raise ReglError("give --ssl-ca-certfile, --ssl-certfile and --ssl-keyfile together, or none for a trial CA")
+    if all(ssl_files):
+        from regl.fl.tls import given_credentials
+
+        given_credentials(*ssl_files)  # a bad file fails here, before any process starts
+    if args.unknown_nodes < 0:
+        raise ReglError(f"--unknown-nodes must be 0 or more, got {args.unknown_nodes}")
     if not in_sandbox():
         return rerun_self_isolated(args.argv, DEPLOY_STATE_DIR)
-    from regl.fl.deployment import deploy
+    from regl.fl.deployment import deploy, make_locks
 
     absolute = tuple(str(Path(d).resolve()) for d in data_dirs)
-    summary = deploy(settings, service_fill, DEPLOY_STATE_DIR, absolute, service_train=not args.in_process_train)
+    nodes = settings.partition.num_clients
+    tls_dir = Path(settings.out_dir) / "tls"
+    locks = make_locks(tls_dir, nodes, ssl_files if all(ssl_files) else None, args.node_keys, args.unknown_nodes)
+    summary = deploy(settings, service_fill, DEPLOY_STATE_DIR, locks, absolute, service_train=not args.in_process_train)
     done = summary["deployment"]
     with_service = done["service_fill"] or done["service_train"]
     print(

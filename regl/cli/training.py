@@ -1,4 +1,5 @@
-"""`regl finetune` and `regl pretrain-base`: training the generator, a client's LoRA or the base itself.
+"""`regl finetune`, `regl pretrain-base` and `regl distill-lcm`: training the generator, a client's LoRA, the base
+itself, or the base's few-step adapter.
 
 The LoRA's options are declared on `LoraSettings` (regl/options.py); the base's defaults come from `PretrainSettings`.
 """
@@ -167,6 +168,46 @@ def cmd_pretrain_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_distill_options(parser: argparse.ArgumentParser) -> None:
+    """The base and output are the command's; the distillation's options are DistillSettings' declarations."""
+    from regl.generate.settings import DistillSettings
+    from regl.options import add_arguments, config_fields, default_of
+
+    add_base_option(parser)
+    parser.add_argument(
+        "--out", default="", help="adapter folder to write; empty: BASE/few-step, where --fill-sampler lcm looks"
+    )
+    options = list(config_fields(DistillSettings))
+    add_arguments(parser, options, {cf.key: default_of(cf.field) for cf in options})
+    add_threads_option(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT/checkpoint")
+
+
+def cmd_distill_lcm(args: argparse.Namespace) -> int:
+    import torch
+
+    from regl.generate.consistency import distill
+    from regl.generate.generator import FEW_STEP_FOLDER
+    from regl.generate.pretrain import public_training_set
+    from regl.generate.settings import DistillSettings
+    from regl.options import check_ranges, config_fields
+
+    settings = DistillSettings(**{cf.field.name: getattr(args, cf.dest) for cf in config_fields(DistillSettings)})
+    check_ranges(settings)
+    base = Path(args.base)
+    if not (base / "unet").is_dir():
+        raise ReglError(f"--base {base} is not a diffusers Stable Diffusion folder (no unet/)")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else base / FEW_STEP_FOLDER
+    record = distill(base, out, public_training_set(), settings, resume=args.resume)
+    losses = record["loss_every_100_steps"]
+    print(
+        f"few-step adapter written to {out} ({record['seconds_this_call']:.0f}s in this call); loss {losses[0]:.4f} "
+        f"over the first 100 steps, {losses[-1]:.4f} over the last"
+    )
+    return 0
+
+
 COMMANDS = (
     Command(
         "pretrain-base",
@@ -177,6 +218,17 @@ COMMANDS = (
         "steps.",
         add_pretrain_options,
         cmd_pretrain_base,
+    ),
+    Command(
+        "distill-lcm",
+        "distil the base for few-step sampling (an LCM-LoRA)",
+        "Latent consistency distillation (Luo et al. 2023) of the base on its own pretraining images, the "
+        "guidance folded in: the adapter it writes (diffusers' LoRA format) samples with LCMScheduler in 1-4 "
+        "steps of one UNet pass each, and a client's LoRA stacks on it. Written into the base folder by "
+        "default, where --fill-sampler lcm and the lcm scheduler find it. Checkpoints every "
+        "--checkpoint-every steps; --resume continues.",
+        add_distill_options,
+        cmd_distill_lcm,
     ),
     Command(
         "finetune",

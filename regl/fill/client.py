@@ -8,6 +8,7 @@ reruns and other arms with the same settings reuse it instead of generating agai
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -209,7 +210,7 @@ class ClientFill:
         base = self.settings.base_folder()
         started = time.perf_counter()
         if lora and self.settings.lora == "client":
-            generator = self._lora_generator(data, base, report)
+            generator, timings["lora_steps"] = self._lora_generator(data, base, report)
         elif lora:
             generator = self._federated_generator(data, base)
         else:
@@ -221,8 +222,7 @@ class ClientFill:
         images = generator.generate(
             labels,
             [image_seed(seed, i) for i in range(len(labels))],
-            steps=self.settings.steps,
-            guidance=self.settings.guidance,
+            **self.settings.sampling(),
             on_batch=lambda done: report(f"diffusion image {done}/{len(labels)}", done / len(labels)),
         )
         timings["generate_seconds"] = time.perf_counter() - started
@@ -256,8 +256,7 @@ class ClientFill:
             "seed": self.run_seed,
             **seeds_key(),
             "counts": counts.tolist(),
-            "steps": self.settings.steps,
-            "guidance": self.settings.guidance,
+            **self.settings.sampling_key(),
             "base": base_fingerprint(self.settings.base_folder()),
             **compute_key(self.settings.compute()),
             **self._data_key(data),
@@ -271,6 +270,7 @@ class ClientFill:
             rank=self.settings.lora_rank,
             targets=self.settings.lora_targets,
             lr=self.settings.lora_lr,
+            early_stop=self.settings.lora_early_stop,
             cfg_dropout=self.settings.lora_cfg_dropout,
             steps=self.settings.lora_steps,
             prior_per_class=self.settings.prior_per_class,
@@ -295,18 +295,22 @@ class ClientFill:
         }
 
     def _lora_generator(self, data: ImageDataset, base: Path, report: Progress):
-        """The client's LoRA: trained once per (client data, settings, base weights), kept beside the store."""
-        from regl.generate.generator import LORA_FILE, Generator
+        """The client's LoRA: trained once per (client data, settings, base weights), kept beside the store; with
+        the steps it ran (fewer than the settings' where it stopped early)."""
+        from regl.generate.generator import LORA_FILE, LORA_METADATA, Generator
         from regl.generate.lora import finetune_lora
 
         lora_settings = self._lora_settings()
         compute = self.settings.compute("training")
         folder = Path(self.settings.store) / f"lora-client-{self.client_id}-{digest(self.lora_key(data, base))}"
         if (folder / LORA_FILE).is_file():
-            return Generator(base, data.class_names, self.template, lora=folder, compute=self.settings.compute())
+            steps_run = json.loads((folder / LORA_METADATA).read_text())["steps_run"]
+            return Generator(
+                base, data.class_names, self.template, lora=folder, compute=self.settings.compute()
+            ), steps_run
         resume = (folder / "checkpoint" / "state.pt").is_file()
         steps = lora_settings.steps
-        generator = finetune_lora(
+        result = finetune_lora(
             data,
             data.class_names,
             self.template,
@@ -317,9 +321,10 @@ class ClientFill:
             show_progress=False,
             on_step=lambda step: report(f"LoRA step {step}/{steps}", step / steps),
             compute=compute,
-        ).generator
-        generator.set_compute(self.settings.compute())
-        return generator
+            prior_cache=Path(self.settings.store) / "priors",
+        )
+        result.generator.set_compute(self.settings.compute())
+        return result.generator, result.steps_run
 
     def _federated_generator(self, data: ImageDataset, base: Path):
         """The federation's adapter, saved once in diffusers' format beside the store; for federated+local, a

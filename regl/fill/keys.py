@@ -12,7 +12,7 @@ import numpy as np
 from regl.compute import Compute
 from regl.errors import ReglError
 from regl.fill.settings import FillSettings
-from regl.generate.settings import PADDING, LoraSettings
+from regl.generate.settings import PADDING, PRIOR_SEED, LoraSettings
 from regl.seeds import SEED_DERIVATION, derive_seed
 
 # FillSettings fields newer than the stores in use
@@ -27,6 +27,8 @@ ADDED_LATER = (
     "adapter_rule",
     "adapter_dp_noise",
     "adapter_dp_clip",
+    "sampler",
+    "lora_early_stop",  # reaches a store's key through its LoRA's settings (lora_settings_key)
 )
 LORA_ADDED_LATER = ("targets", "cfg_dropout")  # LoraSettings fields newer than the LoRAs in use
 LORA_WAS = {"client": True, "none": False}  # `lora` was a bool before the federated generator
@@ -47,15 +49,16 @@ def settings_key(settings: FillSettings) -> dict:
 
 
 def lora_settings_key(settings: LoraSettings) -> dict:
-    """A LoRA's settings in a key, with how its training images were padded (PADDING); settings added later are
-    left out at their defaults, so stores made before the choices existed (with the same padding) are found
-    again."""
+    """A LoRA's settings in a key, with how its training images were padded (PADDING) and, where it has priors,
+    their seed; settings added later are left out at their defaults, so stores made before the choices existed
+    (with the same padding and priors) are found again."""
     chosen = {
         name: value
         for name, value in asdict(settings).items()
         if not (name in LORA_ADDED_LATER and value == getattr(LoraSettings(), name))
     }
-    return {**chosen, "padding": PADDING}
+    priors = {"prior_seed": PRIOR_SEED} if settings.prior_per_class else {}  # shared priors (lora.prior_images)
+    return {**chosen, "padding": PADDING, **priors}
 
 
 def compute_key(compute: Compute) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from regl.options import option
 
 MODES = ("none", "public")
 LORA_MODES = ("client", "none", "federated", "federated+local")
+SAMPLERS = ("dpm", "lcm")  # the fill's samplers (regl/generate/generator.py SCHEDULERS)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class FillSettings:
         request=True,
     )
     lora_steps: int = option(
-        LoraSettings().steps, "each client's LoRA fine-tuning steps", ge=1, group="fill", request=True
+        LoraSettings().steps, "each client's LoRA fine-tuning steps, at most", ge=1, group="fill", request=True
     )
     prior_per_class: int = option(
         LoraSettings().prior_per_class,
@@ -103,6 +105,16 @@ class FillSettings:
         group="fill",
         request=True,
     )
+    lora_early_stop: float = option(
+        LoraSettings().early_stop,
+        "stop a client's LoRA before --fill-lora-steps when its fixed-noise loss (checked every 20 steps) has not "
+        "fallen this fraction below its best: where the base already draws the client's images the LoRA learns "
+        "nothing and stops at 20 steps; 0 runs every step",
+        ge=0,
+        le=0.5,
+        group="fill",
+        request=True,
+    )
     adapter_rounds: int = option(
         10, "--fill-lora federated: rounds of the federation's adapter before the classifier's", ge=1, group="fill"
     )
@@ -136,6 +148,14 @@ class FillSettings:
     guidance: float = option(
         FILL_SAMPLING.guidance, "classifier-free guidance scale", ge=0, le=30, group="fill", request=True
     )
+    sampler: str = option(
+        "dpm",
+        "dpm: DPM-Solver++ with classifier-free guidance (two UNet passes a step); lcm: the base's few-step "
+        "adapter (regl distill-lcm), for 1-4 --fill-steps of one pass each, --fill-guidance folded into it",
+        choices=SAMPLERS,
+        group="fill",
+        request=True,
+    )
     base: str = option("", "diffusers SD folder; empty: the shipped base", group="fill")
     store: str = option(
         ".regl-cache/fill",
@@ -147,6 +167,18 @@ class FillSettings:
     )  # each node's own, in its node config
     device: str = option("auto", DEVICE_HELP, choices=DEVICES, group="fill")
     dtype: str = option("auto", DTYPE_HELP, choices=DTYPES, group="fill")
+
+    def sampling(self) -> dict[str, Any]:
+        """How the fill draws its diffusion images: Generator.generate's steps, guidance and scheduler."""
+        return {"steps": self.steps, "guidance": self.guidance, "scheduler": self.sampler}
+
+    def sampling_key(self) -> dict[str, Any]:
+        """The sampling in a store's key; the default sampler left out, so stores made before it are found."""
+        return {
+            "steps": self.steps,
+            "guidance": self.guidance,
+            **({"sampler": self.sampler} if self.sampler != "dpm" else {}),
+        }
 
     @property
     def sources(self) -> tuple[str, ...]:

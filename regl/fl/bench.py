@@ -78,6 +78,7 @@ SAMPLING_KEYS = (
     "fill-lora-rank",
     "fill-lora-targets",
     "fill-lora-lr",
+    "fill-lora-early-stop",
     "fill-lora-cfg-dropout",
     *ADAPTER_KEYS,
     "fill-steps",

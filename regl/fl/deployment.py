@@ -6,12 +6,17 @@ fill and trains its rounds warm. One SuperLink coordinates them; `flwr run` subm
 app. Every process binds 127.0.0.1 inside the loopback-only sandbox and is stopped when
 the run ends.
 
+Locks (regl/fl/tls.py): the SuperLink serves TLS only, and admits only SuperNodes whose
+public key was registered with it (`flwr supernode register`, before they start); a node
+with another key is refused, named on stderr and in deployment.json, and left dead.
+
 Faults: a node whose service does not come up joins without it (its ClientApp then says
 why it cannot work, each round, in rounds.json). A SuperNode or a node's service that dies
-later is started again, as an operator's supervisor would: the SuperNode rejoins from the
-next round; the service comes back with the same settings and store folder, so a fill it
-was making resumes from its store and cached LoRA (its ClientApp waits for it and asks
-again: regl/fill/remote.py), and its node trains again from the round after it is back.
+later is started again, as an operator's supervisor would: the SuperNode rejoins once the
+SuperLink lets its key in again (`_supervise`); the service comes back with the same
+settings and store folder, so a fill it was making resumes from its store and cached LoRA
+(its ClientApp waits for it and asks again: regl/fill/remote.py), and its node trains
+again from the round after it is back.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from regl.atomic import write_json_atomically
@@ -30,6 +36,7 @@ from regl.data.node_data import run_class_names
 from regl.errors import ReglError
 from regl.fill.remote import service_answers
 from regl.fl.experiment import ExperimentSettings
+from regl.fl.tls import Credentials, given_credentials, key_fingerprint, node_key_pair, trial_credentials
 from regl.service.settings import ServiceSettings
 from regl.stopping import end
 from regl.waiting import wait_until
@@ -38,17 +45,49 @@ SUPERLINK_PORT = 9090
 SUPERNODE_PORT = 9100  # + node index: each SuperNode's runtime API
 SERVICE_PORT = 8100  # + node index: each node's `regl serve`
 MAX_RESTARTS = 3  # per SuperNode and per service: one that keeps dying is left dead
+REFUSAL_SECONDS = 60  # how long a SuperNode with an unregistered key may take to be refused
+REJOIN_SECONDS = 10.0  # a restarted SuperNode refused for its dead session is started again this often
+REJOIN_LIMIT_SECONDS = 180.0  # ... for this long (the session lapses after about 60 s)
+REFUSED = "Failed to activate SuperNode"  # what a refused SuperNode logs before it exits (Flower 1.41)
 POLL_SECONDS = 0.5
 SUPEREXEC_POLL_SECONDS = "0.1"
 CONNECTION_TOML = """\
-# Written by `regl deploy`: the SuperLink it starts on loopback.
+# Written by `regl deploy`: the SuperLink it starts on loopback, over TLS.
 [superlink]
 default = "deployment"
 
 [superlink.deployment]
 address = "127.0.0.1:{port}"
-insecure = true
+root-certificates = {ca}
 """
+
+
+@dataclass(frozen=True)
+class Locks:
+    """TLS for every connection to the SuperLink, and each SuperNode's key pair (regl/fl/tls.py)."""
+
+    credentials: Credentials
+    node_keys: tuple[tuple[Path, Path], ...]  # node i's (private, public): registered before it starts
+    unknown_keys: tuple[tuple[Path, Path], ...] = ()  # SuperNodes started with keys never registered: a trial
+
+
+def make_locks(
+    folder: Path, nodes: int, ssl_files: tuple[str, str, str] | None, key_dir: str, unknown_nodes: int
+) -> Locks:
+    """The operator's TLS files (`ssl_files`: CA, certificate, key) or a trial CA's made in `folder`; node i's
+    keys from `key_dir` (supernode-<i>.key and .pub) or made in `folder`."""
+    credentials = given_credentials(*ssl_files) if ssl_files else trial_credentials(folder)
+    if key_dir:
+        keys = tuple((Path(key_dir) / f"supernode-{i}.key", Path(key_dir) / f"supernode-{i}.pub") for i in range(nodes))
+        for pair in keys:
+            for path in pair:
+                if not path.is_file():
+                    raise ReglError(f"--node-keys {key_dir}: no {path.name} (one key pair per node, supernode-<i>)")
+        keys = tuple((private.resolve(), public.resolve()) for private, public in keys)
+    else:
+        keys = tuple(node_key_pair(folder, f"supernode-{i}") for i in range(nodes))
+    unknown = tuple(node_key_pair(folder, f"unknown-{i}") for i in range(nodes, nodes + unknown_nodes))
+    return Locks(credentials, keys, unknown)
 
 
 def toml_value(value) -> str:
@@ -68,7 +107,7 @@ class Processes:
     """Started processes, each logging to its own file; all stopped on exit."""
 
     def __init__(self, log_dir: Path, bin_dir: Path) -> None:
-        self.log_dir, self.running, self.argv, self.extra_env = log_dir, {}, {}, {}
+        self.log_dir, self.running, self.argv, self.extra_env, self.log_start = log_dir, {}, {}, {}, {}
         log_dir.mkdir(parents=True, exist_ok=True)
         # the SuperLink and SuperNodes start `flower-superexec` and the apps by name; that looks for
         # new tasks every second unless told otherwise, a wait every message of every round pays
@@ -80,7 +119,9 @@ class Processes:
 
     def start(self, name: str, argv: list[str], mode: str = "w", env: dict[str, str] | None = None) -> subprocess.Popen:
         """`env`: this process's own variables on top of the shared ones."""
-        with open(self.log_dir / f"{name}.log", mode) as log:  # the child keeps its own descriptor
+        log_file = self.log_dir / f"{name}.log"
+        self.log_start[name] = log_file.stat().st_size if mode == "a" and log_file.exists() else 0
+        with open(log_file, mode) as log:  # the child keeps its own descriptor
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})})
         self.running[name], self.argv[name], self.extra_env[name] = process, argv, env
         return process
@@ -88,6 +129,12 @@ class Processes:
     def restart(self, name: str) -> subprocess.Popen:
         """The same command again, its log appended to."""
         return self.start(name, self.argv[name], mode="a", env=self.extra_env[name])
+
+    def output(self, name: str) -> str:
+        """What the process has logged since it was last started."""
+        with open(self.log_dir / f"{name}.log", "rb") as log:
+            log.seek(self.log_start[name])
+            return log.read().decode(errors="replace")
 
     def exited(self, name: str) -> int | None:
         return self.running[name].poll()
@@ -152,16 +199,40 @@ def _node_config(node: int, nodes: int, service: str | None, service_fill: bool,
 
 def _supervise(flwr_run: subprocess.Popen, processes: Processes, names: list[str]) -> dict[str, int]:
     """Wait for `flwr run`; start each of `names` (SuperNodes, services) that dies again, at most MAX_RESTARTS
-    times each, with its own command and environment. Returns the restarts by name, those restarted only."""
+    times each, with its own command and environment. Returns the restarts by name, those restarted only.
+
+    A restarted SuperNode is refused while the SuperLink still holds its dead session online (until the
+    heartbeat lapses: Flower's 30 s interval × 2) and its key with it; it is started again every
+    REJOIN_SECONDS until let in, for at most REJOIN_LIMIT_SECONDS, without counting against MAX_RESTARTS.
+    """
     restarts = dict.fromkeys(names, 0)
+    refused_since: dict[str, float] = {}
+    next_look: dict[str, float] = {}
 
     def start_the_dead() -> int | None:
         if (code := flwr_run.poll()) is not None:
             return code
+        now = time.monotonic()
         for name in names:
             code = processes.exited(name)
-            if code is not None and restarts[name] < MAX_RESTARTS:
+            if code is None or now < next_look.get(name, 0.0):
+                continue
+            if restarts[name] and REFUSED in processes.output(name):
+                if name not in refused_since:
+                    refused_since[name] = now
+                    print(
+                        f"{name} was refused: the SuperLink holds its dead session until its heartbeat lapses; "
+                        f"starting it every {REJOIN_SECONDS:.0f}s until it is let in",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                if now - refused_since[name] > REJOIN_LIMIT_SECONDS:
+                    continue  # left dead: rounds.json names it missing
+                next_look[name] = now + REJOIN_SECONDS
+                processes.restart(name)
+            elif restarts[name] < MAX_RESTARTS:
                 restarts[name] += 1
+                refused_since.pop(name, None)
                 print(
                     f"{name} exited with code {code}; starting it again ({restarts[name]} of {MAX_RESTARTS})",
                     file=sys.stderr,
@@ -174,6 +245,32 @@ def _supervise(flwr_run: subprocess.Popen, processes: Processes, names: list[str
     return {name: count for name, count in restarts.items() if count}
 
 
+def _register(bin_dir: Path, processes: Processes, public: Path, name: str) -> int:
+    """Register a SuperNode's public key with the SuperLink (Flower's CLI, over TLS); returns its node id."""
+    result = subprocess.run(
+        [str(bin_dir / "flwr"), "supernode", "register", str(public), "deployment", "--name", name, "--format", "json"],
+        env=processes.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        reply = json.loads(result.stdout[result.stdout.index("{") :])
+        if result.returncode == 0 and reply.get("success"):
+            return int(reply["node-id"])
+    except ValueError:
+        pass
+    raise ReglError(f"flwr supernode register {name} failed: {(result.stdout + result.stderr).strip()[-500:]}")
+
+
+def _refused(processes: Processes, name: str) -> bool:
+    """Whether the SuperNode `name` exited because the SuperLink refused its key, waiting up to REFUSAL_SECONDS."""
+    deadline = time.monotonic() + REFUSAL_SECONDS
+    while processes.exited(name) is None and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    return processes.exited(name) is not None and REFUSED in processes.output(name)
+
+
 def _per_node(restarts: dict[str, int], kind: str) -> dict[int, int]:
     """{"service-1": 2} → {1: 2} for kind "service"."""
     return {int(name.rpartition("-")[2]): count for name, count in restarts.items() if name.startswith(f"{kind}-")}
@@ -183,6 +280,7 @@ def deploy(
     settings: ExperimentSettings,
     service_fill: bool,
     state_dir: Path,
+    locks: Locks,
     data_dirs: tuple[str, ...] = (),
     service_train: bool = True,
 ) -> dict:
@@ -194,19 +292,35 @@ def deploy(
     nodes = settings.partition.num_clients
     if data_dirs and len(data_dirs) != nodes:
         raise ReglError(f"{len(data_dirs)} data folders for {nodes} nodes")
+    if len(locks.node_keys) != nodes:
+        raise ReglError(f"{len(locks.node_keys)} node key pairs for {nodes} nodes")
+    tls = locks.credentials
     state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "config.toml").write_text(CONNECTION_TOML.format(port=SUPERLINK_PORT))
+    ca = json.dumps(str(tls.ca.resolve()))
+    (state_dir / "config.toml").write_text(CONNECTION_TOML.format(port=SUPERLINK_PORT, ca=ca))
     bin_dir = Path(sys.executable).parent
     missing = [tool for tool in ("flower-superlink", "flower-supernode", "flwr") if not (bin_dir / tool).exists()]
     if missing:
         raise ReglError(f"{', '.join(missing)} missing beside {sys.executable}; is flwr installed in this environment?")
     started = time.perf_counter()
     with Processes(out_dir / "logs", bin_dir) as processes:
+        link = ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.certificate), "--ssl-keyfile", str(tls.key)]
         processes.start(
             "superlink",
-            [str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(SUPERLINK_PORT)],
+            [
+                str(bin_dir / "flower-superlink"),
+                *link,
+                "--enable-supernode-auth",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(SUPERLINK_PORT),
+            ],
         )
         _wait_for_port(SUPERLINK_PORT, processes)
+        registered = {
+            node: _register(bin_dir, processes, locks.node_keys[node][1], f"supernode-{node}") for node in range(nodes)
+        }
         services: dict[int, str] = {}
         if service_fill or service_train:
             for node in range(nodes):
@@ -225,13 +339,19 @@ def deploy(
                         file=sys.stderr,
                         flush=True,
                     )
-        for node in range(nodes):
-            config = _node_config(node, nodes, services.get(node), service_fill, data_dirs[node] if data_dirs else "")
+        unknown = {nodes + i: pair for i, pair in enumerate(locks.unknown_keys)}
+        for node, (private, _) in [*enumerate(locks.node_keys), *unknown.items()]:
+            config = _node_config(
+                node, nodes, services.get(node), service_fill, data_dirs[node] if node < len(data_dirs) else ""
+            )
             processes.start(
                 f"supernode-{node}",
                 [
                     str(bin_dir / "flower-supernode"),
-                    "--insecure",
+                    "--root-certificates",
+                    str(tls.ca),
+                    "--auth-supernode-private-key",
+                    str(private),
                     "--superlink",
                     f"127.0.0.1:{SUPERLINK_PORT}",
                     "--port",
@@ -240,10 +360,23 @@ def deploy(
                     config,
                 ],
             )
-        time.sleep(2)  # the SuperNodes register with the SuperLink
+        time.sleep(2)  # the SuperNodes activate their registrations with the SuperLink
         for node in range(nodes):
             if processes.exited(f"supernode-{node}") is not None:
                 raise ReglError(f"supernode-{node} exited at start; see {out_dir / 'logs'}/supernode-{node}.log")
+        refused = []
+        for node, (_, public) in unknown.items():
+            if not _refused(processes, f"supernode-{node}"):
+                raise ReglError(
+                    f"supernode-{node}, whose key was never registered, was not refused by the SuperLink within "
+                    f"{REFUSAL_SECONDS}s; see {out_dir / 'logs'}/supernode-{node}.log"
+                )
+            refused.append(node)
+            print(
+                f"supernode-{node} refused by the SuperLink: its key ({key_fingerprint(public)}) is not registered",
+                file=sys.stderr,
+                flush=True,
+            )
         setup_seconds = time.perf_counter() - started
         project = Path(__file__).resolve().parents[2]  # the checkout, whose pyproject.toml is the app
         flwr_run = subprocess.Popen(
@@ -276,6 +409,9 @@ def deploy(
         "service_train": service_train and bool(services),
         "nodes_without_service": sorted(set(range(nodes)) - set(services)) if service_fill or service_train else [],
         "data_dirs": [str(Path(d).resolve()) for d in data_dirs],
+        "tls": "trial CA" if tls.trial else str(tls.ca),
+        "registered_nodes": {str(node): node_id for node, node_id in registered.items()},
+        "refused_nodes": refused,
         "supernode_restarts": _per_node(restarts, "supernode"),
         "service_restarts": _per_node(restarts, "service"),
         "setup_seconds": setup_seconds,

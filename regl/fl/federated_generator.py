@@ -143,6 +143,8 @@ class AdapterRounds:
             **compute_key(fill.compute("training")),
             # a private run's rounds are not a plain run's, nor another noise's or clip's; plain keys stay as they were
             **({"dp": {"noise": fill.adapter_dp_noise, "clip": fill.adapter_dp_clip}} if fill.adapter_dp_noise else {}),
+            # rounds on a sample of the clients are not rounds on all of them (the same for plain keys, as above)
+            **({"clients_per_round": settings.clients_per_round} if settings.clients_per_round else {}),
         }
         self.key = key
         self.folder = Path(fill.store) / f"federated-rounds-{digest(key)}"

@@ -6,7 +6,10 @@ direction. The round's aggregated change of the output layer is, to first order,
 non-negative mix of those directions weighted by how much of each class the clients trained
 on, so a non-negative least-squares fit of it estimates the round's class composition.
 Once the estimate is imbalanced, Ra (each class's estimated shortfall: mean share / own
-share) goes to the clients for the Ratio Loss (regl/train/losses.py).
+share) goes to the clients for the Ratio Loss (regl/train/losses.py). Under partial
+participation (`--clients-per-round`) a round's composition is its participants': the
+estimate, its true value (their class counts) and Ra follow the clients sampled, as in the
+paper's own setting of 20 of 100 clients per round.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ noise of std z·C/N to their uniform mean (Flower's fixed-clipping DP wrappers f
 classifier, regl/fl/adapter_aggregation.py:private_aggregate for the federated generator's
 adapter), so one client joining or leaving moves the mean by at most C/N: each round is a
 Gaussian mechanism with noise multiplier z and no sampling amplification (sampling rate 1).
+Under partial participation (`--clients-per-round` M) the mean is over the M sampled clients and
+the accounting still takes sampling rate 1: an upper bound on ε, since the seeded fixed-size draw
+is not the Poisson sampling that the amplification bound assumes.
 A run whose classifier and generator both train on the clients' data releases both: their
 rounds compose (RDP adds up order by order), so its ε is that of the joint history.
 """

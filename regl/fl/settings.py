@@ -47,6 +47,13 @@ class ExperimentSettings:
         "", "classifier; empty: cnn for grayscale, resnet18 for RGB data", choices=MODELS, group="training"
     )
     num_rounds: int = option(20, "federated rounds", flag="--rounds", ge=1, group="training")
+    clients_per_round: int = option(
+        0,
+        "clients sampled to train each round (and each round of the federated generator), seeded by --seed; a "
+        "client makes its fill the first round it is sampled; 0: every client, every round",
+        ge=0,
+        group="training",
+    )
     train: TrainSettings = field(default_factory=TrainSettings)
     seed: int = option(0, "partition, model and training seed", ge=-(2**63), le=2**63 - 1, group="data")
     out_dir: str = option(
@@ -142,6 +149,11 @@ class ExperimentSettings:
         """Reject values out of their declared range and impossible combinations, naming the option."""
         self.fill.check()
         check_ranges(self)
+        if self.clients_per_round > self.partition.num_clients:
+            raise ReglError(
+                f"--clients-per-round {self.clients_per_round} is more than the federation's "
+                f"{self.partition.num_clients} clients (--clients)"
+            )
         if self.dp_noise and self.aggregate_weight != "examples":
             raise ReglError("differential privacy averages the clients' updates uniformly: drop --aggregate-weight")
         if self.dp_noise and self.strategy in ("fedavgm", "fedadam"):
@@ -182,7 +194,8 @@ class ExperimentSettings:
 
     @property
     def name(self) -> str:
-        name = f"{self.dataset.rstrip('/').split('/')[-1]}-{self.partition.describe()}-s{self.seed}"
+        sampled = f"-sample{self.clients_per_round}" if self.clients_per_round else ""
+        name = f"{self.dataset.rstrip('/').split('/')[-1]}-{self.partition.describe()}{sampled}-s{self.seed}"
         if self.warm_start_per_class:
             name += f"-warm{self.warm_start_per_class}" + ("-public" if self.init == "public" else "")
         for value, default in ((self.loss, "ce"), (self.strategy, "fedavg"), (self.aggregate_weight, "examples")):

@@ -101,8 +101,9 @@ def simulate(settings: ExperimentSettings, num_cpus: int, verbose: bool = False)
         def write(line: str) -> None:
             print(line, file=terminal, flush=True)
 
+        sampled = f"{settings.clients_per_round} sampled of " if settings.clients_per_round else ""
         write(
-            f"{settings.name}: {settings.num_rounds} rounds on {settings.partition.num_clients} clients; "
+            f"{settings.name}: {settings.num_rounds} rounds on {sampled}{settings.partition.num_clients} clients; "
             f"Flower's and Ray's logs in {log_file}"
         )
         try:

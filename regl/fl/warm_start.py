@@ -41,8 +41,7 @@ def warm_start_key(settings: ExperimentSettings) -> dict:
         "dataset": settings.dataset,
         "seed": settings.seed,
         **seeds_key(),
-        "steps": settings.fill.steps,
-        "guidance": settings.fill.guidance,
+        **settings.fill.sampling_key(),
         "base": base_fingerprint(settings.fill.base_folder()),
         **compute_key(settings.fill.compute()),
     }
@@ -68,8 +67,7 @@ def warm_start_data(settings: ExperimentSettings, write: Write) -> tuple[ImageDa
     images = generator.generate(
         labels,
         [image_seed(seed, i) for i in range(len(labels))],
-        steps=settings.fill.steps,
-        guidance=settings.fill.guidance,
+        **settings.fill.sampling(),
         on_batch=count_progress("warm start", "images", len(labels), write),
     )
     made = ImageDataset(

@@ -12,20 +12,24 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from regl.compute import Compute
 from regl.data.datasets import load_split
-from regl.generate.generator import Generator, image_seed
+from regl.generate.cost_model import FillCost, describe, hours
+from regl.generate.generator import FEW_STEP_FOLDER, LORA_FILE, Generator, image_seed
 from regl.generate.settings import FILL_SAMPLING, LoraSettings, SamplingSettings
 
 # Dense float16/bfloat16 tensor-core TFLOP/s by the name torch reports (float32: the TF32 figure is
 # not used, FP32 CUDA-core figures are in the second place).
 GPU_PEAK_TFLOPS = {"H200": (989.0, 67.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5), "L4": (121.0, 30.3)}
 # The demo's fill settings (`make demo`), for the one-client fill profile.
-DEMO_FILL = {"supplement": 0.2, "lora_steps": 100, "prior_per_class": 8}
+DEMO_FILL = {"supplement": 0.2, "lora_steps": 100, "prior_per_class": 8, "sampler": "lcm", "steps": 1}
+FEW_STEPS = 1  # the few-step sampler's steps in these figures: the fill's (results/sampler-few-step)
+CLIENTS = 1000  # the federation the cost model predicts for
 
 
 def cpu_clock_ghz() -> float:
@@ -55,21 +59,33 @@ def unet_flops_per_call(pipe, batch: int) -> int:
     return counter.get_total_flops()
 
 
-def bench_generation(generator: Generator, batch: int, steps: int, guidance: float, repeats: int = 2) -> dict:
+def bench_generation(
+    generator: Generator, batch: int, steps: int, guidance: float, scheduler: str = "dpm", repeats: int = 2
+) -> dict:
     labels = [i % len(generator.class_names) for i in range(batch)]
-    generator.generate(labels[:2], [0, 1], steps=2, guidance=guidance)  # warm-up
+    sampling = {"guidance": guidance, "scheduler": scheduler}
+    generator.generate(labels[:2], [0, 1], steps=2, **sampling)  # warm-up
     best = float("inf")
     for r in range(repeats):
         _synchronize(generator.compute)
         started = time.perf_counter()
-        generator.generate(
-            labels, [image_seed(r, i) for i in range(batch)], steps=steps, guidance=guidance, batch_size=batch
-        )
+        generator.generate(labels, [image_seed(r, i) for i in range(batch)], steps=steps, batch_size=batch, **sampling)
         _synchronize(generator.compute)
         best = min(best, time.perf_counter() - started)
-    unet_batch = batch * (2 if guidance > 1 else 1)
-    flops = unet_flops_per_call(generator.pipe, unet_batch) * steps
-    return {"images_per_second": batch / best, "seconds": best, "unet_flops_per_second": flops / best}
+    passes = steps * passes_per_step(scheduler, guidance)
+    flops = unet_flops_per_call(generator.pipe, batch) * passes
+    return {
+        "images_per_second": batch / best,
+        "seconds": best,
+        "unet_flops_per_second": flops / best,
+        "pass_seconds": best / (batch * passes),
+    }
+
+
+def passes_per_step(scheduler: str, guidance: float) -> int:
+    """UNet passes per image and step: two with classifier-free guidance, one without or with the few-step
+    sampler (its guidance folded into the adapter)."""
+    return 2 if guidance > 1 and scheduler != "lcm" else 1
 
 
 def _synchronize(compute: Compute) -> None:
@@ -94,7 +110,7 @@ def bench_lora_finetune(base: Path, dataset: str, steps: int, compute: Compute) 
             template_for(dataset),
             base,
             Path(out) / "lora",
-            LoraSettings(steps=steps),
+            LoraSettings(steps=steps, early_stop=0.0),  # every step: a rate is measured
             show_progress=False,
             compute=compute,
         )
@@ -117,10 +133,13 @@ def bench_natural_noise(resolution: int, channels: int, n: int = 512) -> float:
     return n / best
 
 
-def bench_client_fill(base: Path, compute_names: tuple[str, str]) -> dict:
-    """Client 0 of `make demo` (mnist-10k, 2 classes per client): its LoRA and diffusion fill, end to end."""
+def bench_client_fill(base: Path, compute_names: tuple[str, str]) -> list[dict]:
+    """Client 0 of `make demo` (mnist-10k, 2 classes per client): its LoRA and diffusion fill, end to end; twice in
+    one store, with two run seeds: the first draws the LoRA's prior images, the second finds them cached, as
+    every client after the first does in a run."""
     from regl.data.partitions import PartitionSpec
     from regl.fill.client import ClientFill
+    from regl.fill.keys import digest
     from regl.fill.settings import FillSettings, client_plan
     from regl.fl.experiment import ExperimentSettings, client_data
     from regl.generate.generator import LORA_METADATA
@@ -128,19 +147,24 @@ def bench_client_fill(base: Path, compute_names: tuple[str, str]) -> dict:
 
     dataset = "mnist-10k"
     data = client_data(ExperimentSettings(dataset=dataset, partition=PartitionSpec("classes", 10)), 0)
+    device, dtype = compute_names
+    measured = []
     with tempfile.TemporaryDirectory() as store:
-        device, dtype = compute_names
         settings = FillSettings(mode="diffusion", base=str(base), store=store, device=device, dtype=dtype, **DEMO_FILL)
-        fill = ClientFill(dataset, template_for(dataset), 0, 0, settings)
-        plan = client_plan(settings, data.class_counts(), None)
-        started = time.perf_counter()
-        images, timings = fill.make(data, plan, None)
-        timings["total_seconds"] = time.perf_counter() - started
-        lora = next(Path(store).glob(f"lora-client-0-*/{LORA_METADATA}"))
-        timings["lora"] = json.loads(lora.read_text())["timings"]
-    timings["images"] = len(images)
-    timings["store_seconds"] = timings["total_seconds"] - timings["finetune_seconds"] - timings["generate_seconds"]
-    return timings
+        for run_seed in (0, 1):
+            fill = ClientFill(dataset, template_for(dataset), 0, run_seed, settings)
+            plan = client_plan(settings, data.class_counts(), None)
+            started = time.perf_counter()
+            images, timings = fill.make(data, plan, None)
+            timings["total_seconds"] = time.perf_counter() - started
+            lora = Path(store) / f"lora-client-0-{digest(fill.lora_key(data, base))}" / LORA_METADATA
+            timings["lora"] = json.loads(lora.read_text())["timings"]
+            timings["images"] = len(images)
+            timings["store_seconds"] = (
+                timings["total_seconds"] - timings["finetune_seconds"] - timings["generate_seconds"]
+            )
+            measured.append(timings)
+    return measured
 
 
 def peak_flops(compute: Compute, threads: int, flop_per_cycle: int) -> tuple[float, str]:
@@ -179,8 +203,14 @@ def run_benchmark(
         f"machine: {os.cpu_count()} CPUs, torch threads {threads}; generator on {generator.compute.describe()}; "
         f"assumed peak {how}"
     ]
-    for label, sampling in (("the fill's sampling", FILL_SAMPLING), ("plain generation", SamplingSettings())):
-        result = bench_generation(generator, batch=64, steps=sampling.steps, guidance=sampling.guidance)
+    samplings = [("the fill's sampling", FILL_SAMPLING), ("plain generation", SamplingSettings())]
+    if (base / FEW_STEP_FOLDER / LORA_FILE).is_file():
+        samplings.append(("the few-step sampler", replace(FILL_SAMPLING, steps=FEW_STEPS, scheduler="lcm")))
+    measured = {}
+    for label, sampling in samplings:
+        measured[label] = result = bench_generation(
+            generator, 64, sampling.steps, sampling.guidance, sampling.scheduler
+        )
         lines.append(
             f"generate ({label}: batch 64, {sampling.steps} {sampling.scheduler} steps, guidance "
             f"{sampling.guidance:g}): {result['images_per_second']:.1f} images/s ({result['seconds']:.2f}s); UNet "
@@ -200,13 +230,66 @@ def run_benchmark(
         f"{timings['load_seconds']:.1f}s + prior images {timings['prior_seconds']:.1f}s + caching "
         f"{timings['cache_seconds']:.1f}s + training {timings['train_seconds']:.1f}s"
     )
-    fill = bench_client_fill(base, compute_names)
-    lora = fill["lora"]
-    lines.append(
-        f"one client's fill (make demo's client 0: {fill['images']} images, {DEMO_FILL['lora_steps']} LoRA steps): "
-        f"{fill['total_seconds']:.1f}s = LoRA {fill['finetune_seconds']:.1f}s (load {lora['load_seconds']:.1f}s, "
-        f"priors {lora['prior_seconds']:.1f}s, caching {lora['cache_seconds']:.1f}s, training "
-        f"{lora['train_seconds']:.1f}s) + generation {fill['generate_seconds']:.1f}s + store "
-        f"{fill['store_seconds']:.1f}s"
+    fills = bench_client_fill(base, compute_names)
+    for fill, priors in zip(fills, ("drawn", "cached"), strict=True):
+        lora = fill["lora"]
+        lines.append(
+            f"one client's fill (make demo's client 0: {fill['images']} images, {fill['lora_steps']} of at most "
+            f"{DEMO_FILL['lora_steps']} LoRA steps, {DEMO_FILL['steps']} {DEMO_FILL['sampler']} step, "
+            f"priors {priors}): "
+            f"{fill['total_seconds']:.1f}s = LoRA {fill['finetune_seconds']:.1f}s (load {lora['load_seconds']:.1f}s, "
+            f"priors {lora['prior_seconds']:.1f}s, caching {lora['cache_seconds']:.1f}s, training "
+            f"{lora['train_seconds']:.1f}s) + generation {fill['generate_seconds']:.1f}s + store "
+            f"{fill['store_seconds']:.1f}s"
+        )
+    fill = fills[-1]
+    fill_sampling = measured["the fill's sampling"]
+    cost = FillCost(
+        setup_seconds=fill["lora"]["load_seconds"] + fill["lora"]["cache_seconds"],  # the demo client's, its images
+        lora_step_seconds=1 / timings["steps_per_second"],
+        pass_seconds=fill_sampling["pass_seconds"],
+        pass_flops=unet_flops_per_call(generator.pipe, 1),
+    )
+    lines += cost_lines(
+        cost,
+        fill["images"],
+        fill["lora_steps"],
+        fill_sampling["unet_flops_per_second"] / peak,
+        measured["the few-step sampler"]["pass_seconds"] if "the few-step sampler" in measured else None,
     )
     return "\n".join(lines)
+
+
+def cost_lines(
+    cost: FillCost, images: int, lora_steps: int, utilisation: float, few_step_pass_seconds: float | None
+) -> list[str]:
+    """The cost model and its predictions for CLIENTS clients of `images` images and `lora_steps` LoRA steps each.
+
+    The few-step sampler's pass is measured with its adapter's LoRA layers unfused, as the fill runs it; the GPU
+    prediction counts the base's FLOPs, as if the adapter were fused into the weights.
+    """
+    few_label = f"{FEW_STEPS} lcm step{'s' * (FEW_STEPS > 1)}"
+    lines = [f"cost model (measured here): a client's fill ≈ {describe(cost)}"]
+    if few_step_pass_seconds is not None:
+        lines.append(f"the few-step sampler's UNet pass (its adapter unfused): {1000 * few_step_pass_seconds:.3f} ms")
+    name, (tensor, _) = "H100", GPU_PEAK_TFLOPS["H100"]
+    on_gpu = cost.on_device(tensor * 1e12, utilisation)
+    for where, model, few_step in (
+        ("on this CPU", cost, few_step_pass_seconds and replace(cost, pass_seconds=few_step_pass_seconds)),
+        (
+            f"on an {name} ({tensor:.0f} TFLOP/s dense 16-bit) at this CPU's {100 * utilisation:.1f}% of peak",
+            on_gpu,
+            few_step_pass_seconds and on_gpu,
+        ),
+    ):
+        work = [("10 dpm steps with guidance", model, FILL_SAMPLING.steps, 2)]
+        if few_step:
+            work.append((few_label, few_step, FEW_STEPS, 1))
+        figures = "; ".join(
+            f"{label}: {hours(CLIENTS * m.client_seconds(images, steps, passes, lora_steps))}"
+            for label, m, steps, passes in work
+        )
+        lines.append(
+            f"prediction, {CLIENTS:,} clients of {images} images with {lora_steps} LoRA steps each, {where}: {figures}"
+        )
+    return lines

@@ -110,8 +110,8 @@ def local_round(
     params = [p for p in training.generator.pipe.unet.parameters() if p.requires_grad]
     training.optimizer = torch.optim.AdamW(params, lr=training.settings.lr)
     training.rng = torch.Generator().manual_seed(seed)
-    loss = training.steps(0, steps, on_step=on_step)
-    return adapter_arrays(training.generator), loss
+    training.steps(0, steps, on_step=on_step)
+    return adapter_arrays(training.generator), training.losses[-1]
 
 
 def save_adapter(adapter: Adapter, base: Path, out: Path, metadata: dict) -> None:

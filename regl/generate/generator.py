@@ -25,6 +25,10 @@ DEFAULT_BASE = Path(__file__).resolve().parents[1] / "weights" / "regl-tiny-sd"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 LORA_METADATA = "regl_lora.json"
 ADAPTER = "client"
+# Inside a base folder: its few-step adapter (regl distill-lcm), loaded for the `lcm` sampler. Outside the UNet's
+# folder, so the base's fingerprint (and every store keyed by it) does not change when one is added.
+FEW_STEP_FOLDER = "few-step"
+FEW_STEP_ADAPTER = "few-step"
 MAX_IMAGES = 100_000
 # name → (diffusers scheduler class, overrides of the base's scheduler config). The last
 # three are stochastic: fresh noise at every step, drawn from each image's own generator.
@@ -36,6 +40,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddpm": ("DDPMScheduler", {}),
     "dpm-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "lcm": ("LCMScheduler", {}),  # with the base's few-step adapter, its guidance folded in (FEW_STEP_FOLDER)
 }
 REQUIRED_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SAMPLING = SamplingSettings()
@@ -115,7 +120,7 @@ def lora_style_token(lora_dir: Path) -> str:
         raise ReglError(f"{meta_file} is malformed: {exc}") from exc
 
 
-def attach_lora(pipe, lora_dir: Path, base: Path) -> None:
+def attach_lora(pipe, lora_dir: Path, base: Path, adapter: str = ADAPTER) -> None:
     """Load a diffusers-format LoRA; one trained on another base is refused."""
     if not (lora_dir / LORA_FILE).is_file():
         raise ReglError(f"{lora_dir} holds no {LORA_FILE}")
@@ -135,7 +140,7 @@ def attach_lora(pipe, lora_dir: Path, base: Path) -> None:
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # else it warns that the text encoder has no LoRA, by design
     try:
-        pipe.load_lora_weights(lora_dir, weight_name=LORA_FILE, adapter_name=ADAPTER)
+        pipe.load_lora_weights(lora_dir, weight_name=LORA_FILE, adapter_name=adapter)
     except (RuntimeError, ValueError, KeyError) as exc:
         pipe.unload_lora_weights()
         first_line = str(exc).splitlines()[0][:200]
@@ -191,6 +196,7 @@ class Generator:
         if self.lora:
             attach_lora(self.pipe, self.lora, self.base)
             self.style_token = lora_style_token(self.lora)
+        self.lora_scale = 1.0
         self.class_names = class_names
         self.template = template
         self.resolution = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
@@ -203,8 +209,40 @@ class Generator:
         self.compute = compute
 
     def set_lora_scale(self, scale: float) -> None:
+        self.lora_scale = scale
         if self.lora:
             self.pipe.set_adapters([ADAPTER], adapter_weights=[scale])
+
+    def _few_step(self, wanted: bool, guidance: float) -> float:
+        """Switch the few-step adapter on (loading it the first time) or off, the client's LoRA kept as it was;
+        returns the guidance scale to call the pipeline with: 1 (no unconditional pass) when it is on."""
+        adapters = set(getattr(self.pipe.unet, "peft_config", {}))
+        if not wanted and FEW_STEP_ADAPTER not in adapters:
+            return guidance
+        folder = self.base / FEW_STEP_FOLDER
+        if wanted and FEW_STEP_ADAPTER not in adapters:
+            if not (folder / LORA_FILE).is_file():
+                raise ReglError(
+                    f"the lcm sampler needs the base's few-step adapter, {folder}: make it with regl distill-lcm"
+                )
+            attach_lora(self.pipe, folder, self.base, FEW_STEP_ADAPTER)
+            adapters.add(FEW_STEP_ADAPTER)
+        if wanted:
+            folded = json.loads((folder / LORA_METADATA).read_text())["settings"]["guidance"]
+            if guidance != folded:
+                raise ReglError(
+                    f"the few-step adapter in {folder} has guidance {folded:g} folded in: sample it at guidance "
+                    f"{folded:g}, not {guidance:g}"
+                )
+        names = [name for name in (FEW_STEP_ADAPTER, ADAPTER) if name in adapters and (wanted or name == ADAPTER)]
+        if not names:
+            self.pipe.unet.disable_adapters()
+            return guidance
+        self.pipe.unet.enable_adapters()
+        self.pipe.set_adapters(
+            names, adapter_weights=[1.0 if n == FEW_STEP_ADAPTER else self.lora_scale for n in names]
+        )
+        return 1.0 if wanted else guidance
 
     def prompt(self, label: int) -> str:
         prompt = self.template.format(self.class_names[label])
@@ -234,6 +272,7 @@ class Generator:
             raise ReglError(f"steps must be at least 1, got {steps}")
         class_name, overrides = SCHEDULERS[scheduler]
         self.pipe.scheduler = getattr(diffusers, class_name).from_config(self.base_scheduler_config, **overrides)
+        guidance = self._few_step(scheduler == "lcm", guidance)
         out = []
         for start in range(0, len(labels), batch_size):
             chunk = range(start, min(start + batch_size, len(labels)))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from regl.errors import ReglError
 from regl.options import option
+from regl.seeds import derive_seed
 
 CLASSES_OF = "fashion-mnist"  # whose class names, prompt template and image format, when no data says
 TORCH_THREADS = 2  # generation and fine-tuning take both cores of a small CPU
@@ -38,6 +39,10 @@ STYLE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{0,32}$"
 # classifier can tell the fill apart by. On a black background it is the black pad it replaces.
 PADDING = "replicate"  # torch.nn.functional.pad mode
 
+# The prior images of every client and run (regl/generate/lora.py:prior_images): one set per base, class prompt
+# and sampling setting, drawn once and cached, where each client drew its own from its LoRA's seed before.
+PRIOR_SEED = derive_seed(0, "lora-prior")
+
 # Which UNet layers a LoRA adapts (regl/generate/lora.py names their modules).
 LORA_TARGETS = ("attention", "all")
 
@@ -55,7 +60,17 @@ class LoraSettings:
         choices=LORA_TARGETS,
         request=True,
     )
-    steps: int = option(300, "optimiser steps", ge=1, request=True)
+    steps: int = option(300, "optimiser steps at most (see early_stop)", ge=1, request=True)
+    # 0.005: on make demo's clients (the base's own data) the loss does not fall and the LoRA stops at 20 steps;
+    # on a look the base never saw it falls 8% in 300 steps and stops later (README, "A LoRA that costs seconds")
+    early_stop: float = option(
+        0.005,
+        "stop when the fixed-noise loss (32 of the client's images, checked every 20 steps) has not fallen this "
+        "fraction below its best; 0 runs every step",
+        ge=0,
+        le=0.5,
+        request=True,
+    )
     lr: float = option(1e-3, "AdamW learning rate", gt=0, le=1.0, request=True)
     # 32 cost twice the time for the same demo accuracy (README, "Speed")
     batch_size: int = option(16, "images per step", ge=1, le=1024, request=True)
@@ -111,3 +126,24 @@ def client_look_token(word: str, client_id: int) -> str:
     token = f"{word}{client_id}"
     check_style_token(token)
     return token
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """`regl distill-lcm`'s: the few-step adapter's distillation (regl/generate/consistency.py)."""
+
+    steps: int = option(2000, "distillation steps", ge=1)
+    batch_size: int = option(64, "latents per step", ge=1, le=4096)
+    lr: float = option(1e-3, "AdamW learning rate", gt=0, le=1.0)
+    rank: int = option(16, "the adapter's LoRA rank (UNet attention and convolutions)", ge=1, le=128)
+    guidance: float = option(
+        FILL_SAMPLING.guidance, "the teacher's classifier-free guidance, folded into the adapter (the fill's)", ge=1
+    )
+    checkpoint_every: int = option(250, "steps between checkpoints", ge=1)
+    seed: int = option(0, "the adapter's initialisation and draws", ge=0)
+    targets: str = "all"  # every layer LoraSettings' "all" names
+    ddim_steps: int = 50  # the teacher's grid; LCMScheduler's `original_inference_steps`
+    huber_c: float = 1e-3
+
+    def lora(self) -> LoraSettings:
+        return LoraSettings(rank=self.rank, targets=self.targets, lr=self.lr, seed=self.seed)
