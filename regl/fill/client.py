@@ -294,6 +294,10 @@ class ClientFill:
             **self._data_key(data),
         }
 
+    def lora_folder(self, data: ImageDataset, base: Path) -> Path:
+        """Where the client's LoRA is kept beside the store, under its key."""
+        return Path(self.settings.store) / f"lora-client-{self.client_id}-{digest(self.lora_key(data, base))}"
+
     def _lora_generator(self, data: ImageDataset, base: Path, report: Progress):
         """The client's LoRA: trained once per (client data, settings, base weights), kept beside the store; with
         the steps it ran (fewer than the settings' where it stopped early)."""
@@ -302,7 +306,7 @@ class ClientFill:
 
         lora_settings = self._lora_settings()
         compute = self.settings.compute("training")
-        folder = Path(self.settings.store) / f"lora-client-{self.client_id}-{digest(self.lora_key(data, base))}"
+        folder = self.lora_folder(data, base)
         if (folder / LORA_FILE).is_file():
             steps_run = json.loads((folder / LORA_METADATA).read_text())["steps_run"]
             return Generator(

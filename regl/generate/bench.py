@@ -139,7 +139,6 @@ def bench_client_fill(base: Path, compute_names: tuple[str, str]) -> list[dict]:
     every client after the first does in a run."""
     from regl.data.partitions import PartitionSpec
     from regl.fill.client import ClientFill
-    from regl.fill.keys import digest
     from regl.fill.settings import FillSettings, client_plan
     from regl.fl.experiment import ExperimentSettings, client_data
     from regl.generate.generator import LORA_METADATA
@@ -157,7 +156,7 @@ def bench_client_fill(base: Path, compute_names: tuple[str, str]) -> list[dict]:
             started = time.perf_counter()
             images, timings = fill.make(data, plan, None)
             timings["total_seconds"] = time.perf_counter() - started
-            lora = Path(store) / f"lora-client-0-{digest(fill.lora_key(data, base))}" / LORA_METADATA
+            lora = fill.lora_folder(data, base) / LORA_METADATA
             timings["lora"] = json.loads(lora.read_text())["timings"]
             timings["images"] = len(images)
             timings["store_seconds"] = (
