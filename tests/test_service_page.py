@@ -85,7 +85,8 @@ def test_the_job_list_follows_a_fine_tune(browser, server):
     page, errors = _open(browser, server.url)
     expect(page.locator("#no-jobs")).to_be_visible()
     job = httpx.post(
-        f"{server.url}/v1/finetune", json={"steps": 250, "batch_size": 2, "prior_per_class": 1, "activate": False}
+        f"{server.url}/v1/finetune",
+        json={"steps": 250, "early_stop": 0, "batch_size": 2, "prior_per_class": 1, "activate": False},  # every step
     ).json()
     row = page.locator(f'tr[data-job="{job["id"]}"]')
     expect(row).to_contain_text("finetune")
