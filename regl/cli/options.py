@@ -48,6 +48,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class CommandListFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """`regl --help`: its epilog's lines (where to start) kept as written."""
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand. Its options are added only when it runs, so `regl --help` imports nothing heavy."""
