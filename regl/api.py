@@ -135,7 +135,5 @@ def finetune(
     if unknown := sorted(set(options) - known):
         raise ReglError(f"unknown LoRA option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     out = Path(out)
-    finetune_lora(
-        data, data.class_names, template, Path(base) if base else DEFAULT_BASE, out, LoraSettings(**options)
-    )
+    finetune_lora(data, data.class_names, template, Path(base) if base else DEFAULT_BASE, out, LoraSettings(**options))
     return out

@@ -58,9 +58,7 @@ def test_bad_input_is_named(client, tmp_path, change, message):
 
 def test_a_finetuned_lora_generates(client, three_class_base, tmp_path):
     images, labels = client
-    out = regl.finetune(
-        images, labels, CLASSES, tmp_path / "lora", base=three_class_base, steps=2, prior_per_class=0
-    )
+    out = regl.finetune(images, labels, CLASSES, tmp_path / "lora", base=three_class_base, steps=2, prior_per_class=0)
     assert (out / "pytorch_lora_weights.safetensors").is_file()
     drawn = regl.generate("coat", 3, CLASSES, base=three_class_base, lora=out, steps=2)
     assert drawn.shape == (3, 32, 32, 3) and drawn.dtype == np.uint8

@@ -29,4 +29,3 @@ def test_the_quickstart_clients_train_on_every_class(tmp_path):
     assert [rounds["train"][r]["classes-trained-on"] for r in ("1", "2")] == [10.0, 10.0]
     assert set(rounds["evaluate"]) == {"0", "1", "2"}
     assert len(list((app / ".regl-cache" / "fill").glob("client-*"))) >= 2  # the fills were made by the clients
-
