@@ -106,6 +106,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="also show Flower's and Ray's logs (always kept in OUT_DIR/flower.log)"
     )
+    parser.add_argument(
+        "--no-tracking",
+        dest="tracking",
+        action="store_false",
+        help="do not log the run to MLflow (by default: OUT_DIR/mlflow.db, or the server MLFLOW_TRACKING_URI names)",
+    )
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
