@@ -84,6 +84,7 @@ def test_a_bench_nests_a_run_per_cell_and_a_resumed_one_adds_only_new_cells(tmp_
 def test_a_tracking_server_named_in_the_environment_gets_the_runs(tmp_path, monkeypatch):
     elsewhere = f"sqlite:///{tmp_path / 'server.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)
+    monkeypatch.chdir(tmp_path)  # where such a store keeps its artifacts: MLflow's ./mlruns
     finished_run(tmp_path / "run")
     assert track_run(tmp_path / "run") == elsewhere
     assert not (tmp_path / "run" / "mlflow.db").exists()
