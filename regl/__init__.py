@@ -1,7 +1,7 @@
 """ReGL: generative data balancing for federated learning.
 
 For a user's own code (regl/api.py): `add_fill` (a client's images with its synthetic fill),
-`generate` and `finetune`.
+`generate_images` and `finetune_lora`.
 
 The library, importable without Flower or FastAPI:
 
@@ -18,7 +18,7 @@ install as `regl.clients` and `regl.service` and import the library, never the r
 for the two runners, which start the apps and the service, and the CLI, which imports them lazily.
 """
 
-from regl.api import add_fill, finetune, generate
+from regl.api import add_fill, finetune_lora, generate_images
 
-__all__ = ["add_fill", "finetune", "generate"]
+__all__ = ["add_fill", "finetune_lora", "generate_images"]
 __version__ = "0.1.0"

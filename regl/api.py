@@ -85,7 +85,7 @@ def add_fill(
     return filled.x, filled.y
 
 
-def generate(
+def generate_images(
     class_name: str | int,
     n: int,
     class_names: Sequence[str],
@@ -111,7 +111,7 @@ def generate(
     return generator.generate_class(label, n, seed, steps=steps, guidance=guidance)
 
 
-def finetune(
+def finetune_lora(
     images: np.ndarray,
     labels: Sequence[int] | np.ndarray,
     class_names: Sequence[str],
@@ -121,13 +121,13 @@ def finetune(
     base: str | Path = "",
     **options: object,
 ) -> Path:
-    """Fine-tune a LoRA on the client's images into the folder `out` (which `generate(lora=out)` reads).
+    """Fine-tune a LoRA on the client's images into the folder `out` (which `generate_images(lora=out)` reads).
 
     `options`: the LoRA's settings by field name (`steps=300`, `rank=4`, `lr=1e-3`, `early_stop=0.005`,
     `prior_per_class=32`, `seed=0`), as `regl finetune` takes them.
     """
+    from regl.generate import lora
     from regl.generate.generator import DEFAULT_BASE
-    from regl.generate.lora import finetune_lora
     from regl.generate.settings import LoraSettings
 
     data = client_data(images, labels, class_names)
@@ -135,5 +135,6 @@ def finetune(
     if unknown := sorted(set(options) - known):
         raise ReglError(f"unknown LoRA option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     out = Path(out)
-    finetune_lora(data, data.class_names, template, Path(base) if base else DEFAULT_BASE, out, LoraSettings(**options))
+    base = Path(base) if base else DEFAULT_BASE
+    lora.finetune_lora(data, data.class_names, template, base, out, LoraSettings(**options))
     return out

@@ -1,4 +1,4 @@
-"""regl.add_fill / generate / finetune on a user's own arrays, with a tiny random base."""
+"""regl.add_fill / generate_images / finetune_lora on a user's own arrays, with a tiny random base."""
 
 import numpy as np
 import pytest
@@ -58,14 +58,15 @@ def test_bad_input_is_named(client, tmp_path, change, message):
 
 def test_a_finetuned_lora_generates(client, three_class_base, tmp_path):
     images, labels = client
-    out = regl.finetune(images, labels, CLASSES, tmp_path / "lora", base=three_class_base, steps=2, prior_per_class=0)
+    options = {"base": three_class_base, "steps": 2, "prior_per_class": 0}
+    out = regl.finetune_lora(images, labels, CLASSES, tmp_path / "lora", **options)
     assert (out / "pytorch_lora_weights.safetensors").is_file()
-    drawn = regl.generate("coat", 3, CLASSES, base=three_class_base, lora=out, steps=2)
+    drawn = regl.generate_images("coat", 3, CLASSES, base=three_class_base, lora=out, steps=2)
     assert drawn.shape == (3, 32, 32, 3) and drawn.dtype == np.uint8
-    first = regl.generate(2, 1, CLASSES, base=three_class_base, lora=out, steps=2)
+    first = regl.generate_images(2, 1, CLASSES, base=three_class_base, lora=out, steps=2)
     # image i depends on the seed and i alone (a batch of 3 and of 1 differ in the kernels' last bits only)
     assert np.abs(first[0].astype(int) - drawn[0]).max() <= 3 < np.abs(first[0].astype(int) - drawn[1]).max()
     with pytest.raises(ReglError, match="unknown class 'zebra'"):
-        regl.generate("zebra", 1, CLASSES, base=three_class_base)
+        regl.generate_images("zebra", 1, CLASSES, base=three_class_base)
     with pytest.raises(ReglError, match="unknown LoRA option"):
-        regl.finetune(images, labels, CLASSES, tmp_path / "other", base=three_class_base, step=2)
+        regl.finetune_lora(images, labels, CLASSES, tmp_path / "other", base=three_class_base, step=2)

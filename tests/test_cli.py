@@ -410,7 +410,7 @@ def test_main_reruns_its_own_argv_in_the_sandbox(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["regl", "--something-else"])
     monkeypatch.setattr(federated, "in_sandbox", lambda: False)
     monkeypatch.setattr(federated, "rerun_self_isolated", lambda argv, state_dir: seen.append(argv) or 0)
-    argv = ["fl", "--clients", "2", "--rounds", "1"]
+    argv = ["fl", "--clients", "2", "--rounds", "1", "--no-tracking"]
     assert main(argv) == 0
     assert seen == [argv]
 
