@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -61,7 +62,9 @@ def test_the_docs_build_strict(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "site" / "results" / "demo" / "index.html").is_file()
+    assert "Two commands" in (tmp_path / "site" / "index.html").read_text()  # the README is the home page
     assert "regl.api.add_fill" in (tmp_path / "site" / "api" / "index.html").read_text()

@@ -1,4 +1,5 @@
-"""MkDocs hook: a page for every committed `results/<name>/` folder, made from its files at build time.
+"""MkDocs hook: the site's home from README.md, and a page for every committed `results/<name>/` folder, made
+from their files at build time.
 
 Nothing in those pages is typed by hand: the command that wrote the folder (`command.txt`), its
 table (`table.md`), its figures (`*.png`), its printed reports (`*.txt`) and a list of its other
@@ -15,6 +16,13 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results"
+# repository files the pages show or link to, served at the same paths
+MIRRORED = (
+    "models/regl-tiny-sd/MODEL_CARD.md",
+    "models/regl-tiny-sd/grid-fashion-mnist.png",
+    "models/regl-tiny-sd/grid-mnist-10k.png",
+    "service/routes/page-screenshot.png",
+)
 TABLE_MARKER = re.compile(r"<!-- results-table ([\w.+-]+) -->")
 
 
@@ -81,7 +89,18 @@ def results_index(folders: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def home_page() -> str:
+    """README.md as the site's home: its links into docs/ made relative to the site."""
+    return (ROOT / "README.md").read_text().replace("](docs/", "](")
+
+
 def on_files(files: Files, config) -> Files:
+    files.append(File.generated(config, "index.md", content=home_page()))
+    for path in MIRRORED:
+        if path.endswith(".md"):
+            files.append(File.generated(config, path, content=(ROOT / path).read_text()))
+        else:
+            files.append(File.generated(config, path, abs_src_path=str(ROOT / path)))
     folders = results_folders()
     files.append(File.generated(config, "results/index.md", content=results_index(folders)))
     for folder in folders:
