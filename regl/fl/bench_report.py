@@ -65,21 +65,22 @@ def format_table(rows: list[dict], arms: list[str]) -> str:
     headings = "".join(f" {OPTIONAL_COLUMNS[key][0]} |" for key in extra)
     lines = [
         "| arm | accuracy % | minority-class acc. % | AUC % | personalized acc. % |"
-        f"{headings} fill s | wall s | seeds |",
-        "|---|---|---|---|---|---|---|---|" + "---|" * len(extra),
+        f"{headings} fill s | rounds s | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra),
     ]
     for arm in arms:
         done = [r for r in rows if r["arm"] == arm and "error" not in r]
         failed = [r for r in rows if r["arm"] == arm and "error" in r]
         if not done:
-            empty = " |" * (6 + len(extra))
+            empty = " |" * (7 + len(extra))
             lines.append(f"| {arm} | {'failed: ' + failed[0]['error'] if failed else 'not run yet'}{empty}")
             continue
         domain_cells = "".join(f" {_cell([r.get(key) for r in done], *OPTIONAL_COLUMNS[key][1:])} |" for key in extra)
         lines.append(
             f"| {arm} | {_cell([r['accuracy'] for r in done])} | {_cell([r['minority_accuracy'] for r in done])} "
             f"| {_cell([r['auc'] for r in done])} | {_cell([r['personalized_accuracy'] for r in done])} |{domain_cells}"
-            f" {np.mean([r['fill_seconds'] for r in done]):.0f} | {np.mean([r['wall_seconds'] for r in done]):.0f} "
+            f" {np.mean([r['fill_seconds'] for r in done]):.0f} | {np.mean([r['rounds_seconds'] for r in done]):.0f} "
+            f"| {np.mean([r['wall_seconds'] for r in done]):.0f} "
             f"| {','.join(str(r['seed']) for r in done)}{' (' + str(len(failed)) + ' failed)' if failed else ''} |"
         )
     return "\n".join(lines)
