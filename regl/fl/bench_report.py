@@ -224,10 +224,11 @@ def accuracy_plot_png(curves: dict[str, list[list[dict]]], title: str) -> bytes:
 
 
 def stored_shards(settings: ExperimentSettings, fill_summary: dict) -> list[dict[str, ImageDataset]] | None:
-    """Each client's synthetic store shards after a run; None when a client's store is missing.
+    """Each client's synthetic store shards after a run, by client id; None when a client's store is missing.
 
     Each store is found by its key, rebuilt from the run's settings and the fill target its
-    summary recorded, exactly as the client looked it up. The partitioner's warnings were the
+    summary recorded, exactly as the client looked it up. Under partial participation a client
+    the run never sampled made no fill: its shards are empty. The partitioner's warnings were the
     run's own, and are in its log.
     """
     import warnings
@@ -237,8 +238,12 @@ def stored_shards(settings: ExperimentSettings, fill_summary: dict) -> list[dict
     from regl.fl.experiment import client_data, client_fill
 
     target = None if fill_summary["target"] == "uniform" else np.asarray(fill_summary["target"])
+    filled = {client["client"] for client in fill_summary.get("clients", [])}
     stored = []
     for client_id in range(settings.partition.num_clients):
+        if settings.clients_per_round and client_id not in filled:
+            stored.append({})
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             data = client_data(settings, client_id)
