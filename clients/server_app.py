@@ -85,6 +85,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings, write: Write = prin
         result = evaluate_global(settings, model)
         record = {"round": server_round, **result, **_round_timing(recording.last_round, eval_started)}
         recording.last_round = {}
+        recording.global_accuracy.append(result["accuracy"])
         report.add_round(record)
         progress.round_done(server_round, result["accuracy"], tuple(record.get("missing_clients", ())))
         return MetricRecord({"accuracy": result["accuracy"], "loss": result["loss"]})

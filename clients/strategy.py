@@ -69,6 +69,9 @@ class Recording:
         # the fills made for clients sampled the first time); None: every connected node trains
         self.choose = choose
         self.client_of_node: dict[int, int] = {}  # learnt from replies: a node that fails is named by its client
+        # the global model's accuracy after each round so far (round 0: before training), sent with every round:
+        # a node's `regl serve` shows the run's progress from it (service/runs.py)
+        self.global_accuracy: list[float] = []
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -78,6 +81,8 @@ class Recording:
             nodes, chosen = self.choose(server_round)
             grid = SampledGrid(grid, nodes)
         self.last_round = {"started": time.perf_counter(), **chosen}
+        if self.global_accuracy:
+            config["global-accuracy"] = list(self.global_accuracy)
         if self.monitor is not None:
             self.monitor.start_round(arrays.to_torch_state_dict())
             if (ratio := self.monitor.ratio) is not None:

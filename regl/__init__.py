@@ -1,5 +1,8 @@
 """ReGL: generative data balancing for federated learning.
 
+For a user's own code (regl/api.py): `add_fill` (a client's images with its synthetic fill),
+`generate_images` and `finetune_lora`.
+
 The library, importable without Flower or FastAPI:
 
 - `regl.data`: datasets, the fixed private/public/test split, label-skew partitions;
@@ -15,4 +18,7 @@ install as `regl.clients` and `regl.service` and import the library, never the r
 for the two runners, which start the apps and the service, and the CLI, which imports them lazily.
 """
 
+from regl.api import add_fill, finetune_lora, generate_images
+
+__all__ = ["add_fill", "finetune_lora", "generate_images"]
 __version__ = "0.1.0"

@@ -22,7 +22,8 @@ from regl.service.errors import UNAUTHORIZED
 from regl.service.jobs import JobRunner
 from regl.service.local_model import LocalModel
 from regl.service.openapi import service_openapi
-from regl.service.routes import generate, health, jobs, model, page, train
+from regl.service.routes import generate, health, jobs, model, node, page, train
+from regl.service.runs import RunLog
 from regl.service.settings import ServiceSettings
 
 log = logging.getLogger("regl.service")
@@ -44,7 +45,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     batcher = Batcher(loaded.diffusion, settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue)
     batcher.start()
     app.state.model, app.state.batcher, app.state.jobs = loaded, batcher, JobRunner(MAX_PENDING_JOBS)
-    app.state.adapter_trainings = AdapterTrainings()
+    app.state.adapter_trainings, app.state.runs = AdapterTrainings(), RunLog()
     log.info(
         "serving %s%s, %d classes",
         settings.base,
@@ -75,7 +76,7 @@ def create_app(settings: ServiceSettings | None = None, job_stop_wait_s: float =
     app.include_router(page.router)
     app.include_router(health.router)
     guarded = {"dependencies": [Depends(require_token)], "responses": UNAUTHORIZED} if settings.token else {}
-    for router in (model.router, generate.router, jobs.router, train.router):
+    for router in (model.router, generate.router, jobs.router, train.router, node.router):
         app.include_router(router, **guarded)
 
     @app.exception_handler(ReglError)

@@ -1,9 +1,9 @@
 """What the routes share, as `Annotated` dependencies: settings, the loaded model, the batcher, the jobs, the token.
 
 `create_app` puts the settings on `app.state`, and its lifespan the model, the batcher, the
-job runner and the adapter rounds' cached training; a route names what it needs by type
-(`model: ModelDep`) and FastAPI hands it over, so routes hold no state of their own and tests
-can override any of it.
+job runner, the adapter rounds' cached training and the log of the runs the node trains for; a
+route names what it needs by type (`model: ModelDep`) and FastAPI hands it over, so routes hold
+no state of their own and tests can override any of it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from regl.service.adapter_job import AdapterTrainings
 from regl.service.batching import Batcher
 from regl.service.jobs import JobRunner
 from regl.service.local_model import LocalModel
+from regl.service.runs import RunLog
 from regl.service.settings import ServiceSettings
 
 
@@ -41,11 +42,16 @@ def get_adapter_trainings(request: Request) -> AdapterTrainings:
     return request.app.state.adapter_trainings
 
 
+def get_runs(request: Request) -> RunLog:
+    return request.app.state.runs
+
+
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 ModelDep = Annotated[LocalModel, Depends(get_model)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 AdapterTrainingsDep = Annotated[AdapterTrainings, Depends(get_adapter_trainings)]
+RunLogDep = Annotated[RunLog, Depends(get_runs)]
 BearerDep = Annotated[
     HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False, description="the service's REGL_TOKEN"))
 ]

@@ -256,3 +256,39 @@ class TrainRequest(BaseModel):
 class TrainResponse(BaseModel):
     weights: str = Field(description="the client's updated model, packed as the request's")
     metrics: dict[str, str | int | float | bool | list[int] | list[float]]
+
+
+class ClassView(BaseModel):
+    name: str
+    real: int = Field(description="the node's own images of the class")
+    synthetic: int | None = Field(description="the latest finished fill's images of the class; null without one")
+    real_samples: list[str] = Field(description="some of the node's images of the class, base64 PNG")
+    synthetic_samples: list[str] = Field(description="some of the fill's images of the class, base64 PNG")
+
+
+class NodeData(BaseModel):
+    """What the node holds, beside what its fill added: the page's histogram and samples."""
+
+    images: int
+    fill_job: str | None = Field(description="the finished fill job the synthetic counts come from")
+    classes: list[ClassView]
+
+
+class RoundTrained(BaseModel):
+    round: int
+    train_loss: float
+    personalized_accuracy: float = Field(description="the node's updated model on its own classes' test images")
+
+
+class RunView(BaseModel):
+    """A federated run this node trained for, as its rounds' requests told it."""
+
+    name: str
+    client: int
+    num_rounds: int
+    rounds_trained: list[RoundTrained]
+    global_accuracy: list[float] = Field(
+        description="the global model's test accuracy after rounds 0 (before training), 1, … as the server sent it "
+        "with the node's latest round: one round behind the server"
+    )
+    updated: float

@@ -75,6 +75,7 @@ def test_table_is_mean_and_std_over_seeds():
             "auc": 0.7,
             "personalized_accuracy": 1.0,
             "fill_seconds": 0.0,
+            "rounds_seconds": 8.0,
             "wall_seconds": 10.0,
         },
         {
@@ -85,25 +86,27 @@ def test_table_is_mean_and_std_over_seeds():
             "auc": 0.9,
             "personalized_accuracy": 1.0,
             "fill_seconds": 0.0,
+            "rounds_seconds": 26.0,
             "wall_seconds": 30.0,
         },
         {"arm": "noise", "seed": 0, "error": "exit code 1", "wall_seconds": 1.0},
     ]
     table = format_table(rows, ["none", "noise", "mixup"]).splitlines()
-    assert table[2] == "| none | 20.00 ± 10.00 | — | 80.00 ± 10.00 | 100.00 ± 0.00 | 0 | 20 | 0,1 |"
+    assert table[0].endswith("| fill s | rounds s | wall s | seeds |")  # the wall time split: fill, rounds
+    assert table[2] == "| none | 20.00 ± 10.00 | — | 80.00 ± 10.00 | 100.00 ± 0.00 | 0 | 17 | 20 | 0,1 |"
     assert table[3].startswith("| noise | failed: exit code 1 |")
     assert table[4].startswith("| mixup | not run yet |")
 
 
 def test_table_adds_the_monitors_cosine_and_the_runs_epsilon():
-    row = {"minority_accuracy": 0.5, "auc": 0.9, "personalized_accuracy": 0.9, "fill_seconds": 0.0}
+    row = {"minority_accuracy": 0.5, "auc": 0.9, "personalized_accuracy": 0.9, "fill_seconds": 0.0, "rounds_seconds": 1}
     rows = [
         {**row, "arm": "ratio", "seed": 0, "accuracy": 0.8, "monitor_cosine": 0.99, "wall_seconds": 1.0},
         {**row, "arm": "ratio", "seed": 1, "accuracy": 0.8, "monitor_cosine": 0.97, "wall_seconds": 1.0},
         {**row, "arm": "dp2", "seed": 0, "accuracy": 0.6, "epsilon": 8.0794, "wall_seconds": 1.0},
     ]
     table = format_table(rows, ["ratio", "dp2"]).splitlines()
-    assert table[0].endswith("| monitor cosine | ε (δ = 10⁻⁵) | fill s | wall s | seeds |")
+    assert table[0].endswith("| monitor cosine | ε (δ = 10⁻⁵) | fill s | rounds s | wall s | seeds |")
     assert "| 0.9800 ± 0.0100 | — |" in table[2]
     assert "| — | 8.08 |" in table[3]
 

@@ -1,6 +1,7 @@
 """The `regl` command: error paths, option defaults, and every declared option through argparse, a run-config
 file (what a bench's child runs read) and back."""
 
+import os
 import random
 import subprocess
 import sys
@@ -409,7 +410,7 @@ def test_main_reruns_its_own_argv_in_the_sandbox(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["regl", "--something-else"])
     monkeypatch.setattr(federated, "in_sandbox", lambda: False)
     monkeypatch.setattr(federated, "rerun_self_isolated", lambda argv, state_dir: seen.append(argv) or 0)
-    argv = ["fl", "--clients", "2", "--rounds", "1"]
+    argv = ["fl", "--clients", "2", "--rounds", "1", "--no-tracking"]
     assert main(argv) == 0
     assert seen == [argv]
 
@@ -420,3 +421,18 @@ def test_flower_run_config_matches_settings_defaults():
     defaults = ExperimentSettings().to_config()
     assert set(config) == set(defaults)
     assert config == defaults
+
+
+def test_the_sandbox_finds_flwr_beside_its_interpreter(tmp_path):
+    """`regl sandbox flwr run .` from a virtual environment nobody activated: flwr is found beside regl."""
+    bare = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"} | {"PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "regl.cli", "sandbox", "sh", "-c", "command -v flwr"],
+        env=bare,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == Path(sys.executable).parent / "flwr"

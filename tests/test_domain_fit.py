@@ -60,13 +60,13 @@ def test_no_generated_images_of_missing_classes_means_no_fit(judges):
 
 def test_the_table_adds_the_domain_columns_only_when_a_row_has_them():
     row = {"arm": "diffusion", "seed": 0, "accuracy": 0.5, "minority_accuracy": None, "auc": 0.9,
-           "personalized_accuracy": 0.6, "fill_seconds": 3.0, "wall_seconds": 9.0}  # fmt: skip
+           "personalized_accuracy": 0.6, "fill_seconds": 3.0, "rounds_seconds": 5.0, "wall_seconds": 9.0}  # fmt: skip
     plain = format_table([row], ["diffusion"])
-    assert "in-domain" not in plain and plain.splitlines()[0].count("|") == 9
+    assert "in-domain" not in plain and plain.splitlines()[0].count("|") == 10
     table = format_table(
         [{**row, "in_domain_accuracy": 0.4, "own_look": 0.25, "missing_recognised": 0.8}], ["diffusion"]
     )
     head, rule, line = table.splitlines()
-    assert head.count("|") == rule.count("|") == line.count("|") == 12
+    assert head.count("|") == rule.count("|") == line.count("|") == 13
     assert "| 40.00 | 25.00 | 80.00 |" in line
     assert replace(K2_ROTATE.partition, domain="none").describe() == "k2-c10"

@@ -42,10 +42,21 @@ def test_two_clients_two_rounds(tmp_path, monkeypatch, capfd):
     assert lines[2].startswith("round 1/2: accuracy ") and " elapsed, about " in lines[2]
     assert lines[3].startswith("round 2/2: accuracy ") and lines[3].endswith(" elapsed")
     assert lines[4].startswith("final global accuracy ") and lines[5].startswith("wall time: ")
-    assert len(lines) == 6 and terminal.err == ""
+    store = f"sqlite:///{out / 'mlflow.db'}"
+    assert lines[6] == f"tracked in MLflow: {store} (mlflow ui --backend-store-uri {store})"
+    assert len(lines) == 7 and terminal.err == ""
     log = (out / "flower.log").read_text()
     assert "[ROUND 2/2]" in log and "Aggregated MetricRecord" in log
     assert "'client'" not in log  # the client id is not averaged over clients
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)  # the run, read back through MLflow
+    (run,) = client.search_runs([client.get_experiment_by_name("regl").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "accuracy")
+    assert [(m.step, m.value) for m in history] == [(r["round"], r["accuracy"]) for r in rounds]
+    assert run.data.metrics["final/final_accuracy"] == summary["final_accuracy"]
+    assert run.data.params["num-rounds"] == "2" and run.data.params["partition-kind"] == "iid"
 
 
 def test_progress_lines():

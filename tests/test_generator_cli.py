@@ -30,7 +30,9 @@ def test_generate_writes_dataset_format_pngs(capsys, tmp_path, base):
         "generate",
         "--class",
         "sneaker",
-        "--n",
+        "--dataset",
+        "fashion-mnist",
+        "-n",
         "3",
         "--steps",
         "2",
@@ -93,7 +95,7 @@ def test_finetune_then_generate_with_the_lora(capsys, tmp_path, base):
         (["generate", "--class", "zebra", "--out", "x"], "unknown class 'zebra'"),
         (["generate", "--class", "bag", "--n", "0", "--out", "x"], "n must be between 1 and 100000, got 0"),
         (["generate", "--class", "bag", "--n", "1000000000", "--out", "x"], "n must be between 1 and 100000"),
-        (["generate", "--class", "bag", "--out", "x", "--lora", "/no/lora"], "/no/lora holds no"),
+        (["generate", "--class", "7", "--out", "x", "--lora", "/no/lora"], "/no/lora holds no"),
         (["finetune", "--data", "/no/client", "--out", "x"], "data folder /no/client does not exist"),
         (["finetune", "--data", "mnist-10k", "--domain", "rotate", "--out", "x"], "pick one with --client"),
     ],
@@ -106,5 +108,5 @@ def test_bad_input_is_one_line(capsys, base, args, message):
 
 
 def test_missing_base_folder_is_named(capsys):
-    code, err = regl(capsys, "generate", "--class", "bag", "--out", "x", "--base", "/no/model")
+    code, err = regl(capsys, "generate", "--class", "7", "--out", "x", "--base", "/no/model")
     assert code == 2 and "model folder /no/model does not exist" in err

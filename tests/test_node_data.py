@@ -111,9 +111,14 @@ def test_service_trains_a_round_for_its_own_node_only(service_base, tmp_path):
         updated = unpack_arrays(reply.json()["weights"])
         assert list(updated) == list(weights) and reply.json()["metrics"]["num-examples"] == 14
         assert any(not np.array_equal(updated[k], weights[k]) for k in weights)
+        later = {**body["config"], "server-round": 2, "global-accuracy": [0.1, 0.35]}  # what the server sends then
+        assert api.post("/v1/train", json={**body, "config": later}).status_code == 200
         other = api.post("/v1/train", json={**body, "data_dir": str(tmp_path)})
         assert other.status_code == 409 and str(folder) in other.json()["detail"]
         garbled = api.post("/v1/train", json={**body, "weights": "bm90IGFuIG5weg=="})
         assert garbled.status_code == 422 and garbled.json()["detail"][0]["loc"] == ["body", "weights"]
         no_round = api.post("/v1/train", json={**body, "config": run.to_config()})
         assert no_round.status_code == 422 and "server-round" in no_round.text
+        (seen,) = api.get("/v1/runs").json()  # the node's page follows the run from the rounds it trained
+        assert (seen["name"], seen["client"], seen["num_rounds"]) == (run.name, 0, run.num_rounds)
+        assert [r["round"] for r in seen["rounds_trained"]] == [1, 2] and seen["global_accuracy"] == [0.1, 0.35]

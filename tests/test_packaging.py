@@ -142,7 +142,7 @@ def test_installed_wheel_serves_and_generates_beside_a_user_service_module(wheel
     assert where[1:] == ["the user's service", "the user's clients"]
 
     done = subprocess.run(
-        [str(env_dir / "bin" / "regl"), "generate", "--class", "sneaker", "--n", "2", "--steps", "2"]
+        [str(env_dir / "bin" / "regl"), "generate", "--class", "7", "-n", "2", "--steps", "2"]
         + ["--threads", "1", "--out", "pngs"],
         cwd=elsewhere,
         env=env,
@@ -174,7 +174,7 @@ def test_installed_wheel_serves_and_generates_beside_a_user_service_module(wheel
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "regl serve did not come up"
                 time.sleep(0.3)
-        assert model.status_code == 200 and "sneaker" in model.json()["classes"]
+        assert model.status_code == 200 and model.json()["classes"] == [str(d) for d in range(10)]
     finally:
         server.terminate()
         server.wait(timeout=30)

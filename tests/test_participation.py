@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from regl.cli import main
 from regl.errors import ReglError
+from regl.fl.bench_report import stored_shards
 from regl.fl.participation import sample_clients
 from regl.fl.settings import ExperimentSettings
 
@@ -77,6 +78,8 @@ def test_a_round_trains_its_sample_and_a_client_fills_the_first_time_it_is_sampl
     summary = json.loads((out / "summary.json").read_text())
     assert [c["client"] for c in summary["fill"]["clients"]] == [0, 1, 2]
     assert all(c["synthetic-images"] > 0 for c in summary["fill"]["clients"])
+    stored = stored_shards(ExperimentSettings.from_config(summary["config"]), summary["fill"])
+    assert [sorted(shards) for shards in stored] == [["mixup"]] * 3 + [[]]  # the bench's audits: client 3 made none
     traffic = json.loads((out / "traffic.json").read_text())
     never = {(m["action"], m["record"]) for m in traffic if m["client"] == 3}
     assert ("fill", "metrics") not in never and ("train", "arrays") not in never

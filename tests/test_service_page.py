@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from service_fixtures import build_client_folder
 
 from regl.service.app import create_app
 from regl.service.settings import ServiceSettings
@@ -113,4 +114,51 @@ def test_a_token_service_asks_for_its_token(browser, service_base, client_folder
         assert page.locator("#token-form").is_hidden()
         assert page.evaluate("sessionStorage.getItem('regl-token')") == TOKEN
         assert TOKEN not in page.content()  # kept in the tab's storage, never written into the page
+        page.close()
+
+
+def test_the_page_shows_the_nodes_data_beside_its_fill(browser, service_base, client_folder, tmp_path):
+    with _service(service_base, client_folder, tmp_path / "store") as fresh:
+        page, errors = _open(browser, fresh.url)
+        rows = page.locator("#data tr")
+        expect(rows).to_have_count(3)
+        expect(rows.nth(0)).to_contain_text("cat")
+        assert [rows.nth(i).locator("td").nth(1).inner_text().strip() for i in range(3)] == ["6", "3", "1"]
+        expect(rows.nth(0).locator("td").nth(2)).to_have_text("—")  # no fill yet
+        expect(rows.nth(0).locator("img.real-sample")).to_have_count(4)
+        job = httpx.post(f"{fresh.url}/v1/fill", json={"mode": "noise", "supplement": 1.0}).json()
+        expect(page.locator("#fill-job")).to_have_text(f"fill job {job['id']}", timeout=60_000)  # no reload
+        planned = httpx.get(f"{fresh.url}/v1/jobs/{job['id']}").json()["result"]["plan"]["counts"]["noise"]
+        assert [rows.nth(i).locator("td").nth(2).inner_text().strip() for i in range(3)] == [str(n) for n in planned]
+        expect(rows.nth(2).locator("img.synthetic-sample")).to_have_count(min(4, planned[2]))
+        assert errors == []
+        page.close()
+
+
+def test_the_page_follows_a_run_the_node_trains_for(browser, service_base, tmp_path):
+    import torch
+
+    from regl.fl.experiment import new_model
+    from regl.fl.remote_update import pack_arrays
+    from regl.fl.settings import ExperimentSettings
+
+    torch.set_num_threads(1)
+    folder = build_client_folder(tmp_path / "node", per_class=(10, 5, 2))
+    run = ExperimentSettings(dataset="fashion-mnist", classes="cat,dog,owl", test_data=str(folder), num_rounds=4)
+    weights = pack_arrays({k: v.numpy().copy() for k, v in new_model(run).state_dict().items()})
+    settings = ServiceSettings(
+        base=service_base, data=str(folder), classes="cat,dog,owl", threads=1, store=tmp_path / "store"
+    )
+    with ThreadedServer(create_app(settings)) as node:
+        page, errors = _open(browser, node.url)
+        expect(page.locator("#no-runs")).to_be_visible()
+        for server_round, accuracy in ((1, [0.1]), (2, [0.1, 0.35])):
+            config = {**run.to_config(), "server-round": server_round, "global-accuracy": accuracy}
+            body = {"config": config, "client": 0, "data_dir": str(folder), "weights": weights}
+            assert httpx.post(f"{node.url}/v1/train", json=body, timeout=120).status_code == 200
+            shown = page.locator(f'section[data-run="{run.name}"]')
+            expect(shown).to_contain_text(f"trained rounds {', '.join(map(str, range(1, server_round + 1)))} of 4")
+        expect(shown).to_contain_text("global accuracy 35.00% after round 1")  # live: the page was not reloaded
+        assert len(shown.locator("polyline").get_attribute("points").split()) == 2
+        assert page.locator("#no-runs").is_hidden() and errors == []
         page.close()

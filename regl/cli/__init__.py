@@ -19,7 +19,7 @@ import os
 import sys
 
 from regl.cli import data, evaluation, federated, generation, serving, training
-from regl.cli.options import Command, HelpFormatter, Parser, config_defaults
+from regl.cli.options import Command, CommandListFormatter, HelpFormatter, Parser, config_defaults
 from regl.errors import ReglError
 from regl.stopping import stop_on_signals, stop_reason
 
@@ -32,6 +32,14 @@ class ConfigFile(argparse.ArgumentParser):
         self.add_argument("--config", default="")
 
 
+START_HERE = """start here:
+  regl fl --fill diffusion          a federated run on the shipped data, each client filled (minutes)
+  regl bench --arms none,diffusion  the same with and without the fill, side by side
+  regl generate --class 7 -n 16 --out samples/
+                                    images of one class from the shipped base
+  regl serve                        a node's local generation service, its page at http://127.0.0.1:8000/
+`regl COMMAND --help` explains each command's options."""
+
 GROUPS = (data, federated, generation, evaluation, training, serving)
 COMMANDS: dict[str, Command] = {command.name: command for group in GROUPS for command in group.COMMANDS}
 
@@ -43,8 +51,9 @@ def build_parser(command: str | None = None, config: str = "") -> argparse.Argum
     """
     parser = Parser(
         prog="regl",
-        formatter_class=HelpFormatter,
+        formatter_class=CommandListFormatter,
         description="ReGL: recover the global label distribution on skewed federated clients.",
+        epilog=START_HERE,
     )
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
     for spec in COMMANDS.values():

@@ -63,7 +63,8 @@ def cmd_fl(args: argparse.Namespace) -> int:
     settings = experiment_settings(args)
     check_data(settings)
     if not in_sandbox():
-        return rerun_self_isolated(args.argv, FLOWER_STATE_DIR)
+        code = rerun_self_isolated(args.argv, FLOWER_STATE_DIR)
+        return track(Path(settings.out_dir), "run") if code == 0 and args.tracking else code
     from regl.fl.simulation import simulate
 
     summary = simulate(settings, num_cpus=args.cpus, verbose=args.verbose)
@@ -78,6 +79,20 @@ def cmd_fl(args: argparse.Namespace) -> int:
     print(format_time_split(summary["time_split"], args.cpus))
     for line in method_lines(summary):
         print(line)
+    return 0
+
+
+def track(folder: Path, kind: str) -> int:
+    """Log the finished run or bench in `folder` to MLflow, outside the sandbox (a tracking server is off loopback)."""
+    from mlflow.exceptions import MlflowException
+
+    from regl.fl.tracking import track_bench, track_run
+
+    try:
+        where = (track_bench if kind == "bench" else track_run)(folder)
+    except (MlflowException, OSError) as exc:
+        raise ReglError(f"the {kind} finished (results in {folder}) but MLflow tracking failed: {exc}") from exc
+    print(f"tracked in MLflow: {where}" + (f" (mlflow ui --backend-store-uri {where})" if "sqlite:" in where else ""))
     return 0
 
 
@@ -144,10 +159,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if "oracle" in arms and settings.partition.domain == settings.partition.look == "none":
         raise ReglError("the oracle arm passes base images through the true look: give a --domain or a --look")
     check_data(settings)
-    if not in_sandbox():
-        return rerun_self_isolated(args.argv, FLOWER_STATE_DIR)
     name = settings.name.removesuffix(f"-s{args.seed}")
     out_root = Path(args.out_dir or f"runs/bench-{name}")
+    if not in_sandbox():
+        code = rerun_self_isolated(args.argv, FLOWER_STATE_DIR)
+        return track(out_root, "bench") if code == 0 and args.tracking else code
     command = "regl " + shlex.join(args.argv)
     table = run_arms(settings, arms, seeds, arm_mix, out_root, args.cpus, args.verbose, command)
     print(

@@ -73,7 +73,7 @@ def dataset_shape(dataset: str) -> tuple[int, int]:
 
 def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class", dest="class_name", required=True, help="class name or index, e.g. sneaker or 7")
-    parser.add_argument("--n", type=int, default=16, help="number of images")
+    parser.add_argument("-n", "--n", type=int, default=16, help="number of images")
     parser.add_argument("--out", required=True, help="folder for the PNGs")
     parser.add_argument(
         "--dataset", default=CLASSES_OF, help="whose class names, prompt template and image format to use"

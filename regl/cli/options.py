@@ -48,6 +48,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class CommandListFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """`regl --help`: its epilog's lines (where to start) kept as written."""
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand. Its options are added only when it runs, so `regl --help` imports nothing heavy."""
@@ -101,6 +105,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus", type=int, default=CPUS, help="CPUs Ray may use; one client per CPU")
     parser.add_argument(
         "--verbose", action="store_true", help="also show Flower's and Ray's logs (always kept in OUT_DIR/flower.log)"
+    )
+    parser.add_argument(
+        "--no-tracking",
+        dest="tracking",
+        action="store_false",
+        help="do not log the run to MLflow (by default: OUT_DIR/mlflow.db, or the server MLFLOW_TRACKING_URI names)",
     )
 
 

@@ -299,6 +299,7 @@ def finished_row(cell: Cell) -> dict[str, Any]:
         **({"epsilon": summary["privacy"]["epsilon"]} if "privacy" in summary else {}),
         **_sent(cell.folder / "traffic.json"),
         "fill_seconds": (summary.get("time_split") or {}).get("fill_phase_wall_seconds", 0.0),
+        "rounds_seconds": (summary.get("time_split") or {}).get("rounds_wall_seconds", 0.0),
         "wall_seconds": _read_json(cell.folder / CELL_RECORD)["wall_seconds"],
         "environment": _read_json(cell.folder / "config.json")["environment"],
     }

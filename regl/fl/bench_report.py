@@ -65,21 +65,22 @@ def format_table(rows: list[dict], arms: list[str]) -> str:
     headings = "".join(f" {OPTIONAL_COLUMNS[key][0]} |" for key in extra)
     lines = [
         "| arm | accuracy % | minority-class acc. % | AUC % | personalized acc. % |"
-        f"{headings} fill s | wall s | seeds |",
-        "|---|---|---|---|---|---|---|---|" + "---|" * len(extra),
+        f"{headings} fill s | rounds s | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra),
     ]
     for arm in arms:
         done = [r for r in rows if r["arm"] == arm and "error" not in r]
         failed = [r for r in rows if r["arm"] == arm and "error" in r]
         if not done:
-            empty = " |" * (6 + len(extra))
+            empty = " |" * (7 + len(extra))
             lines.append(f"| {arm} | {'failed: ' + failed[0]['error'] if failed else 'not run yet'}{empty}")
             continue
         domain_cells = "".join(f" {_cell([r.get(key) for r in done], *OPTIONAL_COLUMNS[key][1:])} |" for key in extra)
         lines.append(
             f"| {arm} | {_cell([r['accuracy'] for r in done])} | {_cell([r['minority_accuracy'] for r in done])} "
             f"| {_cell([r['auc'] for r in done])} | {_cell([r['personalized_accuracy'] for r in done])} |{domain_cells}"
-            f" {np.mean([r['fill_seconds'] for r in done]):.0f} | {np.mean([r['wall_seconds'] for r in done]):.0f} "
+            f" {np.mean([r['fill_seconds'] for r in done]):.0f} | {np.mean([r['rounds_seconds'] for r in done]):.0f} "
+            f"| {np.mean([r['wall_seconds'] for r in done]):.0f} "
             f"| {','.join(str(r['seed']) for r in done)}{' (' + str(len(failed)) + ' failed)' if failed else ''} |"
         )
     return "\n".join(lines)
@@ -223,10 +224,11 @@ def accuracy_plot_png(curves: dict[str, list[list[dict]]], title: str) -> bytes:
 
 
 def stored_shards(settings: ExperimentSettings, fill_summary: dict) -> list[dict[str, ImageDataset]] | None:
-    """Each client's synthetic store shards after a run; None when a client's store is missing.
+    """Each client's synthetic store shards after a run, by client id; None when a client's store is missing.
 
     Each store is found by its key, rebuilt from the run's settings and the fill target its
-    summary recorded, exactly as the client looked it up. The partitioner's warnings were the
+    summary recorded, exactly as the client looked it up. Under partial participation a client
+    the run never sampled made no fill: its shards are empty. The partitioner's warnings were the
     run's own, and are in its log.
     """
     import warnings
@@ -236,8 +238,12 @@ def stored_shards(settings: ExperimentSettings, fill_summary: dict) -> list[dict
     from regl.fl.experiment import client_data, client_fill
 
     target = None if fill_summary["target"] == "uniform" else np.asarray(fill_summary["target"])
+    filled = {client["client"] for client in fill_summary.get("clients", [])}
     stored = []
     for client_id in range(settings.partition.num_clients):
+        if settings.clients_per_round and client_id not in filled:
+            stored.append({})
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             data = client_data(settings, client_id)

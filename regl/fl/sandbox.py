@@ -23,10 +23,15 @@ MARKER = "REGL_SANDBOXED"
 
 
 def flower_env(state_dir: Path) -> dict[str, str]:
-    """Environment that keeps Flower, Ray and the HF hub offline, with project-local state."""
+    """Environment that keeps Flower, Ray and the HF hub offline, with project-local state.
+
+    PATH starts with this interpreter's folder, so `regl sandbox flwr run .` finds the `flwr`
+    installed beside `regl` in a virtual environment nobody activated.
+    """
     env = dict(os.environ)
     env.update(
         {
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)]),
             MARKER: "1",
             "FLWR_HOME": str(state_dir.resolve()),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",

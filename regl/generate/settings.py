@@ -9,7 +9,7 @@ from regl.errors import ReglError
 from regl.options import option
 from regl.seeds import derive_seed
 
-CLASSES_OF = "fashion-mnist"  # whose class names, prompt template and image format, when no data says
+CLASSES_OF = "mnist-10k"  # whose class names, prompt template and image format when no data says, as regl fl
 TORCH_THREADS = 2  # generation and fine-tuning take both cores of a small CPU
 
 

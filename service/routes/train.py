@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from regl.data.node_data import run_class_names
 from regl.fl.settings import ExperimentSettings
-from regl.service.deps import SettingsDep
+from regl.service.deps import RunLogDep, SettingsDep
 from regl.service.errors import INVALID, UNREADABLE_BODY, field_error
 from regl.service.schemas import TrainRequest, TrainResponse
 from regl.service.settings import ServiceSettings
@@ -45,7 +45,7 @@ def _run_settings(body: TrainRequest, settings: ServiceSettings) -> ExperimentSe
     "/v1/train",
     responses={**UNREADABLE_BODY, **INVALID, 409: {"description": "the request is for another client's data"}},
 )
-def train(body: TrainRequest, settings: SettingsDep) -> TrainResponse:
+def train(body: TrainRequest, settings: SettingsDep, runs: RunLogDep) -> TrainResponse:
     """Load the global weights, train one round on this client's data (and its fill), send the weights back."""
     from regl.fl.experiment import local_update
     from regl.fl.remote_update import pack_arrays, unpack_arrays
@@ -58,4 +58,5 @@ def train(body: TrainRequest, settings: SettingsDep) -> TrainResponse:
     if "server-round" not in body.config:
         raise field_error("config", "the round's config has no server-round")
     updated, metrics = local_update(run, body.client, weights, body.config)
+    runs.record(run.name, run.num_rounds, body.client, body.config, metrics)
     return TrainResponse(weights=pack_arrays(updated), metrics=metrics)

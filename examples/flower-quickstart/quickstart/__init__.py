@@ -1,0 +1,1 @@
+"""quickstart: a Flower / PyTorch app on label-skewed clients, filled by ReGL."""
