@@ -135,15 +135,19 @@ def track_bench(folder: Path) -> str:
 
     client, experiment = _client(folder)
     parent = _logged(client, experiment, folder)
-    if parent is None:
+    created = parent is None
+    if created:
         parent = client.create_run(
             experiment, run_name=f"bench {folder.name}", tags={FOLDER_TAG: str(folder.resolve()), "regl.kind": "bench"}
         ).info.run_id
         if (folder / "command.txt").is_file():
             client.log_batch(parent, params=[Param("command", (folder / "command.txt").read_text().strip()[:6000])])
-    for cell in sorted(path for path in folder.iterdir() if (path / "summary.json").is_file()):
+    cells = sorted(path for path in folder.iterdir() if (path / "summary.json").is_file())
+    new = [cell for cell in cells if _logged(client, experiment, cell) is None]
+    for cell in new:
         log_run(cell, client, experiment, parent)
-    for artifact in sorted(folder.glob("*.png")) + sorted(folder.glob("table.md")):
-        client.log_artifact(parent, str(artifact))
-    client.set_terminated(parent)
+    if new or created:  # a bench that ran nothing new leaves the store as it was
+        for artifact in sorted(folder.glob("*.png")) + sorted(folder.glob("table.md")):
+            client.log_artifact(parent, str(artifact))
+        client.set_terminated(parent)
     return tracking_uri(folder)
