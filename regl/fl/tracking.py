@@ -95,8 +95,6 @@ def log_run(folder: Path, client, experiment: str, parent: str | None = None) ->
     """Log the finished run in `folder` (its summary.json, rounds.json and figures); returns its run id."""
     from mlflow.entities import Metric, Param
 
-    if existing := _logged(client, experiment, folder):
-        return existing
     summary = json.loads((folder / "summary.json").read_text())
     rounds = json.loads((folder / "rounds.json").read_text())
     tags = {FOLDER_TAG: str(folder.resolve()), "regl.kind": "run", **({PARENT_TAG: parent} if parent else {})}
@@ -125,7 +123,8 @@ def log_run(folder: Path, client, experiment: str, parent: str | None = None) ->
 def track_run(folder: Path) -> str:
     """Log `regl fl`'s run; returns where it went."""
     client, experiment = _client(folder)
-    log_run(folder, client, experiment)
+    if _logged(client, experiment, folder) is None:
+        log_run(folder, client, experiment)
     return tracking_uri(folder)
 
 
