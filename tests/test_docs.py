@@ -55,6 +55,32 @@ def test_a_narrative_page_names_a_table_that_exists(tmp_path):
             assert (ROOT / "results" / name / "table.md").is_file(), f"{page.name} shows results/{name}"
 
 
+def test_a_side_by_side_table_takes_each_figure_from_the_folder_that_holds_it():
+    pages = hook()
+    specs = [spec for page in (ROOT / "docs").rglob("*.md") for spec in pages.COLUMNS_MARKER.findall(page.read_text())]
+    assert len(specs) >= 2
+    for spec in specs:
+        lines = [[part.strip() for part in line.split("|")] for line in spec.strip().splitlines()]
+        rows = table_rows(pages.results_columns(spec))
+        assert [cell.strip() for cell in rows[0].strip("|").split("|")][1:] == [header for _, _, header in lines]
+        for row in rows[2:]:
+            arm, *cells = [cell.strip() for cell in row.strip("|").split("|")]
+            for (name, column, _), cell in zip(lines, cells, strict=True):
+                names, folder_rows = pages.table_cells(name)
+                expected = next((r[names.index(column)] for r in folder_rows if r[0] == arm), "—")
+                assert cell == expected, f"{arm} / {column} of results/{name}: {cell} is not {expected}"
+
+
+def test_a_side_by_side_table_names_what_it_cannot_find():
+    pages = hook()
+    with pytest.raises(ValueError, match="results/no-such-run/table.md does not exist"):
+        pages.results_columns("no-such-run | accuracy % | acc.")
+    with pytest.raises(ValueError, match="results/demo/table.md has no column 'no such column'"):
+        pages.results_columns("demo | no such column | acc.")
+    with pytest.raises(ValueError, match="is not 'FOLDER | COLUMN | HEADER'"):
+        pages.results_columns("demo | accuracy %")
+
+
 def test_the_docs_build_strict(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],

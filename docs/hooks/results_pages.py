@@ -4,7 +4,14 @@ from their files at build time.
 Nothing in those pages is typed by hand: the command that wrote the folder (`command.txt`), its
 table (`table.md`), its figures (`*.png`), its printed reports (`*.txt`) and a list of its other
 files. A narrative page shows a folder's table where it writes `<!-- results-table NAME -->`,
-so a table lives once, in its results folder.
+and a table that sets columns of several folders side by side where it writes
+
+    <!-- results-columns
+    FOLDER | COLUMN OF ITS table.md | HEADER HERE
+    ...
+    -->
+
+(one row per arm, in the order the folders name them), so a figure lives once, in its results folder.
 """
 
 from __future__ import annotations
@@ -24,17 +31,18 @@ MIRRORED = (
     "service/routes/page-screenshot.png",
 )
 TABLE_MARKER = re.compile(r"<!-- results-table ([\w.+-]+) -->")
+COLUMNS_MARKER = re.compile(r"<!-- results-columns\n(.*?)-->", re.DOTALL)
 
 
 def results_folders() -> list[Path]:
     return sorted(path for path in RESULTS.iterdir() if path.is_dir())
 
 
-def results_table(name: str) -> str:
-    """`results/NAME/table.md`'s table (its notes below the table left out), with the folder named under it."""
+def table_lines(name: str) -> list[str]:
+    """The lines of `results/NAME/table.md`'s table (its notes below the table left out)."""
     table = RESULTS / name / "table.md"
     if not table.is_file():
-        raise ValueError(f"<!-- results-table {name} -->: results/{name}/table.md does not exist")
+        raise ValueError(f"results/{name}/table.md does not exist")
     rows = []
     for line in table.read_text().splitlines():
         if not line.startswith("|"):
@@ -42,7 +50,48 @@ def results_table(name: str) -> str:
                 break
             continue
         rows.append(line)
+    return rows
+
+
+def results_table(name: str) -> str:
+    """`results/NAME/table.md`'s table, with the folder named under it."""
+    try:
+        rows = table_lines(name)
+    except ValueError as error:
+        raise ValueError(f"<!-- results-table {name} -->: {error}") from None
     return "\n".join(rows) + f"\n\n<small>From [results/{name}](results/{name}.md).</small>\n"
+
+
+def table_cells(name: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of `results/NAME/table.md`'s table, cell by cell."""
+    cells = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table_lines(name)]
+    return cells[0], cells[2:]
+
+
+def results_columns(spec: str) -> str:
+    """A table of arms by the named columns of several folders' tables (`—` where a folder has no such arm)."""
+    headers, values, folders = ["arm"], {}, []
+    for line in filter(None, (line.strip() for line in spec.splitlines())):
+        parts = [part.strip() for part in line.split("|")]
+        if len(parts) != 3:
+            raise ValueError(f"<!-- results-columns -->: {line!r} is not 'FOLDER | COLUMN | HEADER'")
+        name, column, header = parts
+        try:
+            names, rows = table_cells(name)
+        except ValueError as error:
+            raise ValueError(f"<!-- results-columns -->: {error}") from None
+        if column not in names:
+            raise ValueError(f"<!-- results-columns -->: results/{name}/table.md has no column {column!r}")
+        index = names.index(column)
+        for row in rows:
+            values.setdefault(row[0], {})[len(headers)] = row[index]
+        headers.append(header)
+        folders += [name] if name not in folders else []
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for arm, cells in values.items():
+        lines.append("| " + " | ".join([arm] + [cells.get(i, "—") for i in range(1, len(headers))]) + " |")
+    sources = ", ".join(f"[results/{name}](results/{name}.md)" for name in folders)
+    return "\n".join(lines) + f"\n\n<small>From {sources}.</small>\n"
 
 
 def results_page(folder: Path) -> str:
@@ -117,4 +166,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     def table(match: re.Match) -> str:
         return results_table(match.group(1)).replace("](results/", f"]({prefix}results/")
 
-    return TABLE_MARKER.sub(table, markdown)
+    def columns(match: re.Match) -> str:
+        return results_columns(match.group(1)).replace("](results/", f"]({prefix}results/")
+
+    return COLUMNS_MARKER.sub(columns, TABLE_MARKER.sub(table, markdown))
