@@ -67,6 +67,23 @@ def received_adapter(packed: str, base: Path, rank: int, targets: str) -> dict[s
     return adapter
 
 
+def rounds_folder(settings: ServiceSettings) -> Path:
+    """Where the node keeps each round's trained adapter until the ServerApp has fetched it."""
+    return Path(settings.store) / "adapter-rounds"
+
+
+def clear_adapter_rounds(settings: ServiceSettings) -> None:
+    """A fresh service has no job records, so an earlier process's round adapters can no longer be fetched."""
+    for stale in rounds_folder(settings).glob("*.npz"):
+        stale.unlink(missing_ok=True)
+
+
+def forget_adapter(record: dict[str, Any]) -> None:
+    """A forgotten adapter-round job takes its adapter file with it."""
+    if record["kind"] == "adapter-round" and (path := record["result"].get("adapter")):
+        Path(path).unlink(missing_ok=True)
+
+
 def adapter_round_work(
     body: AdapterRoundRequest,
     adapter: dict[str, np.ndarray],
@@ -97,7 +114,7 @@ def adapter_round_work(
             body.seed,
             on_step=lambda step: job.report(f"step {step}/{body.steps}", step / body.steps),
         )
-        out = Path(settings.store) / "adapter-rounds" / f"{job.id}.npz"
+        out = rounds_folder(settings) / f"{job.id}.npz"
         write_bytes_atomically(out, encoding.npz_bytes(**trained))
         return AdapterRoundResult(
             adapter=str(out),

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from regl.errors import ReglError
-from regl.service.adapter_job import AdapterTrainings
+from regl.service.adapter_job import AdapterTrainings, clear_adapter_rounds, forget_adapter
 from regl.service.batching import Batcher
 from regl.service.deps import require_token
 from regl.service.errors import UNAUTHORIZED
@@ -44,7 +44,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     loaded = await asyncio.to_thread(LocalModel, settings)
     batcher = Batcher(loaded.diffusion, settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue)
     batcher.start()
-    app.state.model, app.state.batcher, app.state.jobs = loaded, batcher, JobRunner(MAX_PENDING_JOBS)
+    clear_adapter_rounds(settings)
+    app.state.model, app.state.batcher = loaded, batcher
+    app.state.jobs = JobRunner(MAX_PENDING_JOBS, on_forget=forget_adapter)
     app.state.adapter_trainings, app.state.runs = AdapterTrainings(), RunLog()
     log.info(
         "serving %s%s, %d classes",

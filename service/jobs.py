@@ -57,8 +57,10 @@ class JobsFull(Exception):
 
 
 class JobRunner:
-    def __init__(self, max_pending: int) -> None:
+    def __init__(self, max_pending: int, on_forget: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """`on_forget(record)` is called for a finished job whose record goes, to remove what only it pointed at."""
         self.max_pending = max_pending
+        self.on_forget = on_forget
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.todo: queue.Queue = queue.Queue()
@@ -116,6 +118,8 @@ class JobRunner:
         done = [j for j in self.jobs.values() if j.status in ("done", "failed")]
         for job in sorted(done, key=lambda j: j.created)[: max(0, len(self.jobs) - MAX_KEPT)]:
             del self.jobs[job.id]
+            if self.on_forget is not None:
+                self.on_forget(job.public())
 
     def shutdown(self, wait_s: float) -> bool:
         """Every job is told to stop: queued ones never start, a running one stops at its next report.

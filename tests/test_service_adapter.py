@@ -3,6 +3,7 @@ federation's adapter."""
 
 import io
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,19 @@ def _broken(start: dict[str, np.ndarray], how: str) -> dict[str, np.ndarray]:
     if how == "nan":
         return {**start, name: np.full_like(start[name], np.nan)}
     return {**start, name: start[name].astype(np.int64)}  # integers
+
+
+def test_a_forgotten_round_takes_its_adapter_file_and_a_restart_clears_the_old_ones(
+    service_base, client_folder, tmp_path, start, monkeypatch
+):
+    monkeypatch.setattr("regl.service.jobs.MAX_KEPT", 1)
+    with service(service_base, tmp_path, data=str(client_folder)) as api:
+        _, first = _round(api, start)
+        _, second = _round(api, start, seed=6)  # submitting it forgot the first job
+        assert [job["result"] for job in api.get("/v1/jobs").json()] == [second]
+        assert not Path(first["adapter"]).exists() and Path(second["adapter"]).is_file()
+    with service(service_base, tmp_path, data=str(client_folder)):  # a new process: no record points at it
+        assert not Path(second["adapter"]).exists()
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from service_fixtures import FAST, build_client_folder, decode, service, wait_for
 
+from regl.service import jobs as jobs_module
 from regl.service.app import create_app
+from regl.service.jobs import JobRunner
 from regl.service.settings import ServiceSettings
 
 
@@ -24,6 +26,21 @@ def test_unknown_job_and_images_of_a_finetune_job(api):
     assert job["status"] == "done"
     assert api.get("/v1/jobs").json()[0] == job  # the list, newest first
     assert api.get(f"/v1/jobs/{job['id']}/images").status_code == 409
+
+
+def test_a_forgotten_job_record_is_handed_to_on_forget(monkeypatch):
+    monkeypatch.setattr(jobs_module, "MAX_KEPT", 2)
+    forgotten = []
+    runner = JobRunner(8, on_forget=forgotten.append)
+    ids = []
+    for i in range(4):
+        ids.append(runner.submit("count", lambda job, i=i: {"i": i})["id"])
+        deadline = time.monotonic() + 10
+        while runner.get(ids[-1])["status"] != "done" and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert runner.shutdown(5)
+    assert [(record["id"], record["result"]) for record in forgotten] == [(ids[0], {"i": 0}), (ids[1], {"i": 1})]
+    assert [job["id"] for job in runner.all()] == [ids[3], ids[2]]
 
 
 def test_finetune_job_reports_progress_and_activates_its_lora(service_base, client_folder, tmp_path):
