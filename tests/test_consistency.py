@@ -102,3 +102,28 @@ def test_the_lcm_sampler_uses_the_bases_few_step_adapter_at_its_folded_guidance(
     pipe.load_lora_weights(base / FEW_STEP_FOLDER)
     stock = a_bag(pipe, guidance_scale=1.0)
     np.testing.assert_array_equal(np.clip(np.rint(stock * 255), 0, 255).astype(np.uint8), few_step)
+
+
+def test_a_call_folds_its_adapters_in_and_puts_the_weights_back(tmp_path, three_class_base, monkeypatch):
+    import contextlib
+    import shutil
+
+    from regl.compute import Compute
+    from regl.generate.generator import FEW_STEP_FOLDER, Generator
+
+    base = tmp_path / "base"
+    shutil.copytree(three_class_base, base)
+    distill(base, base / FEW_STEP_FOLDER, tiny_set(), SETTINGS)
+    finetune_lora(client_data([0] * 4), CLASSES, TEMPLATE, base, tmp_path / "client", LoraSettings(steps=2))
+    generator = Generator(base, CLASSES, TEMPLATE, lora=tmp_path / "client", compute=Compute("cpu"))
+    sampling = {"steps": 2, "scheduler": "lcm", "guidance": SETTINGS.guidance}
+    generator.generate([0], [0], **sampling)  # loads the few-step adapter
+    weights = {name: value.clone() for name, value in generator.pipe.unet.state_dict().items()}
+    fused = generator.generate([0, 1, 2], [1, 2, 3], **sampling)
+    for name, value in generator.pipe.unet.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    assert not any(getattr(module, "merged", False) for module in generator.pipe.unet.modules())
+    np.testing.assert_array_equal(generator.generate([0, 1, 2], [1, 2, 3], **sampling), fused)
+    monkeypatch.setattr(generator, "_adapters_fused", contextlib.nullcontext)
+    unfused = generator.generate([0, 1, 2], [1, 2, 3], **sampling)
+    assert np.abs(fused.astype(int) - unfused).max() <= 1  # float32: the same images but for rounding

@@ -6,7 +6,8 @@ import hashlib
 import io
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -274,22 +275,52 @@ class Generator:
         self.pipe.scheduler = getattr(diffusers, class_name).from_config(self.base_scheduler_config, **overrides)
         guidance = self._few_step(scheduler == "lcm", guidance)
         out = []
-        for start in range(0, len(labels), batch_size):
-            chunk = range(start, min(start + batch_size, len(labels)))
-            with torch.no_grad(), self.compute.autocast_context():
-                images = self.pipe(
-                    prompt=[self.prompt(labels[i]) for i in chunk],
-                    height=self.resolution,
-                    width=self.resolution,
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    generator=[torch.Generator().manual_seed(seeds[i]) for i in chunk],
-                    output_type="np",
-                ).images
-            out.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
-            if on_batch is not None:
-                on_batch(chunk.stop)
+        with self._adapters_fused():
+            for start in range(0, len(labels), batch_size):
+                chunk = range(start, min(start + batch_size, len(labels)))
+                with torch.no_grad(), self.compute.autocast_context():
+                    images = self.pipe(
+                        prompt=[self.prompt(labels[i]) for i in chunk],
+                        height=self.resolution,
+                        width=self.resolution,
+                        num_inference_steps=steps,
+                        guidance_scale=guidance,
+                        generator=[torch.Generator().manual_seed(seeds[i]) for i in chunk],
+                        output_type="np",
+                    ).images
+                out.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
+                if on_batch is not None:
+                    on_batch(chunk.stop)
         return np.concatenate(out)
+
+    @contextmanager
+    def _adapters_fused(self) -> Iterator[None]:
+        """The active adapters folded into the UNet's weights for one call, then the weights put back bit for bit.
+
+        Unfused, every layer an adapter wraps pays its two extra matmuls at every pass: the few-step adapter
+        (rank 16 on every layer) made a pass 2.7× as slow as the base's. PEFT's unmerge subtracts what merge
+        added, which rounds; the saved weights make the next call's images the same as this one's.
+        """
+        import torch
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.pipe.unet.modules() if isinstance(m, BaseTunerLayer)]
+        if not layers or layers[0].disable_adapters:
+            yield
+            return
+        weights = [p for m in layers for p in m.get_base_layer().parameters(recurse=False)]
+        saved = [p.detach().clone() for p in weights]
+        for layer in layers:
+            layer.merge()  # its active adapters, at the scales set_adapters gave them
+        try:
+            yield
+        finally:
+            for layer in layers:
+                if layer.merged:
+                    layer.unmerge()
+            with torch.no_grad():
+                for weight, value in zip(weights, saved, strict=True):
+                    weight.copy_(value)
 
     def generate_class(self, label: int, n: int, seed: int, **options) -> np.ndarray:
         check_count(n)
