@@ -124,6 +124,8 @@ def test_a_call_folds_its_adapters_in_and_puts_the_weights_back(tmp_path, three_
         assert torch.equal(value, weights[name]), name
     assert not any(getattr(module, "merged", False) for module in generator.pipe.unet.modules())
     np.testing.assert_array_equal(generator.generate([0, 1, 2], [1, 2, 3], **sampling), fused)
+    client_only = generator.generate([0, 1, 2], [1, 2, 3], steps=2)  # the few-step adapter loaded, not active
     monkeypatch.setattr(generator, "_adapters_fused", contextlib.nullcontext)
     unfused = generator.generate([0, 1, 2], [1, 2, 3], **sampling)
     assert np.abs(fused.astype(int) - unfused).max() <= 1  # float32: the same images but for rounding
+    assert np.abs(client_only.astype(int) - generator.generate([0, 1, 2], [1, 2, 3], steps=2)).max() <= 1

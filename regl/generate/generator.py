@@ -304,10 +304,11 @@ class Generator:
         import torch
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        layers = [m for m in self.pipe.unet.modules() if isinstance(m, BaseTunerLayer)]
-        if not layers or layers[0].disable_adapters:
+        wrapped = [m for m in self.pipe.unet.modules() if isinstance(m, BaseTunerLayer)]
+        if not wrapped or wrapped[0].disable_adapters:
             yield
             return
+        layers = [m for m in wrapped if any(name in m.lora_A for name in m.active_adapters)]  # holding one to fold
         weights = [p for m in layers for p in m.get_base_layer().parameters(recurse=False)]
         saved = [p.detach().clone() for p in weights]
         for layer in layers:
